@@ -1,0 +1,90 @@
+"""Command bodies: wire a frame source, a model, a session, a writer and the UI together.
+
+The CLI parses options and calls these; the runtime yields events; this module routes each
+event to the output writer (the data) and the UI (progress and summary on stderr).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from vrex_edge.errors import ConfigError
+from vrex_edge.outputs import FORMATS, RecordWriter, SafeOutput
+
+
+def open_session(model_dir: Path, *, policy: str, policy_options: dict[str, Any],
+                 providers: Sequence[str] | None, threads: int | None) -> Any:
+    from vrex_edge.runtime.engine import DEFAULT_PROVIDERS, load_model
+    from vrex_edge.runtime.session import StreamSession
+
+    model = load_model(model_dir, providers=list(providers) if providers else DEFAULT_PROVIDERS, threads=threads)
+    if not model.has_vision:
+        raise ConfigError(f"{model_dir} is a text-only bundle ({model.manifest.family}); captioning needs a video model")
+    return StreamSession(model, policy=policy, policy_options=policy_options)
+
+
+def stats_rows(stats: Any) -> list[tuple[str, str]]:
+    from vrex_edge.ui import human_bytes
+
+    rows = [
+        ("frames", f"{stats.frames} in {stats.wall_s:.1f} s ({stats.fps:.1f} fps, replies included)"),
+        ("frame latency", f"median {stats.frame_ms_median:.1f} ms, p95 {stats.frame_ms_p95:.1f} ms"),
+        ("replies", f"{stats.captions} captions, {stats.answers} answers, {stats.generated_tokens} tokens generated"),
+        ("KV cache", f"{stats.tokens:,} tokens, {human_bytes(stats.cache_bytes)}"),
+    ]
+    retrieval = stats.retrieval or {}
+    for phase in ("prefill", "decode"):
+        ratio = retrieval.get(f"{phase}_kept_ratio")
+        if ratio is not None:
+            rows.append((f"kept ({phase})", f"{100 * ratio:.1f}% of history tokens"))
+    timing = retrieval.get("seconds") or {}
+    if timing:
+        rows.append(("retrieval time", ", ".join(f"{k} {1000 * v:.0f} ms" for k, v in sorted(timing.items()))))
+    return rows
+
+
+def caption_video(
+    video: Path,
+    *,
+    model: Path,
+    fps: float,
+    policy: str,
+    policy_options: dict[str, Any],
+    fmt: str,
+    output: Path | None,
+    questions: list[tuple[float, str]],
+    providers: Sequence[str] | None,
+    threads: int | None,
+    quiet: bool,
+) -> None:
+    from vrex_edge.runtime.capture import open_video
+    from vrex_edge.runtime.events import Answer, Caption, FrameProcessed, Stats
+    from vrex_edge.ui import StreamProgress, print_table
+
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown output format '{fmt}' (choose from: {', '.join(FORMATS)})")
+    if not (fps > 0 and math.isfinite(fps)):
+        raise ConfigError(f"--fps must be a positive number, got {fps}")
+    source = open_video(video, fps=fps)  # fails early on a missing / unreadable video
+    session = open_session(model, policy=policy, policy_options=policy_options, providers=providers, threads=threads)
+    duration = source.info.duration
+    total = int(duration * fps) + 1 if duration > 0 else None
+    final: Stats | None = None
+    with SafeOutput(output) as stream, StreamProgress(total, enabled=not quiet) as progress:
+        writer = RecordWriter(stream, fmt)
+        done, busy_ms = 0, 0.0
+        for event in session.run(source, questions):
+            if isinstance(event, FrameProcessed):
+                done, busy_ms = done + 1, busy_ms + event.timings_ms.get("total", 0.0)
+                progress.frame(fps=1000 * done / busy_ms if busy_ms > 0 else 0.0, cache_tokens=event.cache_tokens)
+            elif isinstance(event, Caption):
+                writer.write(t=event.t, kind="caption", text=event.text)
+            elif isinstance(event, Answer):
+                writer.write(t=event.t, kind="answer", text=event.text, question=event.question)
+            elif isinstance(event, Stats):
+                final = event
+    if final is not None and not quiet:
+        print_table("stream summary", stats_rows(final))

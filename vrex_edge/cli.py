@@ -1,0 +1,157 @@
+"""The `vrex-edge` command line: parse, call the library, render events. Kept thin on purpose."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from vrex_edge.errors import ConfigError, VrexError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Real-time streaming video LLM runtime for edge devices (ReSV KV-cache retrieval).",
+    pretty_exceptions_enable=False,
+)
+
+DEFAULT_MODEL_NAME = "vrex-tiny"
+
+
+def default_model() -> Path:
+    """The embedded bundle: $VREX_EDGE_MODEL, else models/vrex-tiny beside the package."""
+    env = os.environ.get("VREX_EDGE_MODEL")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "models" / DEFAULT_MODEL_NAME
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """VrexError -> one line on stderr + non-zero exit; Ctrl-C -> exit 130 without a traceback."""
+    try:
+        yield
+    except VrexError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130) from None
+
+
+def parse_ask(values: list[str]) -> list[tuple[float, str]]:
+    """'T=question' with T in seconds or [hh:]mm:ss -> sorted (t, question)."""
+    out = []
+    for v in values:
+        t_str, sep, question = v.partition("=")
+        if not sep or not question.strip():
+            raise ConfigError(f"--ask expects 'TIME=question', got {v!r}")
+        try:
+            parts = [float(p) for p in t_str.strip().split(":")]
+        except ValueError:
+            raise ConfigError(f"--ask time must be seconds or mm:ss, got {t_str!r}") from None
+        t = 0.0
+        for p in parts:
+            t = t * 60 + p
+        if t < 0 or len(parts) > 3:
+            raise ConfigError(f"--ask time out of range: {t_str!r}")
+        out.append((t, question.strip()))
+    return sorted(out, key=lambda x: x[0])
+
+
+def parse_policy_options(values: list[str]) -> dict[str, object]:
+    """'key=value' pairs for the retrieval policy; numbers are parsed, the rest stay strings."""
+    opts: dict[str, object] = {}
+    for v in values:
+        key, sep, raw = v.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--opt expects 'key=value', got {v!r}")
+        val: object = raw
+        for cast in (int, float):
+            try:
+                val = cast(raw)
+                break
+            except ValueError:
+                continue
+        opts[key.strip().replace("-", "_")] = val
+    return opts
+
+
+ModelOpt = Annotated[Optional[Path], typer.Option("--model", "-m", help="Bundle folder (default: the embedded vrex-tiny).")]
+PolicyOpt = Annotated[str, typer.Option("--policy", help="KV retrieval policy: resv, full, window, topk.")]
+OptOpt = Annotated[list[str], typer.Option("--opt", help="Policy option key=value (repeatable), e.g. tau=0.95.")]
+ProviderOpt = Annotated[list[str], typer.Option("--provider", help="onnxruntime execution provider (repeatable; default CPU).")]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="onnxruntime intra-op threads (default: all cores).")]
+
+
+@app.command()
+def export(
+    model: Annotated[str, typer.Option("--model", "-m", help="HF folder, GGUF file, or vrex_videollm checkpoint.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Bundle folder to create.")],
+    family: Annotated[Optional[str], typer.Option(help="Model family (default: detected from the source).")] = None,
+    dtype: Annotated[str, typer.Option(help="fp32, fp16 or int8.")] = "fp32",
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle at --out.")] = False,
+) -> None:
+    """Export a model to a bundle: one ONNX graph per stage, verified against PyTorch."""
+    from vrex_edge.ui import export_progress, print_export_report
+
+    with user_errors():
+        try:
+            from vrex_edge.export import export_bundle
+        except ImportError as e:
+            raise ConfigError(f"export needs the export extra ({e.name} missing): pip install -e '.[export]'") from None
+        with export_progress() as progress:
+            report = export_bundle(model, out, family=family, dtype=dtype, force=force, progress=progress)
+        print_export_report(report)
+
+
+@app.command()
+def info(bundle: Annotated[Path, typer.Argument(help="Bundle folder.")]) -> None:
+    """Show what a bundle holds."""
+    from vrex_edge.bundle import load_manifest
+    from vrex_edge.ui import print_manifest
+
+    with user_errors():
+        print_manifest(bundle, load_manifest(bundle))
+
+
+@app.command()
+def caption(
+    video: Annotated[Path, typer.Argument(help="Video file to narrate.")],
+    model: ModelOpt = None,
+    fps: Annotated[float, typer.Option(help="Frames per second fed to the model.")] = 2.0,
+    policy: PolicyOpt = "resv",
+    opt: OptOpt = [],  # noqa: B006 (typer reads the default)
+    fmt: Annotated[str, typer.Option("--format", "-f", help="text, srt or jsonl.")] = "text",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write here (atomically) instead of stdout.")] = None,
+    ask: Annotated[list[str], typer.Option("--ask", help="Question at a stream time: 'T=question' (repeatable).")] = [],  # noqa: B006
+    provider: ProviderOpt = [],  # noqa: B006
+    threads: ThreadsOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
+) -> None:
+    """Narrate a video file as it streams; answer questions asked at given times."""
+    from vrex_edge.app import caption_video
+
+    with user_errors():
+        questions = parse_ask(ask)
+        caption_video(
+            video, model=model or default_model(), fps=fps, policy=policy, policy_options=parse_policy_options(opt),
+            fmt=fmt, output=output, questions=questions, providers=provider or None, threads=threads, quiet=quiet,
+        )
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:  # outside a command body
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
