@@ -29,6 +29,7 @@ class LayerStats:
     history: int = 0  # cached tokens before the chunk
     kept: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # [KVH] history tokens attended
     seconds: dict[str, float] = field(default_factory=dict)  # e.g. cluster, select, gather, attend
+    clusters: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # [KVH] (clustering policies)
 
 
 class LayerCache(Protocol):
@@ -113,14 +114,26 @@ def register_policy(name: str, make: Callable[..., CacheFactory]) -> None:
     _POLICIES[name] = make
 
 
+def _load_builtin() -> None:
+    import vrex_edge.runtime.retrieval  # noqa: F401  (registers window, topk, resv)
+
+
 def policy_names() -> list[str]:
+    _load_builtin()
     return sorted(_POLICIES)
 
 
 def make_policy(name: str, **options: object) -> CacheFactory:
+    _load_builtin()
     if name not in _POLICIES:
         raise ConfigError(f"unknown retrieval policy '{name}' (choose from: {', '.join(policy_names())})")
     return _POLICIES[name](**options)
 
 
-register_policy("full", lambda **_: (lambda layer, text, rope: FullKV(text, rope)))
+def _full(**options: object) -> CacheFactory:
+    if options:
+        raise ConfigError(f"the full policy takes no options (got: {', '.join(sorted(options))})")
+    return lambda layer, text, rope: FullKV(text, rope)
+
+
+register_policy("full", _full)
