@@ -1,0 +1,252 @@
+"""A stream session: iterative prefill of frames, the speak decision, replies and questions.
+
+Token layout (PromptSpec): system, then per frame [frame_interval if the previous item was a
+silent frame] + frame_prefix + frame tokens. P(frame_interval) >= threshold at the frame's last
+token means silence; otherwise reply_prefix + a greedy reply until end of turn. A question adds
+user_prefix + question + user_suffix + reply_prefix and the answer; a reply is closed by
+reply_suffix (which starts with the end-of-turn token), kept pending and prefilled with the
+next chunk. The stream methods are generators: nothing runs until they are iterated.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from vrex_edge.errors import ConfigError
+from vrex_edge.runtime.engine import Model
+from vrex_edge.runtime.events import Answer, Caption, Event, FrameProcessed, Stats
+from vrex_edge.runtime.generate import Generation, greedy, softmax_prob
+from vrex_edge.runtime.kvcache import Phase, make_policy
+from vrex_edge.runtime.preprocess import Preprocessor
+
+
+class StreamSession:
+    """One stream over one model: owns the per-layer caches and the position counter."""
+
+    def __init__(
+        self,
+        model: Model,
+        *,
+        policy: str = "full",
+        policy_options: Mapping[str, Any] | None = None,
+        speak_threshold: float | None = None,
+        max_reply_tokens: int | None = None,
+        prefill_chunk: int = 512,
+    ):
+        prompt = model.manifest.prompt
+        self.model = model
+        self.prompt = prompt
+        self.tokens = model.manifest.tokens
+        self.policy = policy
+        self.caches = model.make_caches(make_policy(policy, **dict(policy_options or {})))
+        self.speak_threshold = prompt.speak_threshold if speak_threshold is None else float(speak_threshold)
+        if math.isnan(self.speak_threshold) or self.speak_threshold < 0:
+            raise ConfigError(f"speak threshold must be a probability >= 0, got {self.speak_threshold}")
+        self.max_reply_tokens = prompt.max_reply_tokens if max_reply_tokens is None else int(max_reply_tokens)
+        if self.max_reply_tokens < 1:
+            raise ConfigError(f"max reply tokens must be >= 1, got {self.max_reply_tokens}")
+        if prefill_chunk < 1:
+            raise ConfigError(f"prefill chunk must be >= 1, got {prefill_chunk}")
+        self.prefill_chunk = prefill_chunk
+        self._pre = Preprocessor(model.vision_spec) if model.vision_spec is not None else None
+        self.position = 0  # next stream position
+        self._pending: list[int] = []  # decided tokens not yet in the cache
+        self._last_hidden: np.ndarray | None = None  # [1, D] hidden of the last fed token
+        self._prev_silent = False
+        self._started = False
+        self._t0 = time.perf_counter()
+        self._frame_ms: list[float] = []
+        self._counts = {"captions": 0, "answers": 0, "generated": 0}
+        self._stage_s: dict[str, float] = {}
+        self._kept = {"prefill": [0, 0], "decode": [0, 0]}  # phase -> [history tokens kept, history tokens]
+        self._policy_s: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ feeding
+
+    def _collect(self, phase: Phase) -> None:
+        acc = self._kept[phase]
+        for cache in self.caches:
+            st = cache.stats()
+            acc[0] += int(np.sum(st.kept))
+            acc[1] += st.history * len(st.kept)
+            for k, v in st.seconds.items():
+                self._policy_s[k] = self._policy_s.get(k, 0.0) + v
+
+    def _feed(self, ids: Sequence[int], frame: np.ndarray | None = None, *, phase: Phase = "prefill") -> None:
+        """Prefill pending + ids (+ frame embeddings [T_v, D]) as one chunk."""
+        ids = self._pending + list(ids)
+        self._pending = []
+        parts = ([self.model.embed(ids)] if ids else []) + ([frame] if frame is not None else [])
+        if not parts:
+            return
+        emb = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)  # [n, D]
+        n = emb.shape[0]
+        positions = np.arange(self.position, self.position + n, dtype=np.int64)  # [n]
+        hidden = self.model.forward(emb, positions, self.caches, phase)  # [n, D]
+        self.position += n
+        self._last_hidden = hidden[-1:]
+        self._collect(phase)
+
+    def _logits(self) -> np.ndarray:
+        """Next-token logits [V] after everything fed (pending tokens are fed first)."""
+        if self._pending:
+            self._feed([])
+        if self._last_hidden is None:
+            raise ConfigError("nothing has been fed to the session yet")
+        return self.model.head(self._last_hidden)[0]  # [V]
+
+    def _step(self, token: int) -> np.ndarray:
+        self._feed([token], phase="decode")
+        return self.model.head(self._last_hidden)[0]  # [V]
+
+    def _drain_timer(self) -> dict[str, float]:
+        sec = self.model.timer.reset()
+        for k, v in sec.items():
+            self._stage_s[k] = self._stage_s.get(k, 0.0) + v
+        return sec
+
+    def _reply(self, ids: Sequence[int]) -> Generation:
+        """Prefill ids (ending with reply_prefix), generate a reply, leave its tail pending."""
+        self._feed(ids)
+        gen = greedy(self._logits(), self._step, max_tokens=self.max_reply_tokens, stop_ids=self.tokens.end_of_turn)
+        # reply_suffix closes a turn and starts with the end-of-turn token the model emits; a capped
+        # reply is closed the same way, so the stream layout stays well formed.
+        close = list(self.prompt.reply_suffix_ids) or [self.tokens.end_of_turn[0]]
+        last = gen.tokens[-1]
+        self._pending = close if gen.stopped and last == close[0] else [last, *close]
+        self._prev_silent = False
+        self._counts["generated"] += len(gen.tokens)
+        self._drain_timer()
+        return gen
+
+    def _text(self, gen: Generation) -> str:
+        toks = gen.tokens[:-1] if gen.stopped else gen.tokens
+        return self.model.tokenizer.decode(toks).strip()
+
+    # ------------------------------------------------------------------ stream API
+
+    def start(self) -> None:
+        """Prefill the system prompt (once; push_frame/ask/run call it when needed)."""
+        if self._started:
+            return
+        self._started = True
+        self._t0 = time.perf_counter()
+        self.model.timer.reset()
+        self._feed(self.prompt.system_ids)
+        self._drain_timer()
+
+    def push_frame(self, frame_bgr: np.ndarray, t: float) -> Iterator[Event]:
+        """A BGR uint8 frame [h, w, 3] at stream time t -> FrameProcessed (+ Caption if it speaks)."""
+        if self._pre is None:
+            raise ConfigError(f"bundle '{self.model.manifest.name}' is text-only: it cannot take frames")
+        self.start()
+        t0 = time.perf_counter()
+        pixels = self._pre(frame_bgr)[None]  # [1, 3, H, W]
+        t_pre = time.perf_counter() - t0
+        embeds = self.model.vision(pixels)[0]  # [T_v, D]
+        yield from self._push(embeds, t, t0, t_pre)
+
+    def push_frame_embeds(self, embeds: np.ndarray, t: float) -> Iterator[Event]:
+        """Like push_frame with the vision stage already applied: embeds [T_v, D]."""
+        self.start()
+        yield from self._push(np.asarray(embeds, dtype=np.float32), t, time.perf_counter(), 0.0)
+
+    def _push(self, embeds: np.ndarray, t: float, t0: float, t_pre: float) -> Iterator[Event]:
+        fi = self.tokens.frame_interval
+        ids = ([fi] if self._prev_silent and fi is not None else []) + list(self.prompt.frame_prefix_ids)
+        self._feed(ids, embeds)
+        p = softmax_prob(self._logits(), fi) if fi is not None else None
+        spoke = p is not None and p < self.speak_threshold
+        t_end = time.perf_counter()
+        timings = {k: v * 1e3 for k, v in self._drain_timer().items()}
+        timings["preprocess"] = t_pre * 1e3
+        timings["total"] = (t_end - t0) * 1e3
+        self._frame_ms.append(timings["total"])
+        self._prev_silent = not spoke
+        yield FrameProcessed(len(self._frame_ms) - 1, float(t), timings, self.caches[0].length, spoke, p)
+        if spoke:
+            gen = self._reply(self.prompt.reply_prefix_ids)
+            self._counts["captions"] += 1
+            yield Caption(float(t), self._text(gen), len(gen.tokens), (time.perf_counter() - t_end) * 1e3)
+
+    def ask(self, question: str, t: float) -> Iterator[Event]:
+        """Insert a question at stream time t and answer it -> Answer."""
+        self.start()
+        t0 = time.perf_counter()
+        p = self.prompt
+        ids = [*p.user_prefix_ids, *self.model.tokenizer.encode(question), *p.user_suffix_ids, *p.reply_prefix_ids]
+        gen = self._reply(ids)
+        self._counts["answers"] += 1
+        yield Answer(float(t), question, self._text(gen), len(gen.tokens), (time.perf_counter() - t0) * 1e3)
+
+    def run(self, frames: Iterable[tuple[float, np.ndarray]], questions: Sequence[tuple[float, str]] = ()) -> Iterator[Event]:
+        """Feed (t, frame_bgr) pairs; each question is asked after the frames with t <= its time.
+        Ends with Stats."""
+        self.start()
+        qs = sorted(questions, key=lambda q: q[0])
+        qi = 0
+        for t, frame in frames:
+            while qi < len(qs) and qs[qi][0] < t:
+                yield from self.ask(qs[qi][1], qs[qi][0])
+                qi += 1
+            yield from self.push_frame(frame, t)
+        for tq, q in qs[qi:]:
+            yield from self.ask(q, tq)
+        yield self.stats()
+
+    def stats(self) -> Stats:
+        """Summary of the stream so far."""
+        ms = np.asarray(self._frame_ms, dtype=np.float64)
+        wall = time.perf_counter() - self._t0
+        pct = (lambda q: float(np.percentile(ms, q))) if ms.size else (lambda q: 0.0)
+        retrieval: dict[str, Any] = {"policy": self.policy}
+        for phase, (kept, hist) in self._kept.items():
+            retrieval[f"{phase}_kept_fraction"] = kept / hist if hist else 1.0
+        retrieval["seconds"] = dict(self._policy_s)
+        return Stats(
+            frames=int(ms.size),
+            tokens=self.caches[0].length,
+            frame_ms_mean=float(ms.mean()) if ms.size else 0.0,
+            frame_ms_median=pct(50),
+            frame_ms_p95=pct(95),
+            fps=ms.size / wall if wall > 0 else 0.0,
+            cache_bytes=self.cache_bytes,
+            captions=self._counts["captions"],
+            answers=self._counts["answers"],
+            generated_tokens=self._counts["generated"],
+            wall_s=wall,
+            stage_ms={k: v * 1e3 for k, v in self._stage_s.items()},
+            retrieval=retrieval,
+        )
+
+    @property
+    def cache_bytes(self) -> int:
+        return sum(c.nbytes() for c in self.caches)
+
+    # ------------------------------------------------------------------ text-only API
+
+    def prefill_text(self, ids: Sequence[int]) -> None:
+        """Feed token ids (chunks of at most `prefill_chunk`); pending tokens go first."""
+        ids = list(ids)
+        for i in range(0, len(ids), self.prefill_chunk):
+            self._feed(ids[i : i + self.prefill_chunk])
+        if not ids and self._pending:
+            self._feed([])
+
+    def next_logits(self) -> np.ndarray:
+        """Next-token logits [V] after everything fed so far."""
+        return self._logits()
+
+    def generate(self, max_tokens: int, *, stop_ids: Collection[int] | None = None) -> list[int]:
+        """Greedy tokens from here (stop_ids None = the bundle's end of turn; () = never stop).
+        The last token stays pending: it is fed with the next chunk."""
+        stops = self.tokens.end_of_turn if stop_ids is None else stop_ids
+        gen = greedy(self._logits(), self._step, max_tokens=max_tokens, stop_ids=stops)
+        self._pending = gen.tokens[-1:]
+        self._counts["generated"] += len(gen.tokens)
+        return gen.tokens
