@@ -88,3 +88,100 @@ def caption_video(
                 final = event
     if final is not None and not quiet:
         print_table("stream summary", stats_rows(final))
+
+
+def open_live_reader(camera: int | None, source: str | None) -> Any:
+    """--camera N or --source FILE/URL/DEVICE -> a FrameReader (files play at their real rate)."""
+    from vrex_edge.runtime.live import OpenCVReader
+
+    if (camera is None) == (source is None):
+        raise ConfigError("give exactly one of --camera N or --source FILE_OR_URL")
+    if camera is not None:
+        if camera < 0:
+            raise ConfigError(f"--camera must be a device index >= 0, got {camera}")
+        return OpenCVReader(camera)
+    assert source is not None
+    is_file = Path(source).is_file() and not source.startswith("/dev/")
+    return OpenCVReader(source, paced=is_file)
+
+
+def live_stream(
+    *,
+    camera: int | None,
+    source: str | None,
+    model: Path,
+    fps: float,
+    policy: str,
+    policy_options: dict[str, Any],
+    output: Path | None,
+    fmt: str,
+    show: bool,
+    retry_s: float,
+    providers: Sequence[str] | None,
+    threads: int | None,
+) -> None:
+    import queue
+    import threading
+
+    from vrex_edge.outputs import AppendOutput
+    from vrex_edge.runtime.events import Answer, Caption, FrameProcessed, Stats
+    from vrex_edge.runtime.live import CaptureThread, LiveStatus, live_events
+    from vrex_edge.ui import FrameWindow, LiveView, QuestionInput, print_table
+
+    if fmt not in ("jsonl", "srt", "text"):
+        raise ConfigError(f"unknown output format '{fmt}' (choose from: jsonl, srt, text)")
+    if not (fps > 0 and math.isfinite(fps)):
+        raise ConfigError(f"--fps must be a positive number, got {fps}")
+    session = open_session(model, policy=policy, policy_options=policy_options, providers=providers, threads=threads)
+    reader = open_live_reader(camera, source)
+    window = FrameWindow.open() if show else None
+    questions: queue.Queue[str] = queue.Queue()
+    stop = threading.Event()
+    capture = CaptureThread(reader, fps=fps, retry_s=retry_s)
+    final_status: LiveStatus | None = None
+    out_cm = AppendOutput(output) if output is not None else None
+    stream = out_cm.__enter__() if out_cm is not None else None
+    writer = RecordWriter(stream, fmt) if stream is not None else None
+    view = LiveView(reader.name)
+    interrupted = False
+    try:
+        with QuestionInput(questions, view) as typing_, view.running(interactive=typing_.interactive):
+            capture.start()
+            for event in live_events(session, capture, questions, stop=stop,
+                                     on_frame=window.show if window is not None else None):
+                if isinstance(event, Caption | Answer):
+                    question = event.question if isinstance(event, Answer) else None
+                    view.record(event.t, event.text, question)
+                    if window is not None:
+                        window.caption = event.text
+                    if writer is not None:
+                        writer.write(t=event.t, kind="answer" if question else "caption", text=event.text, question=question)
+                elif isinstance(event, FrameProcessed):
+                    view.frame(event)
+                elif isinstance(event, LiveStatus):
+                    final_status = event
+                    view.status(event)
+                elif isinstance(event, Stats):
+                    pass
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        stop.set()
+        capture.stop()
+        if window is not None:
+            window.close()
+        if out_cm is not None:
+            out_cm.__exit__(None, None, None)
+    status = capture.status()
+    stats = session.stats()
+    rows = stats_rows(stats)
+    rows.insert(1, ("capture", f"{status.captured} frames read, {status.sampled} sampled at {fps:g} fps, "
+                               f"{status.dropped} dropped while the model was busy"))
+    if final_status is not None and final_status.lag_ms is not None:
+        rows.insert(2, ("lag", f"{final_status.lag_ms:.0f} ms capture -> last reply"))
+    rows.append(("ended", "Ctrl-C" if interrupted else status.message or status.state))
+    print_table("live session summary", rows)
+    if status.state == "failed" and not interrupted:
+        from vrex_edge.errors import SourceError
+
+        raise SourceError(status.message + (f"; session saved in {output}" if output else ""))

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -82,18 +82,18 @@ def parse_policy_options(values: list[str]) -> dict[str, object]:
     return opts
 
 
-ModelOpt = Annotated[Optional[Path], typer.Option("--model", "-m", help="Bundle folder (default: the embedded vrex-tiny).")]
+ModelOpt = Annotated[Path | None, typer.Option("--model", "-m", help="Bundle folder (default: the embedded vrex-tiny).")]
 PolicyOpt = Annotated[str, typer.Option("--policy", help="KV retrieval policy: resv, full, window, topk.")]
 OptOpt = Annotated[list[str], typer.Option("--opt", help="Policy option key=value (repeatable), e.g. tau=0.95.")]
 ProviderOpt = Annotated[list[str], typer.Option("--provider", help="onnxruntime execution provider (repeatable; default CPU).")]
-ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="onnxruntime intra-op threads (default: all cores).")]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="onnxruntime intra-op threads (default: all cores).")]
 
 
 @app.command()
 def export(
     model: Annotated[str, typer.Option("--model", "-m", help="HF folder, GGUF file, or vrex_videollm checkpoint.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Bundle folder to create.")],
-    family: Annotated[Optional[str], typer.Option(help="Model family (default: detected from the source).")] = None,
+    family: Annotated[str | None, typer.Option(help="Model family (default: detected from the source).")] = None,
     dtype: Annotated[str, typer.Option(help="fp32, fp16 or int8.")] = "fp32",
     force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle at --out.")] = False,
 ) -> None:
@@ -128,7 +128,7 @@ def caption(
     policy: PolicyOpt = "resv",
     opt: OptOpt = [],  # noqa: B006 (typer reads the default)
     fmt: Annotated[str, typer.Option("--format", "-f", help="text, srt or jsonl.")] = "text",
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write here (atomically) instead of stdout.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here (atomically) instead of stdout.")] = None,
     ask: Annotated[list[str], typer.Option("--ask", help="Question at a stream time: 'T=question' (repeatable).")] = [],  # noqa: B006
     provider: ProviderOpt = [],  # noqa: B006
     threads: ThreadsOpt = None,
@@ -142,6 +142,32 @@ def caption(
         caption_video(
             video, model=model or default_model(), fps=fps, policy=policy, policy_options=parse_policy_options(opt),
             fmt=fmt, output=output, questions=questions, providers=provider or None, threads=threads, quiet=quiet,
+        )
+
+
+@app.command()
+def live(
+    camera: Annotated[int | None, typer.Option("--camera", help="Camera index (e.g. 0 for /dev/video0).")] = None,
+    source: Annotated[str | None, typer.Option("--source", help="Video file (played in real time), RTSP/HTTP URL, or device path.")] = None,
+    model: ModelOpt = None,
+    fps: Annotated[float, typer.Option(help="Frames per second fed to the model.")] = 2.0,
+    policy: PolicyOpt = "resv",
+    opt: OptOpt = [],  # noqa: B006
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Append the session here as it goes.")] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="Format of --output: jsonl, srt or text.")] = "jsonl",
+    show: Annotated[bool, typer.Option("--show", help="Open a window with the frame and the latest caption.")] = False,
+    retry: Annotated[float, typer.Option("--retry", help="Seconds to keep retrying a source that stops delivering.")] = 10.0,
+    provider: ProviderOpt = [],  # noqa: B006
+    threads: ThreadsOpt = None,
+) -> None:
+    """Narrate a camera or stream in real time; type a question and press Enter to ask it."""
+    from vrex_edge.app import live_stream
+
+    with user_errors():
+        live_stream(
+            camera=camera, source=source, model=model or default_model(), fps=fps, policy=policy,
+            policy_options=parse_policy_options(opt), output=output, fmt=fmt, show=show, retry_s=retry,
+            providers=provider or None, threads=threads,
         )
 
 

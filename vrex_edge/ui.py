@@ -101,3 +101,178 @@ def print_table(title: str, rows: list[tuple[str, str]]) -> None:
     for key, value in rows:
         t.add_row(key, value)
     err.print(t)
+
+
+# ---------------------------------------------------------------------------- live
+
+
+class LiveView:
+    """The live terminal UI: narration with stream times, rates, latency, cache, an input line."""
+
+    def __init__(self, source_name: str, *, max_lines: int = 14):
+        import collections
+
+        self.source_name = source_name
+        self.lines: collections.deque[str] = collections.deque(maxlen=max_lines)
+        self.buffer = ""
+        self.live_status: Any = None
+        self.frame_ms = 0.0
+        self.cache_tokens = 0
+        self.kept: float | None = None
+        self.console = Console(highlight=False)
+        self._live: Any = None
+
+    @contextmanager
+    def running(self, *, interactive: bool) -> Iterator[LiveView]:
+        from rich.live import Live
+
+        if not (interactive and self.console.is_terminal):
+            yield self  # plain mode: records are printed as they come
+            return
+        with Live(self, console=self.console, refresh_per_second=8, transient=False) as live:
+            self._live = live
+            try:
+                yield self
+            finally:
+                self._live = None
+
+    def record(self, t: float, text: str, question: str | None) -> None:
+        from vrex_edge.outputs import clock
+
+        line = f"[{clock(t)}] " + (f"Q: {question}  A: {text}" if question is not None else text)
+        self.lines.append(line)
+        if self._live is None:
+            self.console.print(line, markup=False)
+
+    def frame(self, event: Any) -> None:
+        self.frame_ms = event.timings_ms.get("total", 0.0)
+        self.cache_tokens = event.cache_tokens
+
+    def status(self, status: Any) -> None:
+        self.live_status = status
+        if self._live is None and status.capture.state not in ("running",):
+            self.console.print(f"[{status.capture.state}] {status.capture.message}", markup=False)
+
+    def __rich__(self) -> Any:
+        from rich.console import Group
+        from rich.panel import Panel
+        from rich.text import Text
+
+        body = Text("\n".join(self.lines) or "(waiting for the first narration)")
+        s = self.live_status
+        if s is not None:
+            el = max(s.elapsed, 1e-6)
+            cap = s.capture
+            lag = f"{s.lag_ms:.0f} ms" if s.lag_ms is not None else "-"
+            line = (f"captured {cap.captured / el:.1f} fps | processed {s.processed / el:.1f} fps | dropped {cap.dropped} | "
+                    f"frame {self.frame_ms:.0f} ms | lag {lag} | cache {self.cache_tokens:,} tok")
+            if cap.state != "running":
+                line += f" | {cap.state}: {cap.message}"
+        else:
+            line = "starting..."
+        return Group(Panel(body, title=f"vrex-edge live: {self.source_name}", title_align="left"),
+                     Text(line, style="dim"), Text(f"ask> {self.buffer}", style="bold"))
+
+
+class QuestionInput:
+    """Reads questions typed while the stream runs. On a terminal: keys in cbreak mode, echoed
+    into the view's input line; otherwise (a pipe): one question per line."""
+
+    def __init__(self, questions: Any, view: LiveView):
+        import sys
+        import threading
+
+        self.questions, self.view = questions, view
+        self.stdin = sys.stdin
+        self.interactive = bool(self.stdin is not None and self.stdin.isatty())
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="vrex-input", daemon=True)
+        self._saved: Any = None
+
+    def __enter__(self) -> QuestionInput:
+        if self.stdin is None or self.stdin.closed:
+            return self
+        if self.interactive:
+            import termios
+            import tty
+
+            fd = self.stdin.fileno()
+            self._saved = termios.tcgetattr(fd)
+            tty.setcbreak(fd)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._saved is not None:
+            import termios
+
+            termios.tcsetattr(self.stdin.fileno(), termios.TCSADRAIN, self._saved)
+
+    def _submit(self, text: str) -> None:
+        text = text.strip()
+        if text:
+            self.questions.put(text)
+
+    def _run(self) -> None:
+        import os
+        import select
+
+        if not self.interactive:
+            for line in self.stdin:
+                if self._stop.is_set():
+                    return
+                self._submit(line)
+            return
+        fd = self.stdin.fileno()
+        while not self._stop.is_set():
+            ready, _, _ = select.select([fd], [], [], 0.1)
+            if not ready:
+                continue
+            ch = os.read(fd, 1).decode("utf-8", "ignore")
+            if ch in ("\r", "\n"):
+                self._submit(self.view.buffer)
+                self.view.buffer = ""
+            elif ch in ("\x7f", "\b"):
+                self.view.buffer = self.view.buffer[:-1]
+            elif ch.isprintable():
+                self.view.buffer += ch
+
+
+class FrameWindow:
+    """--show: an OpenCV window with the frame and the latest caption drawn on it."""
+
+    def __init__(self) -> None:
+        self.caption = ""
+
+    @classmethod
+    def open(cls) -> FrameWindow | None:
+        import os
+        import sys
+
+        if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+            err.print("notice: no display found; --show is ignored")
+            return None
+        try:
+            import cv2
+
+            cv2.namedWindow("vrex-edge", cv2.WINDOW_NORMAL)
+        except Exception as e:  # a build of OpenCV without GUI support
+            err.print(f"notice: cannot open a window ({str(e).splitlines()[0][:80]}); --show is ignored")
+            return None
+        return cls()
+
+    def show(self, t: float, frame: Any) -> None:
+        import cv2
+
+        img = frame.copy()
+        if self.caption:
+            cv2.rectangle(img, (0, img.shape[0] - 28), (img.shape[1], img.shape[0]), (0, 0, 0), -1)
+            cv2.putText(img, self.caption[:90], (6, img.shape[0] - 9), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1)
+        cv2.imshow("vrex-edge", img)
+        cv2.waitKey(1)
+
+    def close(self) -> None:
+        import cv2
+
+        cv2.destroyAllWindows()

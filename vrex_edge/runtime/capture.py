@@ -35,12 +35,13 @@ class Resampler:
     A frame is kept when its time reaches the next tick; ticks it jumps over are skipped (a
     source slower than `fps` passes every frame through)."""
 
-    def __init__(self, fps: float | None):
+    def __init__(self, fps: float | None, *, tolerance: float = 1e-3):
         if fps is not None and not (fps > 0 and np.isfinite(fps)):
             raise ConfigError(f"fps must be a positive number, got {fps}")
         self.step = None if fps is None else 1.0 / fps
         self._next: float | None = None
-        self._tol = 1e-6 if self.step is None else self.step * 1e-3  # float noise in timestamps
+        # a frame this fraction of a step early still counts (float noise; capture jitter when live)
+        self._tol = 1e-6 if self.step is None else self.step * tolerance
 
     def keep(self, t: float) -> bool:
         if self.step is None:
