@@ -1,0 +1,1 @@
+"""Model families. Each module registers itself with `vrex_edge.export.registry.register`."""
