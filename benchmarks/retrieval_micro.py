@@ -5,7 +5,9 @@ The stream has frame-to-frame redundancy: each frame shows one of `--scenes` sce
 `--scene-frames` frames; a token is its scene's slot key plus small drift and noise. A frame's
 queries resemble its own keys, so attention mass concentrates on tokens of the same scene.
 For each cache size the cache is filled with `extend`, then `--frames` frames are attended and
-timed. Prints a Markdown table (median ms per layer per frame and the policy's time split).
+timed, the variants round-robin on the same frames (so machine load hits all alike).
+Prints a Markdown table: median ms per layer per frame, the mean time split (ms), overhead =
+(cluster + select + gather) / mean total, and the output's relative L2 error vs full.
 
     python3 benchmarks/retrieval_micro.py --sizes 1000 10000 40000
 """
@@ -32,10 +34,17 @@ def smollm2_text(max_positions: int = 8192) -> TextSpec:
 class VideoStream:
     """Un-rotated q/k/v frames with scene-level redundancy (see module docstring)."""
 
-    def __init__(self, text: TextSpec, *, tokens: int = 10, scenes: int = 64, scene_frames: int = 20, seed: int = 0):
+    def __init__(self, text: TextSpec, *, tokens: int = 10, scenes: int = 64, scene_frames: int = 20, seed: int = 0,
+                 spectrum: str = "low"):
         self.rng = np.random.default_rng(seed)
         self.text, self.t, self.scene_frames = text, tokens, scene_frames
+        half = text.head_dim // 2
+        # "low": content mostly in the slowest-rotating RoPE pairs, as trained LMs do for long-range
+        # matching (so post-RoPE attention stays content-driven); "flat": every pair alike.
+        w = np.exp(-(half - 1 - np.arange(half)) / 4.0) if spectrum == "low" else np.ones(half)
+        self.w = (np.concatenate([w, w]) * np.sqrt(text.head_dim / (2 * (w**2).sum()))).astype(np.float32)
         self.slots = self.rng.standard_normal((scenes, text.num_kv_heads, tokens, text.head_dim)).astype(np.float32)
+        self.slots *= self.w
         self.frame = 0
         self.scene = 0
 
@@ -48,45 +57,72 @@ class VideoStream:
             ks.append(self.slots[self.scene])
             self.frame += 1
         k = np.concatenate(ks, axis=1)  # [KVH, n, hd]
-        k = k + 0.15 * self.rng.standard_normal(k.shape).astype(np.float32)
+        k = k + 0.15 * self.w * self.rng.standard_normal(k.shape).astype(np.float32)
         v = self.rng.standard_normal(k.shape).astype(np.float32)
         g = self.text.num_heads // self.text.num_kv_heads
-        q = np.repeat(k, g, axis=0) * 1.5 + 0.5 * self.rng.standard_normal((g * k.shape[0], *k.shape[1:]))
+        q = np.repeat(k, g, axis=0) * 1.5 + 0.5 * self.w * self.rng.standard_normal((g * k.shape[0], *k.shape[1:]))
         return q.astype(np.float32), k, v
 
 
-def fill(cache, stream: VideoStream, n_tokens: int, rope: Rope) -> None:
-    _, k, v = stream.next(n_tokens // stream.t)
+def fill(cache, k: np.ndarray, v: np.ndarray, chunk: int, rope: Rope) -> None:
     pos = np.arange(k.shape[1])
     if isinstance(cache, FullKV):
         cache.k.append(rope.apply(k, pos))
         cache.v.append(v)
     else:
-        cache.extend(k, v, pos, chunk=stream.t)
+        cache.extend(k, v, pos, chunk=chunk)
 
 
-def bench(name: str, options: dict, n_tokens: int, frames: int, text: TextSpec) -> dict:
+def parse_variant(var: str) -> tuple[str, dict]:
+    name, _, rest = var.partition(":")
+    opts: dict = {}
+    for kv in filter(None, rest.split(",")):
+        key, _, val = kv.partition("=")
+        opts[key] = float(val) if "." in val else int(val) if val.isdigit() else val
+    return name, opts
+
+
+def bench(variants: list[str], n_tokens: int, frames: int, text: TextSpec, tau: float,
+          spectrum: str = "low") -> dict[str, dict]:
+    """Fill one cache per variant with the same stream, then time the same frames round-robin."""
     rope = Rope(text.rope)
-    cache = FullKV(text, rope) if name == "full" else make_policy(name, **options)(0, text, rope)
-    stream = VideoStream(text)
-    fill(cache, stream, n_tokens, rope)
-    times, split, kept = [], {}, []
+    stream = VideoStream(text, spectrum=spectrum)
+    _, k, v = stream.next(n_tokens // stream.t)
+    caches = {}
+    for var in variants:
+        name, opts = parse_variant(var)
+        if name == "resv":
+            opts.setdefault("tau", tau)
+        caches[var] = FullKV(text, rope) if name == "full" else make_policy(name, **opts)(0, text, rope)
+        fill(caches[var], k, v, stream.t, rope)
+    rows = {var: {"t": [], "split": {}, "kept": [], "err": []} for var in variants}
     for _ in range(frames):
         q, k, v = stream.next(1)
-        p = np.arange(cache.length, cache.length + k.shape[1])
-        t0 = time.perf_counter()
-        cache.attend(q, k, v, p, phase="prefill")
-        times.append(time.perf_counter() - t0)
-        st = cache.stats()
-        for key, s in st.seconds.items():
-            split.setdefault(key, []).append(s)
-        kept.append(st.kept.mean() / max(st.history, 1))
-    row = {"ms": 1e3 * float(np.median(times)), "kept": float(np.mean(kept))}
-    for key, s in split.items():
-        row[key] = 1e3 * float(np.median(s))
-    if hasattr(cache, "store"):
-        row["clusters"] = float(cache.store.nclu.mean())
-    return row
+        ref = None
+        for var, cache in caches.items():
+            p = np.arange(cache.length, cache.length + k.shape[1])
+            t0 = time.perf_counter()
+            out = cache.attend(q, k, v, p, phase="prefill")
+            r = rows[var]
+            r["t"].append(time.perf_counter() - t0)
+            ref = out if ref is None else ref  # the first variant is the reference (full)
+            r["err"].append(float(np.linalg.norm(out - ref) / np.linalg.norm(ref)))
+            st = cache.stats()
+            for key, s in st.seconds.items():
+                r["split"].setdefault(key, []).append(s)
+            r["kept"].append(st.kept.mean() / max(st.history, 1))
+            if hasattr(cache, "store"):
+                r["clusters"] = float(cache.store.nclu.mean())
+    out = {}
+    for var, r in rows.items():
+        row = {"ms": 1e3 * float(np.median(r["t"])), "kept": float(np.mean(r["kept"])), "err": float(np.mean(r["err"])),
+               "clusters": r.get("clusters", 0.0)}
+        for key, s in r["split"].items():
+            row[key] = 1e3 * float(np.mean(s))
+        row["total"] = 1e3 * float(np.mean(r["t"]))
+        row.setdefault("attend", row["total"])  # full reports no split
+        out[var] = row
+    return out
 
 
 def main() -> None:
@@ -94,30 +130,23 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 40000])
     ap.add_argument("--frames", type=int, default=20)
     ap.add_argument("--tau", type=float, default=0.9)
+    ap.add_argument("--spectrum", choices=("low", "flat"), default="low", help="where key content lives (see VideoStream)")
     ap.add_argument("--variants", nargs="+", default=["full", "resv:keys=pre", "resv:keys=post", "topk:k=0.2"],
                     help="policy[:opt=val,...] (numbers are parsed)")
     args = ap.parse_args()
     text = smollm2_text()
-    print("| cached | variant | ms/layer/frame | vs full | kept | cluster | select | gather | attend | overhead | clusters |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| cached | variant | ms/layer/frame (median) | vs full | history kept | cluster | select | gather | attend |"
+          " overhead | clusters/head | rel. error vs full |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n in args.sizes:
-        full_ms = None
-        for var in args.variants:
-            name, _, rest = var.partition(":")
-            opts: dict = {}
-            for kv in filter(None, rest.split(",")):
-                key, _, val = kv.partition("=")
-                opts[key] = float(val) if "." in val else int(val) if val.isdigit() else val
-            if name == "resv":
-                opts.setdefault("tau", args.tau)
-            row = bench(name, opts, n, args.frames, text)
-            full_ms = row["ms"] if name == "full" else full_ms
-            over = sum(row.get(k, 0.0) for k in ("cluster", "select", "gather"))
-            tot = over + row.get("attend", row["ms"])
-            print(f"| {n} | {var} | {row['ms']:.2f} | {full_ms / row['ms'] if full_ms else float('nan'):.1f}x"
-                  f" | {100 * row['kept']:.1f}% | " + " | ".join(f"{row.get(k, 0.0):.2f}" for k in
-                                                          ("cluster", "select", "gather", "attend"))
-                  + f" | {100 * over / tot:.0f}% | {row.get('clusters', 0):.0f} |", flush=True)
+        rows = bench(["full", *[v for v in args.variants if v != "full"]], n, args.frames, text, args.tau, args.spectrum)
+        full_ms = rows["full"]["ms"]
+        for var, row in rows.items():
+            split = [row.get(k, 0.0) for k in ("cluster", "select", "gather", "attend")]
+            over = sum(split[:3]) / row["total"]
+            print(f"| {n} | {var} | {row['ms']:.2f} | {full_ms / row['ms']:.1f}x | {100 * row['kept']:.1f}% | "
+                  + " | ".join(f"{x:.2f}" for x in split)
+                  + f" | {100 * over:.0f}% | {row['clusters']:.0f} | {row['err']:.4f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,195 @@
+"""ReSV's per-layer history store: cluster tables and a cluster-contiguous KV arena per KV head.
+
+Tokens leaving the recent window are hashed and assigned to clusters (through the retrieval
+backend). A cluster is *open* while it can still grow (among the `horizon` newest clusters of
+its head and below `max_size`); its tokens wait in a small open area. When it closes, its
+tokens are copied once into the sealed arena, contiguous, so a selected cluster is one slice
+(and a run of selected neighbours one bigger slice). The sealed arena is exactly what a cold
+tier writes out (issue 7); tables (codes, sums, means, counts) stay small and resident.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vrex_edge.accel.backend import RetrievalBackend
+
+
+def runs_to_index(runs: np.ndarray) -> np.ndarray:
+    """runs [r, 2] (start, stop) -> the token indices they cover, in order."""
+    lens = runs[:, 1] - runs[:, 0]
+    offs = np.cumsum(lens) - lens  # where each run starts in the output
+    return np.arange(int(lens.sum()), dtype=np.int64) + np.repeat(runs[:, 0] - offs, lens)
+
+
+class _Rows:
+    """Growable k, v [cap, hd] f32 and pos, owner [cap] i64 rows for one KV head."""
+
+    def __init__(self, hd: int, cap: int):
+        self.k = np.empty((cap, hd), np.float32)
+        self.v = np.empty((cap, hd), np.float32)
+        self.pos = np.empty(cap, np.int64)
+        self.owner = np.empty(cap, np.int64)
+        self.n = 0
+        self.dead = 0  # rows whose owner is -1 (open area only)
+
+    def reserve(self, need: int) -> None:
+        cap = self.k.shape[0]
+        if need <= cap:
+            return
+        cap = max(need, 2 * cap)
+        for name in ("k", "v", "pos", "owner"):
+            a = getattr(self, name)
+            b = np.empty((cap, *a.shape[1:]), a.dtype)
+            b[: self.n] = a[: self.n]
+            setattr(self, name, b)
+
+    def append(self, k: np.ndarray, v: np.ndarray, pos: np.ndarray, owner: np.ndarray) -> int:
+        m = k.shape[0]
+        self.reserve(self.n + m)
+        s = self.n
+        self.k[s : s + m], self.v[s : s + m], self.pos[s : s + m], self.owner[s : s + m] = k, v, pos, owner
+        self.n += m
+        return s
+
+    def nbytes(self) -> int:
+        return self.k.nbytes + self.v.nbytes + self.pos.nbytes + self.owner.nbytes
+
+
+class ClusterStore:
+    def __init__(self, kvh: int, hd: int, *, planes: np.ndarray, backend: RetrievalBackend,
+                 threshold: int, max_size: int, horizon: int, capacity: int = 256):
+        self.kvh, self.hd = kvh, hd
+        self.planes = planes  # [KVH, bits, hd]
+        self.backend = backend
+        self.threshold, self.max_size, self.horizon = threshold, max_size, horizon
+        words = -(-planes.shape[1] // 64)
+        self.codes = np.zeros((kvh, capacity, words), np.uint64)  # cluster codes (the founder's)
+        self.sums = np.zeros((kvh, capacity, hd), np.float64)  # running sums of the scoring keys
+        self.means = np.zeros((kvh, capacity, hd), np.float32)  # representatives
+        self.counts = np.zeros((kvh, capacity), np.int64)  # TC
+        self.start = np.full((kvh, capacity), -1, np.int64)  # offset in the sealed arena; -1 while open
+        self.nclu = np.zeros(kvh, np.int64)
+        self.open: list[np.ndarray] = [np.zeros(0, np.int64) for _ in range(kvh)]  # ids, oldest first
+        self.sealed = [_Rows(hd, 1024) for _ in range(kvh)]
+        self.pending = [_Rows(hd, 256) for _ in range(kvh)]  # open area: owner -1 = moved out
+
+    @property
+    def tokens(self) -> np.ndarray:
+        return self.counts.sum(-1)  # [KVH]
+
+    def _grow(self, need: int) -> None:
+        cap = self.counts.shape[1]
+        if need <= cap:
+            return
+        cap = max(need, 2 * cap)
+        for name, fill in (("codes", 0), ("sums", 0), ("means", 0), ("counts", 0), ("start", -1)):
+            a = getattr(self, name)
+            b = np.full((self.kvh, cap, *a.shape[2:]), fill, a.dtype)
+            b[:, : a.shape[1]] = a
+            setattr(self, name, b)
+
+    def push(self, k: np.ndarray, v: np.ndarray, pos: np.ndarray, kc: np.ndarray, ks: np.ndarray) -> None:
+        """k, v [KVH, m, hd] (storage form), pos [m]; kc, ks [KVH, m, hd]: the keys hashed for
+        clustering and the keys averaged into representatives for scoring; stream order."""
+        codes = self.backend.hash_codes(kc, self.planes)  # [KVH, m, W]
+        for h in range(self.kvh):
+            cand = self.open[h]
+            a = self.backend.cluster_assign(codes[h], self.codes[h, cand], self.counts[h, cand],
+                                            threshold=self.threshold, max_size=self.max_size, horizon=self.horizon)
+            c = cand.size
+            nnew = max(int(a.max()) + 1 - c, 0)
+            first_id = int(self.nclu[h])
+            self._grow(first_id + nnew)
+            ext = np.concatenate([cand, np.arange(first_id, first_id + nnew, dtype=np.int64)])
+            gid = ext[a]  # [m] cluster id per token
+            u, first, inv = np.unique(a, return_index=True, return_inverse=True)
+            if nnew:
+                new = u >= c
+                self.codes[h, ext[u[new]]] = codes[h, first[new]]
+                self.nclu[h] += nnew
+            ids = ext[u]  # the clusters this batch touched
+            onehot = (inv[None, :] == np.arange(u.size)[:, None])  # [u, m]
+            self.sums[h, ids] += onehot.astype(np.float64) @ ks[h]
+            self.counts[h, ids] += onehot.sum(1)
+            self.means[h, ids] = self.sums[h, ids] / self.counts[h, ids, None]
+            self.pending[h].append(k[h], v[h], pos, gid)
+            open_ok = self.counts[h, ext] < self.max_size
+            if open_ok.all() and ext.size <= self.horizon:
+                self.open[h] = ext
+                continue
+            growing = ext[open_ok]
+            keep = growing[-self.horizon :] if self.horizon > 0 else growing[:0]
+            self.open[h] = keep
+            mark = np.ones(int(self.nclu[h]), bool)
+            mark[keep] = False
+            self._seal(h, ext[mark[ext]])
+
+    def _seal(self, h: int, ids: np.ndarray) -> None:
+        """Move the tokens of clusters `ids` from the open area into the sealed arena, contiguous."""
+        p, s = self.pending[h], self.sealed[h]
+        owner = p.owner[: p.n]
+        mark = np.zeros(int(self.nclu[h]) + 1, bool)  # the extra last entry answers owner -1
+        mark[ids] = True
+        slots = np.flatnonzero(mark[owner])
+        slots = slots[np.argsort(owner[slots], kind="stable")]  # grouped by cluster, stream order inside
+        o = owner[slots]
+        base = s.append(p.k[slots], p.v[slots], p.pos[slots], o)
+        uniq, first = np.unique(o, return_index=True)
+        self.start[h, uniq] = base + first
+        p.owner[slots] = -1
+        p.dead += slots.size
+        if p.dead * 2 >= p.n:  # compact the open area once half of it is dead
+            live = np.flatnonzero(p.owner[: p.n] >= 0)
+            m = live.size
+            p.dead = 0
+            p.k[:m], p.v[:m], p.pos[:m], p.owner[:m] = p.k[live], p.v[live], p.pos[live], p.owner[live]
+            p.n = m
+
+    def gather(self, h: int, sel: np.ndarray, out_k: np.ndarray, out_v: np.ndarray,
+               out_pos: np.ndarray | None) -> int:
+        """Copy the tokens of clusters `sel` of head h into out_* [>= total, ...] -> tokens written.
+
+        out_pos None skips positions (absolute mode needs none)."""
+        st = self.start[h, sel]
+        sealed = sel[st >= 0]
+        s, p = self.sealed[h], self.pending[h]
+        w = 0
+        if sealed.size:
+            runs = self.backend.layout(sealed, self.start[h], self.counts[h])  # [r, 2]
+            if runs.shape[0] <= 4:
+                for a, b in runs.tolist():
+                    m = b - a
+                    out_k[w : w + m], out_v[w : w + m] = s.k[a:b], s.v[a:b]
+                    if out_pos is not None:
+                        out_pos[w : w + m] = s.pos[a:b]
+                    w += m
+            else:
+                w = self._take(s, runs_to_index(runs), out_k, out_v, out_pos, 0)
+        opened = sel[st < 0]
+        if opened.size and p.n:
+            mark = np.zeros(int(self.nclu[h]) + 1, bool)  # the extra last entry answers owner -1
+            mark[opened] = True
+            w = self._take(p, np.flatnonzero(mark[p.owner[: p.n]]), out_k, out_v, out_pos, w)
+        return w
+
+    @staticmethod
+    def _take(rows: _Rows, idx: np.ndarray, out_k, out_v, out_pos, w: int) -> int:
+        m = idx.size
+        # mode="clip" lets numpy write straight into `out` (indices are valid by construction)
+        np.take(rows.k, idx, axis=0, out=out_k[w : w + m], mode="clip")
+        np.take(rows.v, idx, axis=0, out=out_v[w : w + m], mode="clip")
+        if out_pos is not None:
+            np.take(rows.pos, idx, out=out_pos[w : w + m], mode="clip")
+        return w + m
+
+    def members(self, h: int) -> tuple[np.ndarray, np.ndarray]:
+        """Every stored token of head h -> (positions [N], cluster id [N]) (for tests and tools)."""
+        s, p = self.sealed[h], self.pending[h]
+        live = p.owner[: p.n] >= 0
+        pos = np.concatenate([s.pos[: s.n], p.pos[: p.n][live]])
+        return pos, np.concatenate([s.owner[: s.n], p.owner[: p.n][live]])
+
+    def nbytes(self) -> int:
+        tables = self.codes.nbytes + self.sums.nbytes + self.means.nbytes + self.counts.nbytes + self.start.nbytes
+        return tables + sum(r.nbytes() for r in self.sealed + self.pending)

@@ -1,0 +1,30 @@
+"""Option checking and shared per-session objects for the retrieval policies."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from vrex_edge.bundle import TextSpec
+from vrex_edge.errors import ConfigError
+from vrex_edge.runtime.retrieval.base import RopeTable
+from vrex_edge.runtime.rope import Rope
+
+
+def check_options(policy: str, defaults: Mapping[str, object], options: Mapping[str, object]) -> dict[str, object]:
+    """defaults updated by options; an unknown name is a ConfigError that lists the known ones."""
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise ConfigError(f"{policy}: unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(defaults))})")
+    return {**defaults, **options}
+
+
+def table_cache() -> Callable[[Rope, TextSpec], RopeTable]:
+    """One compact-position cos/sin table per Rope, shared by the layers of a session."""
+    tables: dict[int, tuple[Rope, RopeTable]] = {}
+
+    def get(rope: Rope, text: TextSpec) -> RopeTable:
+        if id(rope) not in tables:
+            tables[id(rope)] = (rope, RopeTable(rope, text.max_positions))
+        return tables[id(rope)][1]
+
+    return get
