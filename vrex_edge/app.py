@@ -37,7 +37,7 @@ def stats_rows(stats: Any) -> list[tuple[str, str]]:
     ]
     retrieval = stats.retrieval or {}
     for phase in ("prefill", "decode"):
-        ratio = retrieval.get(f"{phase}_kept_ratio")
+        ratio = retrieval.get(f"{phase}_kept_fraction")
         if ratio is not None:
             rows.append((f"kept ({phase})", f"{100 * ratio:.1f}% of history tokens"))
     timing = retrieval.get("seconds") or {}
