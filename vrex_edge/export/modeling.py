@@ -71,6 +71,15 @@ class VideoLLMConfig:
         return cls(d["vision_config"], d["text_config"], frame, dict(d.get("tokens", {})), dict(d.get("prompt", {})))
 
 
+def _bins(n_in: int, n_out: int) -> torch.Tensor:
+    """[n_out, n_in] averaging weights of adaptive_avg_pool's bins (floor start, ceil end)."""
+    m = torch.zeros(n_out, n_in)
+    for i in range(n_out):
+        a, b = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+        m[i, a:b] = 1.0 / (b - a)
+    return m
+
+
 class VideoLLM(nn.Module):
     def __init__(self, config: VideoLLMConfig):
         super().__init__()
@@ -91,7 +100,13 @@ class VideoLLM(nn.Module):
         p = self.vision_tower.config.patch_size
         gh, gw = fc.image_size[0] // p, fc.image_size[1] // p
         grid = patches.transpose(1, 2).reshape(n_frames, c, gh, gw)  # [F, C, gh, gw]
-        pooled = F.adaptive_avg_pool2d(grid, fc.pooled_grid).flatten(2).transpose(1, 2)  # [F, 9, C]
+        if gh % fc.pooled_grid[0] or gw % fc.pooled_grid[1]:
+            # same bins as adaptive_avg_pool2d, as matmuls: ONNX export has no uneven adaptive pooling
+            mh = _bins(gh, fc.pooled_grid[0]).to(grid)  # [ph, gh]
+            mw = _bins(gw, fc.pooled_grid[1]).to(grid)  # [pw, gw]
+            pooled = torch.matmul(torch.matmul(mh, grid), mw.t()).flatten(2).transpose(1, 2)  # [F, 9, C]
+        else:
+            pooled = F.adaptive_avg_pool2d(grid, fc.pooled_grid).flatten(2).transpose(1, 2)  # [F, 9, C]
         parts = [pooled]
         if fc.use_cls:
             cls = out.pooler_output if out.pooler_output is not None else patches.mean(1)  # [F, C]
