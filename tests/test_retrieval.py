@@ -56,6 +56,8 @@ RESV_VARIANTS = [
     dict(keys="pre", score_keys="post", hamming=6, horizon=8, max_cluster=8, sink=3, recent=12),
     dict(keys="post", score_keys="pre", hamming=10, positions="compact", sink=3, recent=12),
     dict(hamming=6, cluster_batch=7, reselect=3, sink=5, recent=10),
+    dict(dense_below=0, hamming=6, sink=4, recent=16),  # scoring + incremental gather from the first call
+    dict(dense_below=0, incremental=0, keys="pre", hamming=6, sink=4, recent=16),
 ]
 
 
@@ -67,6 +69,38 @@ def test_resv_tau1_equals_full(chunks, opts):
     got = run(build("resv", text, tau=1.0, **opts), text, chunks)
     for a, b in zip(ref, got, strict=True):
         np.testing.assert_allclose(b, a, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("chunks", CHUNKINGS[:2])
+def test_dense_fallback_equals_full(chunks):
+    """While the history is below dense_below, resv attends to all of it whatever tau is."""
+    text = make_text()
+    ref = run(FullKV(text, Rope(text.rope)), text, chunks)
+    cache = build("resv", text, tau=0.3, hamming=6, sink=4, recent=16, dense_below=10**6)
+    got = run(cache, text, chunks)
+    for a, b in zip(ref, got, strict=True):
+        np.testing.assert_allclose(b, a, rtol=2e-5, atol=2e-5)
+    st = cache.stats()
+    assert (st.kept == st.history).all()
+    cache = build("resv", text, tau=0.3, hamming=6, sink=4, recent=16, dense_below=100)
+    run(cache, text, [10] * 30)  # past the threshold it selects again
+    st = cache.stats()
+    assert (st.kept < st.history).all() and cache.last_mass is not None
+
+
+@pytest.mark.parametrize("opts", [dict(), dict(cluster_batch=7, reselect=3), dict(max_cluster=4, horizon=4, keys="pre")])
+def test_incremental_gather_equals_full_gather(opts):
+    """The buffer kept across calls (incremental=1) attends to the same tokens as gathering afresh."""
+    text = make_text()
+    chunks = CHUNKINGS[1] + [10] * 25 + [64] + [10] * 10  # a growing selection reallocates the buffer
+    caches = [build("resv", text, tau=0.7, hamming=6, sink=4, recent=16, dense_below=0, incremental=i, **opts)
+              for i in (0, 1)]
+    ref, got = (run(c, text, chunks) for c in caches)
+    for a, b in zip(ref, got, strict=True):
+        np.testing.assert_allclose(b, a, rtol=2e-5, atol=2e-5)
+    for phase in ("prefill", "decode"):
+        assert np.array_equal(caches[0].totals[phase].kept, caches[1].totals[phase].kept)
+    assert caches[1].gatherer is not None and caches[1].gatherer.n.sum() > 0
 
 
 @pytest.mark.parametrize("chunks", CHUNKINGS[:2])
@@ -137,7 +171,7 @@ def test_clustering_invariants(opts):
 @pytest.mark.parametrize("tau", [0.5, 0.8, 0.95])
 def test_selection_is_minimal_prefix(tau):
     text = make_text()
-    cache = build("resv", text, tau=tau, hamming=6, sink=4, recent=10)
+    cache = build("resv", text, tau=tau, hamming=6, sink=4, recent=10, dense_below=0)
     run(cache, text, [10] * 30)
     mass, nsel = cache.last_mass, cache.last_nsel
     for h in range(text.num_kv_heads):
@@ -158,7 +192,7 @@ def test_selection_is_minimal_prefix(tau):
 def test_per_head_counts_follow_mass():
     """Head 0's queries point at one centroid (peaked mass), head 1's queries are ~0 (flat)."""
     text = make_text(h=2, kvh=2)
-    cache = build("resv", text, tau=0.9, hamming=6, sink=0, recent=10, keys="pre")
+    cache = build("resv", text, tau=0.9, hamming=6, sink=0, recent=10, keys="pre", dense_below=0)
     rng = np.random.default_rng(1)
     pos = 0
     for q, k, v, phase in stream(rng, text, [10] * 40):

@@ -115,6 +115,8 @@ class Ring:
 class WindowedCache:
     """Base of the retrieval policies (see module docstring). Not a policy by itself."""
 
+    workspace = None  # kvstore.tiers.Workspace: buf_* shared across layers within a KV budget
+
     def __init__(self, text: TextSpec, rope: Rope, *, sink: int, recent: int, positions: str,
                  table: RopeTable | None, aux: bool = False, absorb_batch: int = 1):
         if positions not in POSITION_MODES:
@@ -170,6 +172,9 @@ class WindowedCache:
     def reserve(self, retrieved: int) -> None:
         """Make buf_* hold sink + `retrieved` + recent tokens per head."""
         need = self.sink_n + retrieved + self.ring.n
+        if self.workspace is not None:  # buffers shared by all layers, under a KV budget (kvstore)
+            self.workspace.reserve(self, need)
+            return
         if need > self.buf_k.shape[1]:
             cap = max(need, int(self.buf_k.shape[1] * 1.5), 256)
             self.buf_k = np.empty((self.kvh, cap, self.hd), np.float32)

@@ -57,6 +57,8 @@ class _Rows:
 
 
 class ClusterStore:
+    tier = None  # kvstore.tiers.LayerTier when the sealed arena lives on tiers (issue 7)
+
     def __init__(self, kvh: int, hd: int, *, planes: np.ndarray, backend: RetrievalBackend,
                  threshold: int, max_size: int, horizon: int, capacity: int = 256):
         self.kvh, self.hd = kvh, hd
@@ -66,13 +68,18 @@ class ClusterStore:
         words = -(-planes.shape[1] // 64)
         self.codes = np.zeros((kvh, capacity, words), np.uint64)  # cluster codes (the founder's)
         self.sums = np.zeros((kvh, capacity, hd), np.float64)  # running sums of the scoring keys
-        self.means = np.zeros((kvh, capacity, hd), np.float32)  # representatives
+        self.means_t = np.zeros((kvh, hd, capacity), np.float32)  # representatives, transposed for scoring
         self.counts = np.zeros((kvh, capacity), np.int64)  # TC
         self.start = np.full((kvh, capacity), -1, np.int64)  # offset in the sealed arena; -1 while open
         self.nclu = np.zeros(kvh, np.int64)
         self.open: list[np.ndarray] = [np.zeros(0, np.int64) for _ in range(kvh)]  # ids, oldest first
         self.sealed = [_Rows(hd, 1024) for _ in range(kvh)]
         self.pending = [_Rows(hd, 256) for _ in range(kvh)]  # open area: owner -1 = moved out
+
+    @property
+    def means(self) -> np.ndarray:
+        """Representatives [KVH, cap, hd]: a view of means_t (scores are then one plain GEMM per head)."""
+        return self.means_t.swapaxes(1, 2)
 
     @property
     def tokens(self) -> np.ndarray:
@@ -83,11 +90,14 @@ class ClusterStore:
         if need <= cap:
             return
         cap = max(need, 2 * cap)
-        for name, fill in (("codes", 0), ("sums", 0), ("means", 0), ("counts", 0), ("start", -1)):
+        for name, fill in (("codes", 0), ("sums", 0), ("counts", 0), ("start", -1)):
             a = getattr(self, name)
             b = np.full((self.kvh, cap, *a.shape[2:]), fill, a.dtype)
             b[:, : a.shape[1]] = a
             setattr(self, name, b)
+        mt = np.zeros((self.kvh, self.hd, cap), np.float32)
+        mt[:, :, : self.means_t.shape[2]] = self.means_t
+        self.means_t = mt
 
     def push(self, k: np.ndarray, v: np.ndarray, pos: np.ndarray, kc: np.ndarray, ks: np.ndarray) -> None:
         """k, v [KVH, m, hd] (storage form), pos [m]; kc, ks [KVH, m, hd]: the keys hashed for
@@ -134,7 +144,10 @@ class ClusterStore:
         slots = np.flatnonzero(mark[owner])
         slots = slots[np.argsort(owner[slots], kind="stable")]  # grouped by cluster, stream order inside
         o = owner[slots]
-        base = s.append(p.k[slots], p.v[slots], p.pos[slots], o)
+        if self.tier is not None:  # cold tier (kvstore): written once, cluster-contiguous, not kept here
+            base = self.tier.write(h, p.k[slots], p.v[slots], p.pos[slots], o)
+        else:
+            base = s.append(p.k[slots], p.v[slots], p.pos[slots], o)
         uniq, first = np.unique(o, return_index=True)
         self.start[h, uniq] = base + first
         p.owner[slots] = -1
@@ -147,15 +160,18 @@ class ClusterStore:
             p.n = m
 
     def gather(self, h: int, sel: np.ndarray, out_k: np.ndarray, out_v: np.ndarray,
-               out_pos: np.ndarray | None) -> int:
+               out_pos: np.ndarray | None, out_owner: np.ndarray | None = None) -> int:
         """Copy the tokens of clusters `sel` of head h into out_* [>= total, ...] -> tokens written.
 
-        out_pos None skips positions (absolute mode needs none)."""
+        out_pos None skips positions (absolute mode needs none); out_owner gets each token's cluster id."""
         st = self.start[h, sel]
         sealed = sel[st >= 0]
         s, p = self.sealed[h], self.pending[h]
         w = 0
-        if sealed.size:
+        if sealed.size and self.tier is not None:  # through the hot cache / cold log (kvstore)
+            assert out_owner is None, "tiered stores gather without owners (no incremental gather)"
+            w = self.tier.gather(h, sealed, self.start[h], self.counts[h], out_k, out_v, out_pos)
+        elif sealed.size:
             runs = self.backend.layout(sealed, self.start[h], self.counts[h])  # [r, 2]
             if runs.shape[0] <= 4:
                 for a, b in runs.tolist():
@@ -163,24 +179,28 @@ class ClusterStore:
                     out_k[w : w + m], out_v[w : w + m] = s.k[a:b], s.v[a:b]
                     if out_pos is not None:
                         out_pos[w : w + m] = s.pos[a:b]
+                    if out_owner is not None:
+                        out_owner[w : w + m] = s.owner[a:b]
                     w += m
             else:
-                w = self._take(s, runs_to_index(runs), out_k, out_v, out_pos, 0)
+                w = self._take(s, runs_to_index(runs), out_k, out_v, out_pos, 0, out_owner)
         opened = sel[st < 0]
         if opened.size and p.n:
             mark = np.zeros(int(self.nclu[h]) + 1, bool)  # the extra last entry answers owner -1
             mark[opened] = True
-            w = self._take(p, np.flatnonzero(mark[p.owner[: p.n]]), out_k, out_v, out_pos, w)
+            w = self._take(p, np.flatnonzero(mark[p.owner[: p.n]]), out_k, out_v, out_pos, w, out_owner)
         return w
 
     @staticmethod
-    def _take(rows: _Rows, idx: np.ndarray, out_k, out_v, out_pos, w: int) -> int:
+    def _take(rows: _Rows, idx: np.ndarray, out_k, out_v, out_pos, w: int, out_owner=None) -> int:
         m = idx.size
         # mode="clip" lets numpy write straight into `out` (indices are valid by construction)
         np.take(rows.k, idx, axis=0, out=out_k[w : w + m], mode="clip")
         np.take(rows.v, idx, axis=0, out=out_v[w : w + m], mode="clip")
         if out_pos is not None:
             np.take(rows.pos, idx, out=out_pos[w : w + m], mode="clip")
+        if out_owner is not None:
+            np.take(rows.owner, idx, out=out_owner[w : w + m], mode="clip")
         return w + m
 
     def members(self, h: int) -> tuple[np.ndarray, np.ndarray]:

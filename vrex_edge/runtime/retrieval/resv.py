@@ -9,8 +9,12 @@ horizon (candidate clusters: the newest open ones), max_cluster, sink, recent, k
 post- or pre-RoPE keys), score_keys (representatives; default = keys), positions
 (absolute | compact), accel (retrieval backend), seed (hyperplanes), cluster_batch (tokens
 leave the window in groups of at least this many), reselect (reuse a selection for this many
-calls of a phase, adding clusters opened since). keys=post, tau=0.9 measured best on real text
-(benchmarks/bench_policies.py); cluster_batch/reselect > 1 trade fidelity for time.
+calls of a phase, adding clusters opened since), dense_below (while fewer history tokens are
+cached, attend to all of them and skip scoring: exact at small caches; 0 = off, the default,
+because it measured no faster than selecting, see results/retrieval_micro.md), incremental (absolute positions: keep the sealed clusters gathered for the
+last call in the attention buffer and copy only the difference; 0 = gather everything each call).
+keys=post, tau=0.9 measured best on real text (benchmarks/bench_policies.py); cluster_batch/
+reselect > 1 trade fidelity for time; dense_below and incremental change no output.
 """
 
 from __future__ import annotations
@@ -25,19 +29,22 @@ from vrex_edge.errors import ConfigError
 from vrex_edge.runtime.kvcache import CacheFactory, register_policy
 from vrex_edge.runtime.retrieval.base import RopeTable, WindowedCache
 from vrex_edge.runtime.retrieval.clusters import ClusterStore
+from vrex_edge.runtime.retrieval.gather import BufferedGather
 from vrex_edge.runtime.retrieval.options import check_options, table_cache
 from vrex_edge.runtime.rope import Rope
 
 KEY_MODES = ("post", "pre")
+DENSE_BELOW = 0  # off: measured never cheaper than selecting (per-frame clustering dominates small caches; results/retrieval_micro.md)
 DEFAULTS = dict(tau=0.9, bits=32, hamming=2, horizon=128, max_cluster=32, sink=32, recent=128,
                 keys="post", score_keys=None, positions="absolute", accel="host", seed=0,
-                cluster_batch=1, reselect=1)
+                cluster_batch=1, reselect=1, dense_below=DENSE_BELOW, incremental=1)
 
 
 class ReSVCache(WindowedCache):
     def __init__(self, layer: int, text: TextSpec, rope: Rope, *, table: RopeTable | None, tau: float, bits: int,
                  hamming: int, horizon: int, max_cluster: int, sink: int, recent: int, keys: str,
-                 score_keys: str, positions: str, accel: str, seed: int, cluster_batch: int, reselect: int):
+                 score_keys: str, positions: str, accel: str, seed: int, cluster_batch: int, reselect: int,
+                 dense_below: int = DENSE_BELOW, incremental: bool = True):
         self.post = keys == "post"  # hash codes from rotated (absolute positions) or un-rotated keys
         self.score_post = score_keys == "post"  # representatives (and queries) rotated or not
         compact = positions == "compact"  # storage form: un-rotated when compact, rotated when absolute
@@ -53,6 +60,8 @@ class ReSVCache(WindowedCache):
         self.last_nsel = np.zeros(self.kvh, np.int64)
         self.last_sel: list[np.ndarray] = []
         self._reuse: tuple[str, int, np.ndarray] | None = None  # (phase, calls left, nclu at selection)
+        self.dense_below = dense_below
+        self.gatherer = BufferedGather(self) if incremental and not self.compact else None
 
     def _aux(self, k: np.ndarray, k_abs: np.ndarray) -> np.ndarray | None:
         """The key form that is not the storage form, when clustering or scoring needs it."""
@@ -79,7 +88,11 @@ class ReSVCache(WindowedCache):
         if c == 0:
             return r
         t0 = time.perf_counter()
-        if self._reuse is not None and self._reuse[0] == self.phase and self._reuse[1] > 0:
+        hist = self.seen - self.sink_n - self.ring.n  # tokens in the clusters
+        if hist < self.dense_below and hist <= budget:  # small history: attend to all of it, no scoring
+            sels = [np.arange(int(m)) for m in st.nclu]
+            self._reuse = None
+        elif self._reuse is not None and self._reuse[0] == self.phase and self._reuse[1] > 0:
             _, left, then = self._reuse  # the last selection plus every cluster opened since
             sels = [np.concatenate([s, np.arange(then[h], st.nclu[h])]) for h, s in enumerate(self.last_sel)]
             self._reuse = (self.phase, left - 1, then)
@@ -104,8 +117,12 @@ class ReSVCache(WindowedCache):
         sec["select"] += t1 - t0
         self.reserve(int(r.max()))
         s = self.sink_n
-        for h in range(self.kvh):
-            st.gather(h, sels[h], self.buf_k[h, s:], self.buf_v[h, s:], self.buf_pos[h, s:] if self.compact else None)
+        if self.gatherer is not None:
+            self.gatherer.gather(sels)
+        else:
+            for h in range(self.kvh):
+                st.gather(h, sels[h], self.buf_k[h, s:], self.buf_v[h, s:],
+                          self.buf_pos[h, s:] if self.compact else None)
         sec["gather"] += time.perf_counter() - t1
         return r
 
@@ -119,6 +136,9 @@ def make_resv(**options: object) -> CacheFactory:
     for name in ("keys", "score_keys"):
         if o[name] not in KEY_MODES:
             raise ConfigError(f"resv: {name} must be one of {', '.join(KEY_MODES)} (got '{o[name]}')")
+    for name in ("dense_below", "incremental"):
+        if int(o[name]) < 0:
+            raise ConfigError(f"resv: {name} must be >= 0 (got {o[name]})")
     for name in ("bits", "max_cluster", "horizon", "cluster_batch", "reselect"):
         if int(o[name]) < 1:
             raise ConfigError(f"resv: {name} must be >= 1 (got {o[name]})")
@@ -131,7 +151,8 @@ def make_resv(**options: object) -> CacheFactory:
                          hamming=int(o["hamming"]), horizon=int(o["horizon"]), max_cluster=int(o["max_cluster"]),
                          sink=int(o["sink"]), recent=int(o["recent"]), keys=str(o["keys"]),
                          score_keys=str(o["score_keys"]), positions=str(o["positions"]), accel=str(o["accel"]), seed=int(o["seed"]),
-                         cluster_batch=int(o["cluster_batch"]), reselect=int(o["reselect"]))
+                         cluster_batch=int(o["cluster_batch"]), reselect=int(o["reselect"]),
+                         dense_below=int(o["dense_below"]), incremental=bool(int(o["incremental"])))
 
     return factory
 

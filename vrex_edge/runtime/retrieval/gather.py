@@ -1,0 +1,75 @@
+"""Incremental gather for `resv` in absolute positions: the attention buffer as a cluster cache.
+
+Consecutive chunks select mostly the same clusters (60-90% overlap measured at 40K tokens), and
+a sealed cluster never changes. So the sealed clusters gathered for the last call stay in the
+policy's attention buffer (rows sink .. sink + n of each head, in any order: with absolute
+positions the attention is order-free); a new selection drops the clusters no longer wanted
+(the buffer's tail rows fill the holes), and only newly selected sealed clusters are copied from
+the arena. Open clusters can still grow, so their tokens are copied after the cached rows on
+every call. The result is the same token set as a full gather.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from vrex_edge.runtime.retrieval.resv import ReSVCache
+
+
+class BufferedGather:
+    def __init__(self, cache: ReSVCache):
+        self.cache = cache
+        kvh = cache.kvh
+        self.n = np.zeros(kvh, np.int64)  # cached rows per head (after the sink)
+        self.owner = [np.empty(0, np.int64) for _ in range(kvh)]  # [cap] cluster id of each cached row
+        self.cached = [np.zeros(0, bool) for _ in range(kvh)]  # [clusters] held in the buffer
+        self.buf: np.ndarray | None = None  # the buffer the rows live in (a reallocation empties it)
+        self.sink = -1  # sink rows when the rows were cached (they sit after the sink)
+
+    def _reset(self) -> None:
+        c = self.cache
+        self.n[:] = 0
+        for h in range(c.kvh):
+            self.cached[h][:] = False
+        self.buf, self.sink = c.buf_k, c.sink_n
+
+    def gather(self, sels: list[np.ndarray]) -> None:
+        """Make buf_k/buf_v[h, sink : sink + r_h] hold the tokens of clusters sels[h] (r_h = their counts)."""
+        c, st = self.cache, self.cache.store
+        if self.buf is not c.buf_k or self.sink != c.sink_n:
+            self._reset()
+        s = c.sink_n
+        for h in range(c.kvh):
+            k, v = c.buf_k[h, s:], c.buf_v[h, s:]  # [cap, hd] rows after the sink
+            nclu = int(st.nclu[h])
+            if self.cached[h].size < nclu:
+                grown = np.zeros(max(nclu, 2 * self.cached[h].size), bool)
+                grown[: self.cached[h].size] = self.cached[h]
+                self.cached[h] = grown
+            if self.owner[h].size < k.shape[0]:
+                grown = np.empty(k.shape[0], np.int64)
+                grown[: self.owner[h].size] = self.owner[h]
+                self.owner[h] = grown
+            sel = sels[h]
+            is_sealed = st.start[h, sel] >= 0
+            want = np.zeros(nclu + 1, bool)
+            want[sel[is_sealed]] = True
+            owner, cached, n = self.owner[h], self.cached[h], int(self.n[h])
+            keep = want[owner[:n]]  # [n] rows still wanted
+            nk = int(np.count_nonzero(keep))
+            if nk < n:  # move the wanted rows of the tail into the holes of the head
+                holes = np.flatnonzero(~keep[:nk])
+                src = nk + np.flatnonzero(keep[nk:])
+                k[holes], v[holes], owner[holes] = k[src], v[src], owner[src]
+                cached[:nclu] &= want[:nclu]
+            add = sel[is_sealed]
+            add = add[~cached[add]]
+            if add.size:
+                nk += st.gather(h, add, k[nk:], v[nk:], None, out_owner=owner[nk:])
+                cached[add] = True
+            self.n[h] = nk
+            if not is_sealed.all():  # open clusters: copied every call, after the cached rows
+                st.gather(h, sel[~is_sealed], k[nk:], v[nk:], None)
