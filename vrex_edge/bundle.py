@@ -115,6 +115,10 @@ class PromptSpec:
     reply_prefix_ids: tuple[int, ...]
     reply_suffix_ids: tuple[int, ...] = ()
     frame_prefix_ids: tuple[int, ...] = ()
+    # Text put before each frame's tokens, after frame_prefix_ids, formatted per frame with the
+    # frame's stream time: {mm}, {ss} (int minutes and seconds within the minute), {t} (float s).
+    # Tokenized by the runtime per frame; "" (older bundles) means none.
+    frame_prefix_template: str = ""
     speak_threshold: float = 0.5
     max_reply_tokens: int = 48
     system_text: str = ""
@@ -221,6 +225,7 @@ def manifest_from_dict(m: dict[str, Any]) -> Manifest:
             reply_prefix_ids=_ids(p.get("reply_prefix_ids")),
             reply_suffix_ids=_ids(p.get("reply_suffix_ids")),
             frame_prefix_ids=_ids(p.get("frame_prefix_ids")),
+            frame_prefix_template=str(p.get("frame_prefix_template", "")),
             speak_threshold=float(p.get("speak_threshold", 0.5)),
             max_reply_tokens=int(p.get("max_reply_tokens", 48)),
             system_text=str(p.get("system_text", "")),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from vrex_edge.errors import ExportError
 
-DTYPES = ("fp32", "fp16", "int8")
+DTYPES = ("fp32", "fp16", "int8", "int4")
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,9 @@ from vrex_edge.errors import ExportError
 
 OPSET = 17
 # Max abs error allowed, relative to (1 + max |reference|), per weight dtype. Measured worst cases
-# on SmolLM2-135M: fp32 2.4e-7, fp16 6.4e-4, int8 2.6e-2.
-TOLERANCE = {"fp32": 1e-4, "fp16": 5e-3, "int8": 0.08}
+# on SmolLM2-135M: fp32 2.4e-7, fp16 6.4e-4, int8 2.6e-2 (int4: a loose bound; its quality is
+# measured on real text by benchmarks/bench_quant.py).
+TOLERANCE = {"fp32": 1e-4, "fp16": 5e-3, "int8": 0.08, "int4": 0.5}
 
 
 def export_onnx(

@@ -20,6 +20,7 @@ from vrex_edge.bundle import PromptSpec, TokenSpec, VisionSpec
 from vrex_edge.errors import ExportError
 
 GGUF_MAGIC = b"GGUF"
+ADAPTER_CONFIG = "adapter_config.json"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -28,7 +29,7 @@ class Source:
     """A resolved model source: a Hugging Face folder (config.json) or a GGUF file."""
 
     path: Path  # the folder holding the model (the GGUF file's folder for GGUF)
-    kind: str  # "hf" | "gguf"
+    kind: str  # "hf" | "gguf" | "peft" (an adapter folder; config is adapter_config.json)
     model_type: str
     config: dict[str, Any] = field(default_factory=dict)  # config.json (empty for GGUF)
     gguf_file: Path | None = None
@@ -145,6 +146,13 @@ def resolve_source(source: str | Path) -> Source:
         if not isinstance(config, dict) or "model_type" not in config:
             raise ExportError(f"{cfg_path} has no 'model_type'; pass --family to say what the model is")
         return Source(path, "hf", str(config["model_type"]).lower(), config=config)
+    adapter = path / ADAPTER_CONFIG
+    if adapter.is_file():  # a PEFT adapter checkpoint: its base model is named inside
+        try:
+            acfg = json.loads(adapter.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ExportError(f"cannot read {adapter}: {e}") from None
+        return Source(path, "peft", adapter_model_type(acfg), config=acfg)
     ggufs = [p for p in sorted(path.iterdir()) if p.is_file() and is_gguf(p)]
     if len(ggufs) == 1:
         return resolve_source(ggufs[0])
@@ -152,6 +160,17 @@ def resolve_source(source: str | Path) -> Source:
         names = ", ".join(p.name for p in ggufs)
         raise ExportError(f"{path} holds several GGUF files ({names}); pass one of them")
     raise ExportError(f"{path} has no config.json and no GGUF file; it is not a model folder")
+
+
+def adapter_model_type(adapter_config: dict[str, Any]) -> str:
+    """The model_type of a PEFT adapter folder, from what it trains: VideoLLM-online saves its MLP
+    connector with the LoRA weights (modules_to_save=["connector"])."""
+    if not isinstance(adapter_config, dict):
+        raise ExportError(f"{ADAPTER_CONFIG} must hold a JSON object")
+    if "connector" in (adapter_config.get("modules_to_save") or ()):
+        return "live_llama"
+    raise ExportError(f"this PEFT adapter (base '{adapter_config.get('base_model_name_or_path')}') is not a "
+                      "VideoLLM-online checkpoint; merge it into its base model and export the merged folder")
 
 
 def detect_family(source: str | Path | Source) -> str:
