@@ -35,7 +35,7 @@ from vrex_edge.runtime.rope import Rope
 
 KEY_MODES = ("post", "pre")
 DENSE_BELOW = 0  # off: measured never cheaper than selecting (per-frame clustering dominates small caches; results/retrieval_micro.md)
-DEFAULTS = dict(tau=0.9, bits=32, hamming=2, horizon=128, max_cluster=32, sink=32, recent=128,
+DEFAULTS = dict(tau=0.9, bits=64, hamming=2, horizon=128, max_cluster=32, sink=32, recent=128,
                 keys="post", score_keys=None, positions="absolute", accel="host", seed=0,
                 cluster_batch=1, reselect=1, dense_below=DENSE_BELOW, incremental=1)
 
