@@ -15,15 +15,24 @@ from vrex_edge.errors import ConfigError
 from vrex_edge.outputs import FORMATS, RecordWriter, SafeOutput
 
 
+def kv_config(budget: str | None, keep: Path | None, resume: Path | None, on_full: str = "error") -> Any:
+    """--kv-budget / --keep-kv / --resume / --kv-on-full -> a kvstore.TierConfig, or None (all resident)."""
+    if budget is None and keep is None and resume is None:
+        return None
+    from vrex_edge.runtime.kvstore import TierConfig, parse_bytes
+
+    return TierConfig(budget=None if budget is None else parse_bytes(budget), keep=keep, resume=resume, on_full=on_full)
+
+
 def open_session(model_dir: Path, *, policy: str, policy_options: dict[str, Any],
-                 providers: Sequence[str] | None, threads: int | None) -> Any:
+                 providers: Sequence[str] | None, threads: int | None, kv: Any = None) -> Any:
     from vrex_edge.runtime.engine import DEFAULT_PROVIDERS, load_model
     from vrex_edge.runtime.session import StreamSession
 
     model = load_model(model_dir, providers=list(providers) if providers else DEFAULT_PROVIDERS, threads=threads)
     if not model.has_vision:
         raise ConfigError(f"{model_dir} is a text-only bundle ({model.manifest.family}); captioning needs a video model")
-    return StreamSession(model, policy=policy, policy_options=policy_options)
+    return StreamSession(model, policy=policy, policy_options=policy_options, kv=kv)
 
 
 def stats_rows(stats: Any) -> list[tuple[str, str]]:
@@ -40,6 +49,14 @@ def stats_rows(stats: Any) -> list[tuple[str, str]]:
         ratio = retrieval.get(f"{phase}_kept_fraction")
         if ratio is not None:
             rows.append((f"kept ({phase})", f"{100 * ratio:.1f}% of history tokens"))
+    tiers = retrieval.get("tiers")
+    if tiers:
+        budget = "unbounded" if tiers["budget"] is None else human_bytes(tiers["budget"])
+        pf = (tiers.get("prefetch") or {}).get("recall")
+        rows.append(("KV tiers", f"resident {human_bytes(tiers['kv'])} (peak {human_bytes(tiers['peak'])}) of {budget}, "
+                                 f"tables {human_bytes(tiers['tables'])}, on disk {human_bytes(tiers['cold_bytes'])}, "
+                                 f"{tiers['fetched']} clusters read on demand"
+                                 + (f", prefetch recall {100 * pf:.0f}%" if pf is not None else "")))
     timing = retrieval.get("seconds") or {}
     if timing:
         rows.append(("retrieval time", ", ".join(f"{k} {1000 * v:.0f} ms" for k, v in sorted(timing.items()))))
@@ -59,6 +76,7 @@ def caption_video(
     providers: Sequence[str] | None,
     threads: int | None,
     quiet: bool,
+    kv: Any = None,
 ) -> None:
     from vrex_edge.runtime.capture import open_video
     from vrex_edge.runtime.events import Answer, Caption, FrameProcessed, Stats
@@ -69,23 +87,32 @@ def caption_video(
     if not (fps > 0 and math.isfinite(fps)):
         raise ConfigError(f"--fps must be a positive number, got {fps}")
     source = open_video(video, fps=fps)  # fails early on a missing / unreadable video
-    session = open_session(model, policy=policy, policy_options=policy_options, providers=providers, threads=threads)
+    session = open_session(model, policy=policy, policy_options=policy_options, providers=providers, threads=threads, kv=kv)
+    offset = (session.tiers.resumed_time or 0.0) if session.tiers is not None else 0.0  # --resume: time goes on
+    frames = ((t + offset, f) for t, f in source) if offset else source
+    questions = [(t + offset, q) for t, q in questions]
+    last_t, ok = offset - 1 / fps, False
     duration = source.info.duration
     total = int(duration * fps) + 1 if duration > 0 else None
     final: Stats | None = None
-    with SafeOutput(output) as stream, StreamProgress(total, enabled=not quiet) as progress:
-        writer = RecordWriter(stream, fmt)
-        done, busy_ms = 0, 0.0
-        for event in session.run(source, questions):
-            if isinstance(event, FrameProcessed):
-                done, busy_ms = done + 1, busy_ms + event.timings_ms.get("total", 0.0)
-                progress.frame(fps=1000 * done / busy_ms if busy_ms > 0 else 0.0, cache_tokens=event.cache_tokens)
-            elif isinstance(event, Caption):
-                writer.write(t=event.t, kind="caption", text=event.text)
-            elif isinstance(event, Answer):
-                writer.write(t=event.t, kind="answer", text=event.text, question=event.question)
-            elif isinstance(event, Stats):
-                final = event
+    try:
+        with SafeOutput(output) as stream, StreamProgress(total, enabled=not quiet) as progress:
+            writer = RecordWriter(stream, fmt)
+            done, busy_ms = 0, 0.0
+            for event in session.run(frames, questions):
+                if isinstance(event, FrameProcessed):
+                    last_t = event.t
+                    done, busy_ms = done + 1, busy_ms + event.timings_ms.get("total", 0.0)
+                    progress.frame(fps=1000 * done / busy_ms if busy_ms > 0 else 0.0, cache_tokens=event.cache_tokens)
+                elif isinstance(event, Caption):
+                    writer.write(t=event.t, kind="caption", text=event.text)
+                elif isinstance(event, Answer):
+                    writer.write(t=event.t, kind="answer", text=event.text, question=event.question)
+                elif isinstance(event, Stats):
+                    final = event
+        ok = True
+    finally:  # removes a temporary KV store; saves a kept one (only after a clean end)
+        session.close(ok=ok, stream_time=last_t + 1 / fps)
     if final is not None and not quiet:
         print_table("stream summary", stats_rows(final))
 
@@ -119,6 +146,7 @@ def live_stream(
     retry_s: float,
     providers: Sequence[str] | None,
     threads: int | None,
+    kv: Any = None,
 ) -> None:
     import queue
     import threading
@@ -132,7 +160,7 @@ def live_stream(
         raise ConfigError(f"unknown output format '{fmt}' (choose from: jsonl, srt, text)")
     if not (fps > 0 and math.isfinite(fps)):
         raise ConfigError(f"--fps must be a positive number, got {fps}")
-    session = open_session(model, policy=policy, policy_options=policy_options, providers=providers, threads=threads)
+    session = open_session(model, policy=policy, policy_options=policy_options, providers=providers, threads=threads, kv=kv)
     reader = open_live_reader(camera, source)
     window = FrameWindow.open() if show else None
     questions: queue.Queue[str] = queue.Queue()
@@ -143,7 +171,7 @@ def live_stream(
     stream = out_cm.__enter__() if out_cm is not None else None
     writer = RecordWriter(stream, fmt) if stream is not None else None
     view = LiveView(reader.name)
-    interrupted = False
+    interrupted = clean = False
     try:
         with QuestionInput(questions, view) as typing_, view.running(interactive=typing_.interactive):
             capture.start()
@@ -163,11 +191,13 @@ def live_stream(
                     view.status(event)
                 elif isinstance(event, Stats):
                     pass
+        clean = True
     except KeyboardInterrupt:
         interrupted = True
     finally:
         stop.set()
         capture.stop()
+        session.close(ok=clean)  # a kept KV store is saved for --resume only after a clean end
         if window is not None:
             window.close()
         if out_cm is not None:

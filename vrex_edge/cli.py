@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from vrex_edge.accel.commands import accel_app
 from vrex_edge.errors import ConfigError, VrexError
 
 app = typer.Typer(
@@ -19,6 +21,8 @@ app = typer.Typer(
     help="Real-time streaming video LLM runtime for edge devices (ReSV KV-cache retrieval).",
     pretty_exceptions_enable=False,
 )
+
+app.add_typer(accel_app, name="accel")
 
 DEFAULT_MODEL_NAME = "vrex-tiny"
 
@@ -82,11 +86,21 @@ def parse_policy_options(values: list[str]) -> dict[str, object]:
     return opts
 
 
+def with_accel(options: dict[str, object], accel: str | None) -> dict[str, object]:
+    """--accel NAME is the resv option accel=NAME."""
+    return {**options, "accel": accel} if accel else options
+
+
 ModelOpt = Annotated[Path | None, typer.Option("--model", "-m", help="Bundle folder (default: the embedded vrex-tiny).")]
 PolicyOpt = Annotated[str, typer.Option("--policy", help="KV retrieval policy: resv, full, window, topk.")]
 OptOpt = Annotated[list[str], typer.Option("--opt", help="Policy option key=value (repeatable), e.g. tau=0.95.")]
 ProviderOpt = Annotated[list[str], typer.Option("--provider", help="onnxruntime execution provider (repeatable; default CPU).")]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="onnxruntime intra-op threads (default: all cores).")]
+AccelOpt = Annotated[str | None, typer.Option("--accel", help="Retrieval backend for resv: host, dre-emu, fpga.")]
+KVBudgetOpt = Annotated[str | None, typer.Option("--kv-budget", help="Resident KV bytes (e.g. 512M, 2G); older KV goes to a disk store.")]
+KeepKVOpt = Annotated[Path | None, typer.Option("--keep-kv", help="Keep the KV disk store (and a resume state) in this folder.")]
+ResumeOpt = Annotated[Path | None, typer.Option("--resume", help="Continue the stream kept by --keep-kv in this folder.")]
+KVFullOpt = Annotated[str, typer.Option("--kv-on-full", help="When the KV store's disk is full: error or drop-oldest.")]
 
 
 @app.command()
@@ -132,16 +146,22 @@ def caption(
     ask: Annotated[list[str], typer.Option("--ask", help="Question at a stream time: 'T=question' (repeatable).")] = [],  # noqa: B006
     provider: ProviderOpt = [],  # noqa: B006
     threads: ThreadsOpt = None,
+    accel: AccelOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
+    kv_budget: KVBudgetOpt = None,
+    keep_kv: KeepKVOpt = None,
+    resume: ResumeOpt = None,
+    kv_on_full: KVFullOpt = "error",
 ) -> None:
     """Narrate a video file as it streams; answer questions asked at given times."""
-    from vrex_edge.app import caption_video
+    from vrex_edge.app import caption_video, kv_config
 
     with user_errors():
         questions = parse_ask(ask)
         caption_video(
-            video, model=model or default_model(), fps=fps, policy=policy, policy_options=parse_policy_options(opt),
+            video, model=model or default_model(), fps=fps, policy=policy, policy_options=with_accel(parse_policy_options(opt), accel),
             fmt=fmt, output=output, questions=questions, providers=provider or None, threads=threads, quiet=quiet,
+            kv=kv_config(kv_budget, keep_kv, resume, kv_on_full),
         )
 
 
@@ -159,16 +179,56 @@ def live(
     retry: Annotated[float, typer.Option("--retry", help="Seconds to keep retrying a source that stops delivering.")] = 10.0,
     provider: ProviderOpt = [],  # noqa: B006
     threads: ThreadsOpt = None,
+    accel: AccelOpt = None,
+    kv_budget: KVBudgetOpt = None,
+    keep_kv: KeepKVOpt = None,
+    resume: ResumeOpt = None,
+    kv_on_full: KVFullOpt = "error",
 ) -> None:
     """Narrate a camera or stream in real time; type a question and press Enter to ask it."""
-    from vrex_edge.app import live_stream
+    from vrex_edge.app import kv_config, live_stream
 
     with user_errors():
         live_stream(
             camera=camera, source=source, model=model or default_model(), fps=fps, policy=policy,
-            policy_options=parse_policy_options(opt), output=output, fmt=fmt, show=show, retry_s=retry,
-            providers=provider or None, threads=threads,
+            policy_options=with_accel(parse_policy_options(opt), accel), output=output, fmt=fmt, show=show, retry_s=retry,
+            providers=provider or None, threads=threads, kv=kv_config(kv_budget, keep_kv, resume, kv_on_full),
         )
+
+
+@app.command()
+def bench(
+    workload: Annotated[str, typer.Option("--workload", "-w", help="text (SmolLM2-135M on real text) or video (generated world).")] = "text",
+    sizes: Annotated[list[str], typer.Option("--sizes", help="Cached tokens before measuring: '1000,10000,40000' (or repeat).")] = ["1000,10000,40000"],  # noqa: B006
+    policies: Annotated[list[str], typer.Option("--policies", help="Variants 'policy[:key=val,...]', space separated (or repeat); full always runs.")] = ["full resv topk window"],  # noqa: B006
+    opt: OptOpt = [],  # noqa: B006
+    accel: Annotated[list[str], typer.Option("--accel", help="Retrieval backend(s) for resv rows (repeatable): host, dre-emu, ...")] = [],  # noqa: B006
+    frames: Annotated[int, typer.Option("--frames", help="Measured frames per size.")] = 20,
+    gen: Annotated[int, typer.Option("--gen", help="Tokens per reply (decode phase); 0 skips decoding.")] = 8,
+    probes: Annotated[int, typer.Option("--probes", help="Replies per size, spread over the frames.")] = 2,
+    model: Annotated[Path | None, typer.Option("--model", "-m", help="Bundle (default: SmolLM2-135M for text, vrex-tiny or a tiny random videollm for video).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for the Markdown table and PNG plots.")] = None,
+) -> None:
+    """Benchmark the retrieval policies side by side: latency, kept fraction and fidelity vs full."""
+    from vrex_edge.bench import run
+
+    with user_errors():
+        try:
+            size_list = [int(x) for v in sizes for x in v.replace(",", " ").split()]
+        except ValueError:
+            raise ConfigError(f"--sizes expects token counts like 1000,10000,40000, got {' '.join(sizes)!r}") from None
+        variants = [x for v in policies for x in v.split()]
+        argv = ["--workload", workload, "--sizes", ",".join(map(str, size_list)), "--policies", " ".join(variants),
+                *[a for o in opt for a in ("--opt", o)], *[a for b in accel for a in ("--accel", b)], "--frames",
+                str(frames), "--gen", str(gen), "--probes", str(probes), *(["--model", str(model)] if model else []),
+                *(["--out", str(out)] if out else [])]
+        line = "vrex-edge bench " + shlex.join(argv)  # the run, reproducible (written at the top of the table)
+        report = run(workload=workload, sizes=size_list, policies=variants, options=parse_policy_options(opt), accels=accel,
+                     frames=frames, gen=gen, probes=probes, out=out, bundle=model, command=line,
+                     progress=lambda msg: typer.echo(msg, err=True))
+        typer.echo(report.markdown)
+        for f in report.files:
+            typer.echo(f"wrote {f}", err=True)
 
 
 def main() -> None:

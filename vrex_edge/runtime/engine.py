@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,6 +133,8 @@ class Model:
         self.rope = Rope(self.text.rope)
         self.timer = StageTimer()
         self._tokenizer: Any = None
+        # Called as lookahead(layer, hidden [n, D], positions, phase) before each layer runs.
+        self.lookahead: Callable[[int, np.ndarray, np.ndarray, Phase], None] | None = None
 
     # ------------------------------------------------------------------ parts
 
@@ -182,7 +184,9 @@ class Model:
         positions = np.asarray(positions, dtype=np.int64)  # [n]
         t_ort = t_attn = 0.0
         clock = time.perf_counter
-        for (pre, post), cache in zip(self._layers, caches, strict=True):  # one cache per layer
+        for i, ((pre, post), cache) in enumerate(zip(self._layers, caches, strict=True)):  # one cache per layer
+            if self.lookahead is not None:  # e.g. kvstore's prefetcher starts on layer i+1's clusters
+                self.lookahead(i, h, positions, phase)
             t0 = clock()
             q, k, v = pre(h)  # q [H, n, hd], k/v [KVH, n, hd] un-rotated
             t1 = clock()
@@ -194,6 +198,10 @@ class Model:
         self.timer.add("layers", t_ort)
         self.timer.add("attention", t_attn)
         return h
+
+    def pre_attention(self, layer: int, hidden: np.ndarray) -> list[np.ndarray]:
+        """Layer `layer`'s pre-attention graph alone: hidden [n, D] -> q, k, v (for prediction; thread-safe)."""
+        return self._layers[layer][0](np.ascontiguousarray(hidden, dtype=np.float32))
 
     def head(self, hidden: np.ndarray) -> np.ndarray:
         """hidden [n', D] (only the rows whose logits are needed) -> logits [n', V]."""

@@ -1,11 +1,12 @@
 """A stream session: iterative prefill of frames, the speak decision, replies and questions.
 
 Token layout (PromptSpec): system, then per frame [frame_interval if the previous item was a
-silent frame] + frame_prefix + frame tokens. P(frame_interval) >= threshold at the frame's last
-token means silence; otherwise reply_prefix + a greedy reply until end of turn. A question adds
-user_prefix + question + user_suffix + reply_prefix and the answer; a reply is closed by
-reply_suffix (which starts with the end-of-turn token), kept pending and prefilled with the
-next chunk. The stream methods are generators: nothing runs until they are iterated.
+silent frame] + frame_prefix (+ frame_prefix_template formatted with the frame's time) + frame
+tokens. P(frame_interval) >= threshold at the frame's last token means silence; otherwise
+reply_prefix + a greedy reply until end of turn. A question adds user_prefix + question +
+user_suffix + reply_prefix and the answer; a reply is closed by reply_suffix (which starts with
+the end-of-turn token), kept pending and prefilled with the next chunk. The stream methods are
+generators: nothing runs until they are iterated.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,6 +24,9 @@ from vrex_edge.runtime.events import Answer, Caption, Event, FrameProcessed, Sta
 from vrex_edge.runtime.generate import Generation, greedy, softmax_prob
 from vrex_edge.runtime.kvcache import Phase, make_policy
 from vrex_edge.runtime.preprocess import Preprocessor
+
+if TYPE_CHECKING:
+    from vrex_edge.runtime.kvstore import TierConfig, TierManager
 
 
 class StreamSession:
@@ -37,7 +41,9 @@ class StreamSession:
         speak_threshold: float | None = None,
         max_reply_tokens: int | None = None,
         prefill_chunk: int = 512,
+        kv: TierConfig | None = None,
     ):
+        """kv: put the KV cache on tiers (a resident budget and an on-disk store; policy resv)."""
         prompt = model.manifest.prompt
         self.model = model
         self.prompt = prompt
@@ -65,6 +71,17 @@ class StreamSession:
         self._stage_s: dict[str, float] = {}
         self._kept = {"prefill": [0, 0], "decode": [0, 0]}  # phase -> [history tokens kept, history tokens]
         self._policy_s: dict[str, float] = {}
+        self.tiers: TierManager | None = None
+        if kv is not None:  # last: a resumed stream overwrites the state set above
+            from vrex_edge.runtime.kvstore import attach_tiers
+
+            self.tiers = attach_tiers(self, kv, policy_options=dict(policy_options or {}))
+
+    def close(self, *, ok: bool = True, stream_time: float | None = None) -> None:
+        """End the session: a temporary KV store is deleted; a kept one is saved for resuming
+        (ok=False after a failure: the saved state is left as it was). stream_time: where a resume goes on."""
+        if self.tiers is not None:
+            self.tiers.close(self, ok=ok, stream_time=stream_time)
 
     # ------------------------------------------------------------------ feeding
 
@@ -159,6 +176,8 @@ class StreamSession:
     def _push(self, embeds: np.ndarray, t: float, t0: float, t_pre: float) -> Iterator[Event]:
         fi = self.tokens.frame_interval
         ids = ([fi] if self._prev_silent and fi is not None else []) + list(self.prompt.frame_prefix_ids)
+        if self.prompt.frame_prefix_template:  # e.g. a timestamp before each frame (SmolVLM2)
+            ids += self.model.tokenizer.encode(frame_prefix_text(self.prompt.frame_prefix_template, t))
         self._feed(ids, embeds)
         p = softmax_prob(self._logits(), fi) if fi is not None else None
         spoke = p is not None and p < self.speak_threshold
@@ -208,6 +227,8 @@ class StreamSession:
         for phase, (kept, hist) in self._kept.items():
             retrieval[f"{phase}_kept_fraction"] = kept / hist if hist else 1.0
         retrieval["seconds"] = dict(self._policy_s)
+        if self.tiers is not None:
+            retrieval["tiers"] = self.tiers.report()
         return Stats(
             frames=int(ms.size),
             tokens=self.caches[0].length,
@@ -226,6 +247,8 @@ class StreamSession:
 
     @property
     def cache_bytes(self) -> int:
+        if self.tiers is not None:  # resident KV under the budget (the layers share one workspace)
+            return self.tiers.resident()["kv"]
         return sum(c.nbytes() for c in self.caches)
 
     # ------------------------------------------------------------------ text-only API
@@ -250,3 +273,9 @@ class StreamSession:
         self._pending = gen.tokens[-1:]
         self._counts["generated"] += len(gen.tokens)
         return gen.tokens
+
+
+def frame_prefix_text(template: str, t: float) -> str:
+    """The per-frame text of PromptSpec.frame_prefix_template at stream time t (seconds)."""
+    s = max(0, int(t))
+    return template.format(mm=s // 60, ss=s % 60, t=float(t))

@@ -1,0 +1,114 @@
+"""The hot-cluster cache: fetched (and freshly sealed) clusters kept resident, LRU by bytes.
+
+Entries are the cold records of one cluster ([count, 2*hd + 2] f32: k, v, pos). Recency is a
+tick per (layer, KV head, cluster) in numpy arrays, so a gather touches its whole selection in
+one vectorised store; eviction finds the oldest ticks across every layer in one pass, in
+batches. Entries with the current tick are pinned (the gather in progress needs them).
+Thread-safe: the prefetch thread inserts under `lock`.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+
+class HotCache:
+    def __init__(self, layers: int, kvh: int):
+        self.entries: list[list[dict[int, np.ndarray]]] = [[{} for _ in range(kvh)] for _ in range(layers)]
+        self.tick = [[np.full(0, -1, np.int64) for _ in range(kvh)] for _ in range(layers)]  # -1: absent
+        self.size = [[np.zeros(0, np.int64) for _ in range(kvh)] for _ in range(layers)]  # bytes per entry
+        self.bytes = 0  # entries + reservations in flight
+        self.now = 1
+        self.lock = threading.RLock()
+        self.evicted = 0
+
+    def _fit(self, layer: int, h: int, n: int) -> None:
+        t = self.tick[layer][h]
+        if n > t.size:
+            cap = max(n, 2 * t.size, 64)
+            self.tick[layer][h] = np.concatenate([t, np.full(cap - t.size, -1, np.int64)])
+            self.size[layer][h] = np.concatenate([self.size[layer][h], np.zeros(cap - t.size, np.int64)])
+
+    def begin(self) -> int:
+        """A new gather: entries touched from here on are pinned until the next one."""
+        self.now += 2
+        return self.now
+
+    def absent(self, layer: int, h: int, ids: np.ndarray) -> np.ndarray:
+        if ids.size == 0:
+            return ids
+        self._fit(layer, h, int(ids.max()) + 1)
+        return ids[self.tick[layer][h][ids] < 0]
+
+    def touch(self, layer: int, h: int, ids: np.ndarray, tick: int | None = None) -> None:
+        """Mark present ids as used now (tick None) or at `tick`."""
+        if ids.size:
+            self._fit(layer, h, int(ids.max()) + 1)
+            t = self.tick[layer][h]
+            present = ids[t[ids] >= 0]
+            t[present] = self.now if tick is None else tick
+
+    def make_room(self, nbytes: int, limit: int, *, slack: int = 0, prefetch: bool = False) -> bool:
+        """Evict unpinned entries, oldest first, until bytes + nbytes <= limit; reserve nbytes.
+        Evicts `slack` extra bytes when it has to evict at all (amortises the search). The
+        gather may evict entries prefetched for it (tick now - 1); the prefetcher may not."""
+        if self.bytes + nbytes <= limit:
+            self.bytes += nbytes
+            return True
+        self._evict(self.bytes + nbytes - limit + slack, self.now - 1 if prefetch else self.now)
+        if self.bytes + nbytes <= limit:
+            self.bytes += nbytes
+            return True
+        return False
+
+    def release(self, nbytes: int) -> None:
+        self.bytes -= nbytes
+
+    def put(self, layer: int, h: int, cid: int, rec: np.ndarray, tick: int) -> None:
+        """Insert an entry whose bytes were reserved by make_room (a duplicate gives them back)."""
+        d = self.entries[layer][h]
+        if cid in d:
+            self.bytes -= rec.nbytes
+            return
+        self._fit(layer, h, cid + 1)
+        d[cid] = rec
+        self.tick[layer][h][cid] = tick
+        self.size[layer][h][cid] = rec.nbytes
+
+    def discard(self, layer: int, h: int, ids: np.ndarray) -> None:
+        d, t = self.entries[layer][h], self.tick[layer][h]
+        for c in ids.tolist():
+            rec = d.pop(c, None)
+            if rec is not None:
+                self.bytes -= rec.nbytes
+                t[c] = -1
+
+    def _evict(self, need: int, floor: int) -> None:
+        ticks, sizes, where = [], [], []
+        for layer, rows in enumerate(self.tick):
+            for h, t in enumerate(rows):
+                ids = np.flatnonzero((t >= 0) & (t < floor))
+                if ids.size:
+                    ticks.append(t[ids])
+                    sizes.append(self.size[layer][h][ids])
+                    where.append((layer, h, ids))
+        if not ticks:
+            return
+        tk = np.concatenate(ticks)
+        order = np.argsort(tk, kind="stable")
+        cum = np.cumsum(np.concatenate(sizes)[order])
+        k = min(int(np.searchsorted(cum, need)) + 1, order.size)
+        chosen = np.zeros(tk.size, bool)
+        chosen[order[:k]] = True
+        o = 0
+        for layer, h, ids in where:
+            pick = ids[chosen[o : o + ids.size]]
+            o += ids.size
+            if pick.size:
+                self.discard(layer, h, pick)
+                self.evicted += pick.size
+
+    def count(self) -> int:
+        return sum(len(d) for rows in self.entries for d in rows)

@@ -1,0 +1,127 @@
+"""Layer-pipelined prefetch (resv.md section 4).
+
+Model.forward calls the prefetcher before layer l runs, with layer l's input hidden state. A
+background thread runs layer l+1's pre-attention graph on that state (the residual stream
+changes little from one layer to the next), scores layer l+1's cluster representatives with
+the resulting queries, and reads the predicted clusters that are only on disk into the hot
+cache, while the main thread computes layer l. Layer l+1's exact selection then finds them
+hot; whatever the prediction missed is read synchronously. Results never depend on it: the
+prediction only decides what is read early.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+
+class Prefetcher:
+    def __init__(self, mgr: Any):
+        self.mgr = mgr
+        self.jobs: queue.Queue = queue.Queue()
+        self.done = [threading.Event() for _ in range(mgr.layers)]
+        for e in self.done:
+            e.set()
+        self.pred: list[list[np.ndarray | None]] = [[None] * mgr.kvh for _ in range(mgr.layers)]
+        self.stats = dict.fromkeys(("jobs", "skipped", "errors", "predicted", "selected", "hit", "fetched"), 0)
+        self.seconds = dict.fromkeys(("busy", "read", "wait"), 0.0)
+        self.fetched_bytes = 0
+        self.thread = threading.Thread(target=self._run, name="vrex-kv-prefetch", daemon=True)
+        self.thread.start()
+
+    # ------------------------------------------------------------------ main thread
+
+    def __call__(self, layer: int, hidden: np.ndarray, positions: np.ndarray, phase: str) -> None:
+        """Model.forward's lookahead hook: layer `layer` is about to run on hidden [n, D]."""
+        nxt = layer + 1
+        if nxt >= self.mgr.layers:
+            return
+        if not self.mgr.cold_only() or int(self.mgr.caches[nxt].store.nclu.max()) == 0:
+            self.stats["skipped"] += 1
+            self.pred[nxt] = [None] * self.mgr.kvh
+            return
+        self.done[nxt].clear()
+        self.jobs.put((nxt, hidden, positions))
+
+    def wait(self, layer: int) -> None:
+        """Block until layer `layer`'s prefetch finished (its cache is about to change)."""
+        if not self.done[layer].is_set():
+            t0 = time.perf_counter()
+            self.done[layer].wait()
+            self.seconds["wait"] += time.perf_counter() - t0
+
+    def drain(self) -> None:
+        for i in range(self.mgr.layers):
+            self.wait(i)
+
+    def score(self, layer: int, h: int, sel: np.ndarray) -> None:
+        """The exact selection of sealed clusters for (layer, h), against the prediction."""
+        p = self.pred[layer][h]
+        if p is None:
+            return
+        self.stats["selected"] += sel.size
+        self.stats["predicted"] += p.size
+        self.stats["hit"] += int(np.isin(sel, p, assume_unique=True).sum())
+        self.pred[layer][h] = None
+
+    def stop(self) -> None:
+        self.jobs.put(None)
+        self.thread.join(timeout=10)
+
+    def report(self) -> dict[str, Any]:
+        s, sec = self.stats, self.seconds
+        return {**s, "recall": s["hit"] / s["selected"] if s["selected"] else None,
+                "precision": s["hit"] / s["predicted"] if s["predicted"] else None,
+                "fetched_bytes": self.fetched_bytes, "seconds": dict(sec),
+                "hidden_read_s": max(0.0, sec["read"] - sec["wait"])}
+
+    # ------------------------------------------------------------------ background thread
+
+    def _run(self) -> None:
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            layer = job[0]
+            try:
+                self._predict_fetch(*job)
+            except Exception:  # a failed prediction only means the exact path reads more
+                self.stats["errors"] += 1
+            finally:
+                self.done[layer].set()
+
+    def _predict_fetch(self, layer: int, hidden: np.ndarray, positions: np.ndarray) -> None:
+        t0 = time.perf_counter()
+        mgr = self.mgr
+        cache = mgr.caches[layer]
+        st = cache.store
+        c = int(st.nclu.max())
+        if cache.seen - cache.sink_n - cache.ring.n < getattr(cache, "dense_below", 0):
+            keep = np.ones((cache.kvh, c), bool)  # a short history is attended in full
+        else:
+            q = mgr.model.pre_attention(layer, hidden)[0]  # [H, n, hd] un-rotated
+            if cache.score_post:
+                q = cache.rope.apply(q, positions)
+            qs = q.reshape(cache.kvh, cache.g * q.shape[1], cache.hd)  # [KVH, G*n, hd]
+            keep, _ = cache.backend.score_select(qs, st.means[:, :c], st.counts[:, :c], tau=cache.tau)
+        self.stats["jobs"] += 1
+        read = 0.0
+        for h in range(cache.kvh):
+            ids = np.flatnonzero(keep[h][: int(st.nclu[h])])
+            ids = ids[(st.start[h, ids] >= 0) & (st.counts[h, ids] > 0)]  # sealed: the ones on disk
+            self.pred[layer][h] = ids
+            with mgr.hot.lock:
+                miss = mgr.hot.absent(layer, h, ids)
+            if miss.size:
+                t1 = time.perf_counter()
+                got = mgr.fetch(layer, h, miss, st.start[h], st.counts[h], prefetch=True)
+                read += time.perf_counter() - t1
+                if got:
+                    self.stats["fetched"] += miss.size
+                    self.fetched_bytes += got
+        self.seconds["read"] += read
+        self.seconds["busy"] += time.perf_counter() - t0

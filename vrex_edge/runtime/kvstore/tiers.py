@@ -1,0 +1,368 @@
+"""The tier manager: one per session. Owns the byte budget, the cold logs, the hot cache, the
+attention workspace shared by the layers and the prefetcher; `LayerTier` is what a
+ClusterStore calls when it seals clusters (write) and gathers sealed ones (fetch).
+
+Resident KV bytes (the budget) = sink + recent window + open-cluster area + workspace (the
+attended set of the layer running, shared by all layers) + hot clusters. Cluster tables
+(codes, sums, means, counts, offsets) stay resident and are reported beside the budget.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+import weakref
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vrex_edge.errors import ConfigError
+from vrex_edge.runtime.kvstore.cold import FULL_ERRNOS, ColdLog
+from vrex_edge.runtime.kvstore.config import KVStoreError, TierConfig, default_root
+from vrex_edge.runtime.kvstore.hot import HotCache
+from vrex_edge.runtime.retrieval.clusters import _Rows
+
+IOV_MAX = 512  # buffers per preadv call (Linux allows 1024)
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
+
+
+class WatchedRows(_Rows):
+    """The open-cluster area of one head, growing only after the budget made room."""
+
+    def __init__(self, hd: int, cap: int, mgr: TierManager, layer: int):
+        super().__init__(hd, cap)
+        self.mgr, self.layer = mgr, layer
+
+    def reserve(self, need: int) -> None:
+        cap = self.k.shape[0]
+        if need > cap:
+            row = self.nbytes() // max(cap, 1)
+            self.mgr.ensure(max(need, 2 * cap) * row)  # old and new coexist during the copy
+            super().reserve(need)
+            self.mgr.recount(self.layer)
+
+
+class Workspace:
+    """buf_k/buf_v/buf_pos for every layer: one set of arrays, since layers run one at a time."""
+
+    def __init__(self, mgr: TierManager, kvh: int, hd: int):
+        self.mgr, self.kvh, self.hd = mgr, kvh, hd
+        self.k = np.empty((kvh, 0, hd), np.float32)  # [KVH, cap, hd]
+        self.v = np.empty_like(self.k)
+        self.pos = np.empty((kvh, 0), np.int64)
+
+    def nbytes(self) -> int:
+        return self.k.nbytes + self.v.nbytes + self.pos.nbytes
+
+    def reserve(self, cache: Any, need: int) -> None:
+        """WindowedCache.reserve in tier mode (called at the start of every attend and before a gather)."""
+        self.mgr.on_reserve(cache)
+        if need > self.k.shape[1]:
+            self.grow(max(need, int(self.k.shape[1] * 1.25), 256))
+        cache.buf_k, cache.buf_v, cache.buf_pos = self.k, self.v, self.pos
+
+    def grow(self, cap: int) -> None:
+        """Reallocate to `cap` tokens (contents are not kept: buffers are filled per call)."""
+        if cap > self.k.shape[1]:
+            self.mgr.ensure(cap * self.kvh * (2 * self.hd * 4 + 8) - self.nbytes())
+            for c in self.mgr.caches:  # drop every reference to the old arrays first
+                c.buf_k = c.buf_v = c.buf_pos = None
+            self.k = self.v = self.pos = None
+            self.k = np.empty((self.kvh, cap, self.hd), np.float32)
+            self.v = np.empty_like(self.k)
+            self.pos = np.empty((self.kvh, cap), np.int64)
+            self.mgr.fixed_ws = self.nbytes()
+
+
+class LayerTier:
+    """ClusterStore's hook for one layer: `write` at seal, `gather` for sealed clusters."""
+
+    def __init__(self, mgr: TierManager, layer: int):
+        self.mgr, self.layer = mgr, layer
+
+    def write(self, h: int, k: np.ndarray, v: np.ndarray, pos: np.ndarray, owner: np.ndarray) -> int:
+        """Sealed rows of head h, grouped by cluster (owner [m]) -> their first row in the cold log."""
+        mgr, log = self.mgr, self.mgr.logs[self.layer]
+        rec = log.record(k, v, pos)  # [m, rec]
+        base = mgr.append(self.layer, rec)
+        cut = np.flatnonzero(np.diff(owner)) + 1
+        hot = mgr.hot
+        with hot.lock:  # write-through: a cluster just sealed is the likeliest to be selected next
+            for c, part in zip(owner[np.r_[0, cut]].tolist(), np.split(rec, cut), strict=True):
+                if hot.make_room(part.nbytes, mgr.hot_limit(), slack=mgr.slack(), prefetch=True):
+                    hot.put(self.layer, h, c, part.copy(), hot.now - 1)
+                else:
+                    mgr.not_hot[self.layer] += 1
+        return base
+
+    def gather(self, h: int, sel: np.ndarray, start: np.ndarray, counts: np.ndarray,
+               out_k: np.ndarray, out_v: np.ndarray, out_pos: np.ndarray | None) -> int:
+        """Copy sealed clusters `sel` of head h into out_* in arena order (as the resident gather) -> rows."""
+        sel = sel[counts[sel] > 0]
+        if sel.size == 0:
+            return 0
+        sel = sel[np.argsort(start[sel], kind="stable")]
+        mgr, hot, layer, hd = self.mgr, self.mgr.hot, self.layer, self.mgr.hd
+        if mgr.prefetcher is not None:
+            mgr.prefetcher.score(layer, h, sel)
+        with hot.lock:
+            hot.begin()
+            hot.touch(layer, h, sel)
+            miss = hot.absent(layer, h, sel)
+            if miss.size:
+                mgr.fetch(layer, h, miss, start, counts, prefetch=False)
+            d = hot.entries[layer][h]
+            recs = [d[c] for c in sel.tolist()]
+        mgr.counters["selected"] += sel.size
+        mgr.counters["missed"] += miss.size
+        m = int(counts[sel].sum())
+        np.concatenate([r[:, :hd] for r in recs], axis=0, out=out_k[:m])
+        np.concatenate([r[:, hd : 2 * hd] for r in recs], axis=0, out=out_v[:m])
+        if out_pos is not None:
+            np.concatenate([r[:, 2 * hd :].view(np.int64)[:, 0] for r in recs], out=out_pos[:m])
+        return m
+
+
+class TierManager:
+    def __init__(self, session: Any, config: TierConfig, policy_options: dict[str, Any]):
+        from vrex_edge.runtime.kvstore.prefetch import Prefetcher
+
+        self.model, self.caches, self.config = session.model, session.caches, config
+        if not all(hasattr(c, "store") for c in self.caches):
+            raise ConfigError(f"--kv-budget, --keep-kv and --resume need --policy resv (got '{session.policy}')")
+        self.policy_options = dict(policy_options)
+        c0 = self.caches[0]
+        self.layers, self.kvh, self.hd = len(self.caches), c0.kvh, c0.hd
+        self.budget = config.budget if config.budget is not None else 1 << 62
+        self.keep = config.folder is not None
+        self.folder = self._open_folder(config)
+        self.logs = [ColdLog(self.folder, i, self.hd, segment_bytes=config.segment_bytes, writer=config.writer)
+                     for i in range(self.layers)]
+        self.hot = HotCache(self.layers, self.kvh)
+        self.index = {id(c): i for i, c in enumerate(self.caches)}
+        self.fixed = np.zeros(self.layers, np.int64)
+        self.fixed_ws = 0
+        self.not_hot = np.zeros(self.layers, np.int64)  # sealed clusters that are only on disk
+        self.counters = dict.fromkeys(("selected", "missed", "fetched", "fetched_bytes", "dropped"), 0)
+        self.seconds = dict.fromkeys(("write", "read", "evict"), 0.0)
+        self.peak = 0
+        self.workspace = Workspace(self, self.kvh, self.hd)
+        for i, c in enumerate(self.caches):
+            st = c.store
+            st.tier = LayerTier(self, i)
+            st.sealed = [_Rows(self.hd, 0) for _ in range(self.kvh)]
+            st.pending = [WatchedRows(self.hd, 64, self, i) for _ in range(self.kvh)]
+            c.workspace = self.workspace
+            if getattr(c, "gatherer", None) is not None:  # it caches clusters in a per-layer buffer;
+                c.gatherer = None  # here the workspace is shared and the hot cache plays that role
+        self.prefetcher = Prefetcher(self) if config.prefetch else None
+        self.closed = False
+        self.resumed_time: float | None = None  # the stream time a resumed stream goes on from
+        self._cleanup = weakref.finalize(self, _remove, None if self.keep else self.folder)
+        try:
+            if config.resume is not None:
+                from vrex_edge.runtime.kvstore.resume import restore
+
+                restore(self, session, Path(config.resume))
+                self.not_hot = np.array([sum(int(((c.store.start[h] >= 0) & (c.store.counts[h] > 0)).sum())
+                                             for h in range(self.kvh)) for c in self.caches], np.int64)
+            for i in range(self.layers):
+                self.recount(i)
+            self.ensure(0)
+        except BaseException:
+            self.close(session, ok=False)
+            raise
+        if self.prefetcher is not None:
+            self.model.lookahead = self.prefetcher
+
+    def _open_folder(self, config: TierConfig) -> Path:
+        folder = config.folder
+        if folder is None:
+            root = Path(config.root) if config.root is not None else default_root()
+            root.mkdir(parents=True, exist_ok=True)
+            return Path(tempfile.mkdtemp(prefix="session-", dir=root))
+        if config.resume is None:
+            if folder.exists() and any(folder.iterdir()):
+                raise ConfigError(f"--keep-kv folder {folder} is not empty; continue it with --resume {folder} "
+                                  "or choose an empty folder")
+            folder.mkdir(parents=True, exist_ok=True)
+        elif not folder.is_dir():
+            raise KVStoreError(f"nothing to resume in {folder}: the folder does not exist")
+        return folder
+
+    # ------------------------------------------------------------------ budget
+
+    def recount(self, layer: int) -> None:
+        c = self.caches[layer]
+        r, st = c.ring, c.store
+        ring = r.k.nbytes + r.v.nbytes + (0 if r.aux is None else r.aux.nbytes)
+        rows = sum(x.nbytes() for x in st.pending + st.sealed)
+        self.fixed[layer] = c.sink_k.nbytes + c.sink_v.nbytes + ring + rows
+
+    def fixed_total(self) -> int:
+        return int(self.fixed.sum()) + self.fixed_ws
+
+    def cold_only(self) -> bool:
+        """Whether some sealed cluster lives only on disk (else there is nothing to prefetch)."""
+        return self.hot.evicted > 0 or bool(self.not_hot.any())
+
+    def hot_limit(self) -> int:
+        return self.budget - self.fixed_total()
+
+    def slack(self) -> int:
+        return 0 if self.config.budget is None else self.budget // 64
+
+    def ensure(self, extra: int) -> None:
+        """Make room for `extra` more resident bytes outside the hot cache (evicting hot clusters)."""
+        with self.hot.lock:
+            limit = self.hot_limit() - extra
+            if limit < 0 or not self.hot.make_room(0, limit):
+                raise KVStoreError(
+                    f"--kv-budget {_mib(self.budget)} is too small: the sink, recent window, open clusters and "
+                    f"the attended set need {_mib(self.fixed_total() + extra)} before any cached cluster; "
+                    "raise --kv-budget or lower tau/recent")
+            self.peak = max(self.peak, self.fixed_total() + extra + self.hot.bytes)
+
+    def on_reserve(self, cache: Any) -> None:
+        layer = self.index[id(cache)]
+        if self.prefetcher is not None:
+            self.prefetcher.wait(layer)
+        self.recount(layer)
+        self.ensure(0)
+
+    # ------------------------------------------------------------------ cold I/O
+
+    def append(self, layer: int, rec: np.ndarray) -> int:
+        t0 = time.perf_counter()
+        while True:
+            try:
+                base = self.logs[layer].append(rec)
+                break
+            except OSError as e:
+                full = e.errno in FULL_ERRNOS
+                if full and self.config.on_full == "drop-oldest" and self.drop_oldest():
+                    continue
+                what = "the disk is full" if full else f"a write failed ({e.strerror or e})"
+                hint = ("free space, or pass --kv-on-full drop-oldest to forget the oldest clusters"
+                        if full and self.config.on_full == "error" else "free space or move the store")
+                raise KVStoreError(f"KV store in {self.folder}: {what}; {hint}") from None
+        self.seconds["write"] += time.perf_counter() - t0
+        return base
+
+    def drop_oldest(self) -> bool:
+        """Forget the oldest segment of every layer (its clusters get count 0: never selected)."""
+        if self.prefetcher is not None:
+            self.prefetcher.drain()
+        any_dropped = False
+        for i, (c, log) in enumerate(zip(self.caches, self.logs, strict=True)):
+            r = log.drop_oldest()
+            if r is None:
+                continue
+            any_dropped = True
+            st = c.store
+            for h in range(self.kvh):
+                ids = np.flatnonzero((st.start[h] >= r[0]) & (st.start[h] < r[1]) & (st.counts[h] > 0))
+                st.counts[h, ids] = 0
+                with self.hot.lock:
+                    self.hot.discard(i, h, ids)
+                self.counters["dropped"] += ids.size
+        return any_dropped
+
+    def fetch(self, layer: int, h: int, ids: np.ndarray, start: np.ndarray, counts: np.ndarray, *,
+              prefetch: bool) -> int:
+        """Read clusters `ids` (sorted by start) into the hot cache -> bytes read. The gather calls it
+        holding hot.lock; the prefetcher without (it only takes the lock to reserve and insert)."""
+        log, hot = self.logs[layer], self.hot
+        ids = ids[np.argsort(start[ids], kind="stable")]
+        cnt = counts[ids]
+        total = int(cnt.sum()) * log.row_bytes
+        with hot.lock:
+            if not hot.make_room(total, self.hot_limit(), slack=self.slack(), prefetch=prefetch):
+                if prefetch:
+                    return 0
+                raise KVStoreError(f"--kv-budget {_mib(self.budget)} is too small for this frame's selected "
+                                   f"clusters ({_mib(total)} more); raise --kv-budget or lower tau")
+            tick = hot.now if not prefetch else hot.now - 1
+        t0 = time.perf_counter()
+        recs = [np.empty((int(n), log.rec), np.float32) for n in cnt]
+        st = start[ids]
+        cuts = np.flatnonzero(st[1:] != st[:-1] + cnt[:-1]) + 1  # contiguous runs of clusters
+        try:
+            for a, b in zip(np.r_[0, cuts].tolist(), np.r_[cuts, ids.size].tolist(), strict=True):
+                for s in range(a, b, IOV_MAX):
+                    log.read(int(st[s]), recs[s : min(b, s + IOV_MAX)])
+        except BaseException:
+            with hot.lock:
+                hot.release(total)
+            raise
+        dt = time.perf_counter() - t0
+        with hot.lock:
+            for c, r in zip(ids.tolist(), recs, strict=True):
+                hot.put(layer, h, c, r, tick)
+            self.not_hot[layer] -= ids.size
+            self.peak = max(self.peak, self.fixed_total() + hot.bytes)
+        if not prefetch:  # the prefetcher keeps its own counts
+            self.seconds["read"] += dt
+            self.counters["fetched"] += ids.size
+            self.counters["fetched_bytes"] += total
+        return total
+
+    # ------------------------------------------------------------------ reporting and closing
+
+    def resident(self) -> dict[str, int]:
+        """Resident bytes by part; 'kv' is what the budget bounds."""
+        sink = sum(c.sink_k.nbytes + c.sink_v.nbytes for c in self.caches)
+        recent = sum(c.ring.k.nbytes + c.ring.v.nbytes + (0 if c.ring.aux is None else c.ring.aux.nbytes)
+                     for c in self.caches)
+        open_ = sum(x.nbytes() for c in self.caches for x in c.store.pending + c.store.sealed)
+        tables = sum(st.codes.nbytes + st.sums.nbytes + st.means.nbytes + st.counts.nbytes + st.start.nbytes
+                     for st in (c.store for c in self.caches))
+        kv = sink + recent + open_ + self.workspace.nbytes() + self.hot.bytes
+        return {"sink": sink, "recent": recent, "open": open_, "workspace": self.workspace.nbytes(),
+                "hot": self.hot.bytes, "kv": kv, "tables": tables}
+
+    def report(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"budget": None if self.config.budget is None else self.budget, "peak": self.peak,
+                               "folder": str(self.folder), "kept": self.keep,
+                               "cold_bytes": sum(lg.written for lg in self.logs),
+                               "hot_clusters": self.hot.count(), "evicted": self.hot.evicted}
+        out.update(self.resident())
+        out.update(self.counters)
+        out["seconds"] = dict(self.seconds)
+        if self.prefetcher is not None:
+            out["prefetch"] = self.prefetcher.report()
+        return out
+
+    def close(self, session: Any, *, ok: bool = True, stream_time: float | None = None) -> None:
+        """Stop prefetching; save a kept store's state (when the stream ended cleanly), or delete the store."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.prefetcher is not None:
+            self.prefetcher.stop()
+            if getattr(self.model, "lookahead", None) is self.prefetcher:
+                self.model.lookahead = None
+        try:
+            if self.keep and ok:
+                from vrex_edge.runtime.kvstore.resume import save
+
+                save(self, session, self.folder, stream_time=stream_time)
+        finally:
+            for log in self.logs:
+                log.close()
+            self._cleanup()
+
+
+def _remove(folder: Path | None) -> None:
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def attach_tiers(session: Any, config: TierConfig, *, policy_options: dict[str, Any] | None = None) -> TierManager:
+    """Put a session's ReSV caches on tiers (and restore a kept stream when config.resume is set)."""
+    return TierManager(session, config, policy_options or {})
