@@ -108,7 +108,7 @@ def export(
     model: Annotated[str, typer.Option("--model", "-m", help="HF folder, GGUF file, or vrex_videollm checkpoint.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Bundle folder to create.")],
     family: Annotated[str | None, typer.Option(help="Model family (default: detected from the source).")] = None,
-    dtype: Annotated[str, typer.Option(help="fp32, fp16 or int8.")] = "fp32",
+    dtype: Annotated[str, typer.Option(help="fp32, fp16, int8 or int4 (experimental).")] = "fp32",
     force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle at --out.")] = False,
 ) -> None:
     """Export a model to a bundle: one ONNX graph per stage, verified against PyTorch."""
