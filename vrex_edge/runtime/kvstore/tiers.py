@@ -220,6 +220,7 @@ class TierManager:
     def ensure(self, extra: int) -> None:
         """Make room for `extra` more resident bytes outside the hot cache (evicting hot clusters)."""
         with self.hot.lock:
+            self.hot.begin()  # called between gathers: nothing cached is in use (unpin the last gather's)
             limit = self.hot_limit() - extra
             if limit < 0 or not self.hot.make_room(0, limit):
                 raise KVStoreError(
