@@ -70,20 +70,9 @@ def parse_ask(values: list[str]) -> list[tuple[float, str]]:
 
 def parse_policy_options(values: list[str]) -> dict[str, object]:
     """'key=value' pairs for the retrieval policy; numbers are parsed, the rest stay strings."""
-    opts: dict[str, object] = {}
-    for v in values:
-        key, sep, raw = v.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--opt expects 'key=value', got {v!r}")
-        val: object = raw
-        for cast in (int, float):
-            try:
-                val = cast(raw)
-                break
-            except ValueError:
-                continue
-        opts[key.strip().replace("-", "_")] = val
-    return opts
+    from vrex_edge.runtime.retrieval.options import parse_pairs
+
+    return parse_pairs(values)
 
 
 def with_accel(options: dict[str, object], accel: str | None) -> dict[str, object]:

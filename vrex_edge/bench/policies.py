@@ -21,6 +21,7 @@ import numpy as np
 from vrex_edge.bench.streams import Progress, Workload
 from vrex_edge.errors import ConfigError
 from vrex_edge.runtime.kvcache import CacheFactory, FullKV, GrowingArray, LayerCache, Phase, make_policy
+from vrex_edge.runtime.retrieval.options import parse_pairs
 
 SPLIT = ("cluster", "select", "gather", "attend")
 
@@ -28,19 +29,7 @@ SPLIT = ("cluster", "select", "gather", "attend")
 def parse_variant(spec: str) -> tuple[str, dict[str, object]]:
     """'resv:tau=0.95,keys=pre' -> ('resv', {'tau': 0.95, 'keys': 'pre'}); numbers are parsed."""
     name, _, rest = spec.partition(":")
-    opts: dict[str, object] = {}
-    for kv in filter(None, rest.split(",")):
-        key, sep, raw = kv.partition("=")
-        if not sep:
-            raise ConfigError(f"policy options are key=value, got {kv!r} in {spec!r}")
-        val: object = raw
-        for cast in (int, float):
-            try:
-                val = cast(raw)
-                break
-            except ValueError:
-                continue
-        opts[key.strip()] = val
+    opts = parse_pairs(filter(None, rest.split(",")), where=f"policy options in {spec!r}")
     return name.strip(), opts
 
 
