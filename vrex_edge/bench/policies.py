@@ -247,8 +247,10 @@ def run_bench(wl: Workload, variants: list[str], sizes: list[int], *, frames: in
     variants = ["full", *[v for v in variants if v != "full"]]
     for v in variants:  # validate every variant before any heavy work
         factory(*parse_variant(v))
-    real = max([s for s in sizes if s + frames * wl.chunk <= real_cap(wl)] or [min(sizes)])
-    wl.prepare(real + (frames + 1) * wl.chunk, progress)
+    # as much real KV as the cap allows; sizes past it repeat it
+    tail = (frames + 1) * wl.chunk + probes * gen
+    real = max(min(max(sizes), real_cap(wl) - tail), wl.chunk)
+    wl.prepare(real + tail, progress)
     out: list[Result] = []
     for s in sizes:
         res = run_size(wl, variants, s, frames=frames, gen=gen, probes=probes, progress=progress)
