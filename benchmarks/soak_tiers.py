@@ -1,10 +1,13 @@
 """KV tiers (issue 7): an hour-long soak under a resident budget, and cold-vs-resident latency at 40K.
 
-soak: a stream of `--frames` frames (7,200 = 1 hour at 2 fps) of synthetic frame embeddings
-(scenes of a few seconds, small noise; the vision stage is skipped) through the embedded model
-(models/vrex-tiny, else a tiny random vrex_videollm exported on the fly), resv with compact
-positions (the stream is far longer than the model's context) and tiers under `--budget`.
-Every `--every` frames: process RSS, resident KV by part, tables, cold bytes, frame latency.
+soak: a stream of `--frames` frames (7,200 = 1 hour at 2 fps) of the procedural world
+(vrex_edge.world, rendered frame by frame through the vision stage) on the embedded model
+(models/vrex-tiny, else a tiny random vrex_videollm exported on the fly), narrating as trained,
+resv with compact positions (the stream is far longer than the model's context) and tiers under
+`--budget` (`none`: all resident, the reference). Recall questions about the stream's first
+objects (long-range: asked >= 1 minute after they entered, and at the end of the stream) every
+`--ask-every` frames, scored against the world's ground truth. Every `--every` frames: process
+RSS, resident KV by part, tables, cold bytes, frame latency.
 
 latency: SmolLM2-135M (30 layers, 3 KV heads, head_dim 64). Two caches hold the same 40K tokens
 of synthetic video-like KV (benchmarks/retrieval_micro.VideoStream, one stream per layer): one
@@ -12,7 +15,7 @@ all resident, one on tiers under `--budget` with prefetch on, the store's pages 
 OS cache after the fill so cold reads hit the device. Then `--frames` frames of 10 tokens run
 through the real model on both, interleaved (machine load hits both alike); medians compared.
 
-    python3 benchmarks/soak_tiers.py soak --frames 7200 --budget 8M --out benchmarks/results/tiers_soak.json
+    python3 benchmarks/soak_tiers.py soak --frames 7200 --budget 64M --out benchmarks/results/tiers_soak.json
     python3 benchmarks/soak_tiers.py latency --tokens 40000 --budget 512M --frames 20 --out benchmarks/results/tiers_latency.json
 """
 
@@ -37,6 +40,24 @@ def rss_bytes() -> int:
     return 0
 
 
+def malloc_stats() -> dict[str, int]:
+    """glibc mallinfo2: bytes in use in malloc's arenas, free bytes they still hold, bytes in
+    separate mappings (big arrays). RSS minus these is code, libraries and onnxruntime."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                   "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    try:
+        f = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return {}
+    f.restype = MallInfo2
+    m = f()
+    return {"heap_used": m.uordblks, "heap_free": m.fordblks, "mmapped": m.hblkhd}
+
+
 def tiny_bundle(work: Path) -> Path:
     embedded = ROOT / "models" / "vrex-tiny"
     if (embedded / "manifest.json").is_file():
@@ -49,46 +70,75 @@ def tiny_bundle(work: Path) -> Path:
 
 def soak(args: argparse.Namespace) -> dict:
     from vrex_edge.runtime.engine import load_model
+    from vrex_edge.runtime.events import Answer, Caption, FrameProcessed
     from vrex_edge.runtime.kvstore import TierConfig, parse_bytes
     from vrex_edge.runtime.session import StreamSession
+    from vrex_edge.world import render
+    from vrex_edge.world.language import questions_at
+    from vrex_edge.world.sim import simulate
 
     work = Path(tempfile.mkdtemp(prefix="vrex-soak-"))
     bundle = tiny_bundle(work)
     model = load_model(bundle, threads=1)
-    budget = parse_bytes(args.budget)
-    opts = dict(positions="compact", keys="pre", hamming=6, horizon=32, sink=16, recent=40, tau=0.6, reselect=2)
-    # speak_threshold 0: the random model never captions (decoding is not what this measures); a
-    # question every 15 minutes of stream does decode through the tiers
-    s = StreamSession(model, policy="resv", policy_options=opts, max_reply_tokens=8, speak_threshold=0.0,
-                      kv=TierConfig(budget=budget, root=work / "kv", prefetch=True))
-    rng = np.random.default_rng(0)
-    d = model.text.hidden_size
-    scenes = rng.standard_normal((64, 10, d)).astype(np.float32)
-    rows, lat, peak_kv = [], [], 0
+    sha = _bundle_sha(bundle)  # now: the embedded model may be replaced while the soak runs
+    budget = None if args.budget == "none" else parse_bytes(args.budget)
+    opts = dict(positions="compact", keys="pre", hamming=6, horizon=32, sink=16, recent=40, tau=args.tau,
+                reselect=2)
+    kv = None if budget is None else TierConfig(budget=budget, root=work / "kv", prefetch=True)
+    s = StreamSession(model, policy="resv", policy_options=opts, kv=kv)  # the model narrates as trained
+    world = simulate(args.seed, args.frames / 2.0)  # the procedural world, rendered frame by frame
+    asks = {f: questions_at(world, f, "recall", min_age=120) for f in range(args.ask_every - 1, args.frames, args.ask_every)}
+    asks[args.frames - 1] = questions_at(world, args.frames - 1, "recall", min_age=120)
+    rows: list[dict] = []
+    lat: list[float] = []
+    answers: list[dict] = []
+    peak_kv, captions, peak_rss = 0, 0, 0
     t0 = time.perf_counter()
-    for i in range(args.frames):
-        e = scenes[(i // 10) % 64] + 0.2 * rng.standard_normal((10, d)).astype(np.float32)  # 5 s scenes
-        for ev in s.push_frame_embeds(e, t=i / 2):
-            if hasattr(ev, "timings_ms"):
+    for i, frame in enumerate(render.frames(world)):
+        for ev in s.push_frame(frame, t=i / 2):
+            if isinstance(ev, FrameProcessed):
                 lat.append(ev.timings_ms["total"])
-        if (i + 1) % 1800 == 0:
-            answers = [a.text for a in s.ask("what happened at the start ?", t=i / 2)]
-            assert answers
-        r = s.tiers.resident()
-        peak_kv = max(peak_kv, r["kv"])
-        assert r["kv"] <= budget, (i, r)
+            elif isinstance(ev, Caption):
+                captions += 1
+        for q in asks.get(i, []):
+            got = [a.text for a in s.ask(q.text, t=i / 2) if isinstance(a, Answer)]
+            answers.append({"frame": i + 1, "question": q.text, "answer": q.answer, "got": got[0],
+                            "correct": got[0].strip() == q.answer})
+        if s.tiers is not None:
+            r = s.tiers.resident()
+            peak_kv = max(peak_kv, r["kv"])
+            assert r["kv"] <= budget, (i, r)  # the budget holds at every frame
+        else:
+            r = {"kv": s.cache_bytes, "hot": 0, "workspace": 0, "open": 0,
+                 "tables": sum(c.store.table_nbytes() for c in s.caches)}
+        rss = rss_bytes()
+        peak_rss = max(peak_rss, rss)
         if (i + 1) % args.every == 0 or i == 0:
-            rep = s.tiers.report()
-            rows.append({"frame": i + 1, "stream_min": (i + 1) / 120, "tokens": s.position, "rss": rss_bytes(),
+            rep = s.tiers.report() if s.tiers is not None else {}
+            rows.append({"frame": i + 1, "stream_min": (i + 1) / 120, "tokens": s.position, "rss": rss,
                          "kv": r["kv"], "hot": r["hot"], "workspace": r["workspace"], "open": r["open"],
-                         "tables": r["tables"], "cold": rep["cold_bytes"], "evicted": rep["evicted"],
+                         "tables": r["tables"], **malloc_stats(), "cold": rep.get("cold_bytes", 0), "evicted": rep.get("evicted", 0),
+                         "fetched": rep.get("fetched", 0), "captions": captions,
                          "frame_ms_median": statistics.median(lat[-args.every :]), "wall_s": time.perf_counter() - t0})
             print(json.dumps(rows[-1]), flush=True)
-    rep = s.stats().retrieval["tiers"]
+    stats = s.stats()
+    rep = stats.retrieval.get("tiers") or {}
     s.close()
-    return {"budget": budget, "peak_kv": peak_kv, "peak_reported": rep["peak"], "rows": rows,
-            "bundle": str(bundle), "dims": model.text.__dict__ | {"rope": None}, "prefetch": rep.get("prefetch"),
-            "fetched": rep["fetched"], "selected": rep["selected"], "missed": rep["missed"]}
+    correct = sum(a["correct"] for a in answers)
+    return {"budget": budget, "peak_kv": peak_kv, "peak_reported": rep.get("peak"), "peak_rss": peak_rss,
+            "rows": rows, "answers": answers, "accuracy": correct / len(answers) if answers else None,
+            "captions": captions, "options": opts, "seed": args.seed, "bundle": str(bundle),
+            "bundle_sha": sha, "prefetch": rep.get("prefetch"), "fetched": rep.get("fetched"),
+            "selected": rep.get("selected"), "missed": rep.get("missed"), "kept_fraction":
+            {k: v for k, v in stats.retrieval.items() if k.endswith("kept_fraction")}}
+
+
+def _bundle_sha(bundle: Path) -> str | None:
+    """The bundle's identity (its manifest's sha256): the embedded model may be retrained."""
+    import hashlib
+
+    m = Path(bundle) / "manifest.json"
+    return hashlib.sha256(m.read_bytes()).hexdigest()[:16] if m.is_file() else None
 
 
 def latency(args: argparse.Namespace) -> dict:
@@ -154,7 +204,10 @@ def main() -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("soak")
     a.add_argument("--frames", type=int, default=7200)
-    a.add_argument("--budget", default="8M")
+    a.add_argument("--budget", default="64M", help="resident KV budget, or 'none' (all resident: the reference)")
+    a.add_argument("--tau", type=float, default=0.6)
+    a.add_argument("--seed", type=int, default=1234, help="seed of the procedural world")
+    a.add_argument("--ask-every", type=int, default=1800, help="recall questions every this many frames, and at the end")
     a.add_argument("--every", type=int, default=300)
     a.add_argument("--out", type=Path)
     b = sub.add_parser("latency")

@@ -149,6 +149,7 @@ def live_stream(
     kv: Any = None,
 ) -> None:
     import queue
+    import signal
     import threading
 
     from vrex_edge.outputs import AppendOutput
@@ -166,16 +167,31 @@ def live_stream(
     questions: queue.Queue[str] = queue.Queue()
     stop = threading.Event()
     capture = CaptureThread(reader, fps=fps, retry_s=retry_s)
+    offset = (session.tiers.resumed_time or 0.0) if session.tiers is not None else 0.0  # --resume: time goes on
+    clock = _ShiftedCapture(capture, offset) if offset else capture
     final_status: LiveStatus | None = None
     out_cm = AppendOutput(output) if output is not None else None
     stream = out_cm.__enter__() if out_cm is not None else None
     writer = RecordWriter(stream, fmt) if stream is not None else None
     view = LiveView(reader.name)
     interrupted = clean = False
+    last_t = offset - 1 / fps
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        # the first Ctrl-C stops at the next frame boundary (the stream ends cleanly: a kept KV
+        # store is saved for --resume); a second one interrupts at once
+        nonlocal interrupted
+        if stop.is_set():
+            raise KeyboardInterrupt
+        interrupted = True
+        stop.set()
+
+    main = threading.current_thread() is threading.main_thread()
+    old_handler = signal.signal(signal.SIGINT, on_sigint) if main else None
     try:
         with QuestionInput(questions, view) as typing_, view.running(interactive=typing_.interactive):
             capture.start()
-            for event in live_events(session, capture, questions, stop=stop,
+            for event in live_events(session, clock, questions, stop=stop,
                                      on_frame=window.show if window is not None else None):
                 if isinstance(event, Caption | Answer):
                     question = event.question if isinstance(event, Answer) else None
@@ -185,6 +201,7 @@ def live_stream(
                     if writer is not None:
                         writer.write(t=event.t, kind="answer" if question else "caption", text=event.text, question=question)
                 elif isinstance(event, FrameProcessed):
+                    last_t = event.t
                     view.frame(event)
                 elif isinstance(event, LiveStatus):
                     final_status = event
@@ -195,9 +212,11 @@ def live_stream(
     except KeyboardInterrupt:
         interrupted = True
     finally:
+        if main:
+            signal.signal(signal.SIGINT, old_handler)
         stop.set()
         capture.stop()
-        session.close(ok=clean)  # a kept KV store is saved for --resume only after a clean end
+        session.close(ok=clean, stream_time=last_t + 1 / fps)  # a kept KV store is saved only after a clean end
         if window is not None:
             window.close()
         if out_cm is not None:
@@ -210,8 +229,27 @@ def live_stream(
     if final_status is not None and final_status.lag_ms is not None:
         rows.insert(2, ("lag", f"{final_status.lag_ms:.0f} ms capture -> last reply"))
     rows.append(("ended", "Ctrl-C" if interrupted else status.message or status.state))
+    if clean and session.tiers is not None and session.tiers.keep:
+        rows.append(("KV store", f"kept in {session.tiers.folder}: continue with --resume {session.tiers.folder}"))
     print_table("live session summary", rows)
     if status.state == "failed" and not interrupted:
         from vrex_edge.errors import SourceError
 
         raise SourceError(status.message + (f"; session saved in {output}" if output else ""))
+
+
+class _ShiftedCapture:
+    """A CaptureThread whose times go on from where a resumed stream stopped (--resume)."""
+
+    def __init__(self, capture: Any, offset: float):
+        self.capture, self.offset = capture, offset
+
+    def get(self, timeout: float) -> Any:
+        item = self.capture.get(timeout)
+        return None if item is None else (item[0] + self.offset, item[1])
+
+    def now(self) -> float:
+        return self.capture.now() + self.offset
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.capture, name)

@@ -27,3 +27,7 @@ class ConfigError(VrexError):
 
 class AccelError(VrexError):
     """A retrieval backend is unavailable or failed."""
+
+
+class KVStoreError(VrexError):
+    """The on-disk KV store failed (disk full, write error) or a kept store cannot be resumed."""

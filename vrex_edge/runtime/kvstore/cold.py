@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vrex_edge.runtime.kvstore.config import KVStoreError, Writer
+from vrex_edge.errors import KVStoreError
+from vrex_edge.runtime.kvstore.config import Writer
 
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 

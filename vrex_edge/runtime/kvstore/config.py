@@ -1,4 +1,4 @@
-"""Tier options, byte sizes and the store's error type."""
+"""Tier options and byte sizes (KVStoreError lives in vrex_edge.errors; re-exported here)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from vrex_edge.errors import ConfigError, VrexError
+from vrex_edge.errors import ConfigError, KVStoreError
 
 ON_FULL = ("error", "drop-oldest")
+__all__ = ["KVStoreError", "TierConfig", "Writer", "default_root", "parse_bytes"]
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 # A writer is os.pwrite's signature: (fd, data, offset) -> bytes written. Tests inject failing ones.
 Writer = Callable[[int, memoryview, int], int]
-
-
-class KVStoreError(VrexError):
-    """The on-disk KV store failed (disk full, write error) or a kept store cannot be resumed."""
 
 
 def parse_bytes(text: str | int) -> int:

@@ -4,6 +4,12 @@ Entries are the cold records of one cluster ([count, 2*hd + 2] f32: k, v, pos). 
 tick per (layer, KV head, cluster) in numpy arrays, so a gather touches its whole selection in
 one vectorised store; eviction finds the oldest ticks across every layer in one pass, in
 batches. Entries with the current tick are pinned (the gather in progress needs them).
+
+Layers are visited cyclically (0, 1, ..., L-1, 0, ...), so one global LRU evicts exactly the
+layer that runs next once the cache is full (it thrashed: results/tiers.md). Each layer has a
+fair share (limit / L): eviction takes entries of the layers above their share first (the
+requesting layer counted with what it asks for), oldest first, and only then the globally
+oldest. A layer's clusters selected in the last frame thus stay until that layer runs again.
 Thread-safe: the prefetch thread inserts under `lock`.
 """
 
@@ -20,9 +26,11 @@ class HotCache:
         self.tick = [[np.full(0, -1, np.int64) for _ in range(kvh)] for _ in range(layers)]  # -1: absent
         self.size = [[np.zeros(0, np.int64) for _ in range(kvh)] for _ in range(layers)]  # bytes per entry
         self.bytes = 0  # entries + reservations in flight
+        self.layer_bytes = np.zeros(layers, np.int64)  # the same, per layer
         self.now = 1
         self.lock = threading.RLock()
         self.evicted = 0
+        self.freed = 0  # bytes ever evicted or discarded
 
     def _fit(self, layer: int, h: int, n: int) -> None:
         t = self.tick[layer][h]
@@ -50,27 +58,30 @@ class HotCache:
             present = ids[t[ids] >= 0]
             t[present] = self.now if tick is None else tick
 
-    def make_room(self, nbytes: int, limit: int, *, slack: int = 0, prefetch: bool = False) -> bool:
-        """Evict unpinned entries, oldest first, until bytes + nbytes <= limit; reserve nbytes.
+    def make_room(self, nbytes: int, limit: int, *, layer: int = -1, slack: int = 0, prefetch: bool = False) -> bool:
+        """Evict unpinned entries until bytes + nbytes <= limit (layers above their share first,
+        oldest first); reserve nbytes for `layer` (-1: nothing is reserved, only room made).
         Evicts `slack` extra bytes when it has to evict at all (amortises the search). The
         gather may evict entries prefetched for it (tick now - 1); the prefetcher may not."""
-        if self.bytes + nbytes <= limit:
+        if self.bytes + nbytes > limit:
+            self._evict(self.bytes + nbytes - limit + slack, self.now - 1 if prefetch else self.now,
+                        limit, layer, nbytes)
+            if self.bytes + nbytes > limit:
+                return False
+        if layer >= 0:
             self.bytes += nbytes
-            return True
-        self._evict(self.bytes + nbytes - limit + slack, self.now - 1 if prefetch else self.now)
-        if self.bytes + nbytes <= limit:
-            self.bytes += nbytes
-            return True
-        return False
+            self.layer_bytes[layer] += nbytes
+        return True
 
-    def release(self, nbytes: int) -> None:
+    def release(self, nbytes: int, layer: int) -> None:
         self.bytes -= nbytes
+        self.layer_bytes[layer] -= nbytes
 
     def put(self, layer: int, h: int, cid: int, rec: np.ndarray, tick: int) -> None:
         """Insert an entry whose bytes were reserved by make_room (a duplicate gives them back)."""
         d = self.entries[layer][h]
         if cid in d:
-            self.bytes -= rec.nbytes
+            self.release(rec.nbytes, layer)
             return
         self._fit(layer, h, cid + 1)
         d[cid] = rec
@@ -82,18 +93,23 @@ class HotCache:
         for c in ids.tolist():
             rec = d.pop(c, None)
             if rec is not None:
-                self.bytes -= rec.nbytes
+                self.release(rec.nbytes, layer)
+                self.freed += rec.nbytes
                 t[c] = -1
 
-    def _evict(self, need: int, floor: int) -> None:
+    def _evict(self, need: int, floor: int, limit: int, layer: int, nbytes: int) -> None:
+        use = self.layer_bytes.copy()
+        if layer >= 0:
+            use[layer] += nbytes
+        over = use > max(limit, 0) // len(self.tick)  # [L] layers above their fair share
         ticks, sizes, where = [], [], []
-        for layer, rows in enumerate(self.tick):
+        for li, rows in enumerate(self.tick):
             for h, t in enumerate(rows):
                 ids = np.flatnonzero((t >= 0) & (t < floor))
                 if ids.size:
-                    ticks.append(t[ids])
-                    sizes.append(self.size[layer][h][ids])
-                    where.append((layer, h, ids))
+                    ticks.append(t[ids] + (0 if over[li] else 1 << 40))  # over-share layers first
+                    sizes.append(self.size[li][h][ids])
+                    where.append((li, h, ids))
         if not ticks:
             return
         tk = np.concatenate(ticks)
@@ -103,11 +119,11 @@ class HotCache:
         chosen = np.zeros(tk.size, bool)
         chosen[order[:k]] = True
         o = 0
-        for layer, h, ids in where:
+        for li, h, ids in where:
             pick = ids[chosen[o : o + ids.size]]
             o += ids.size
             if pick.size:
-                self.discard(layer, h, pick)
+                self.discard(li, h, pick)
                 self.evicted += pick.size
 
     def count(self) -> int:

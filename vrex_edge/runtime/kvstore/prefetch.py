@@ -110,11 +110,18 @@ class Prefetcher:
             keep, _ = cache.backend.score_select(qs, st.means[:, :c], st.counts[:, :c], tau=cache.tau)
         self.stats["jobs"] += 1
         read = 0.0
+        g = getattr(cache, "gatherer", None)  # incremental gather: what its buffer holds needs no fetch
+        held = g.cached if g is not None and g.buf is not None and g.buf is cache.buf_k else None
         for h in range(cache.kvh):
             ids = np.flatnonzero(keep[h][: int(st.nclu[h])])
             ids = ids[(st.start[h, ids] >= 0) & (st.counts[h, ids] > 0)]  # sealed: the ones on disk
+            if held is not None:
+                inbuf = held[h][np.minimum(ids, held[h].size - 1)] & (ids < held[h].size) if held[h].size else None
+                if inbuf is not None:
+                    ids = ids[~inbuf]
             self.pred[layer][h] = ids
-            with mgr.hot.lock:
+            with mgr.hot.lock:  # predicted clusters already hot are kept over the others
+                mgr.hot.touch(layer, h, ids, tick=mgr.hot.now - 1)
                 miss = mgr.hot.absent(layer, h, ids)
             if miss.size:
                 t1 = time.perf_counter()

@@ -4,11 +4,12 @@ ClusterStore calls when it seals clusters (write) and gathers sealed ones (fetch
 
 Resident KV bytes (the budget) = sink + recent window + open-cluster area + workspace (the
 attended set of the layer running, shared by all layers) + hot clusters. Cluster tables
-(codes, sums, means, counts, offsets) stay resident and are reported beside the budget.
+(codes, means, counts, offsets; sums of open clusters) stay resident and are reported beside the budget.
 """
 
 from __future__ import annotations
 
+import ctypes
 import shutil
 import tempfile
 import time
@@ -18,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from vrex_edge.errors import ConfigError
+from vrex_edge.errors import ConfigError, KVStoreError
 from vrex_edge.runtime.kvstore.cold import FULL_ERRNOS, ColdLog
-from vrex_edge.runtime.kvstore.config import KVStoreError, TierConfig, default_root
+from vrex_edge.runtime.kvstore.config import TierConfig, default_root
 from vrex_edge.runtime.kvstore.hot import HotCache
 from vrex_edge.runtime.retrieval.clusters import _Rows
 
@@ -63,7 +64,10 @@ class Workspace:
         """WindowedCache.reserve in tier mode (called at the start of every attend and before a gather)."""
         self.mgr.on_reserve(cache)
         if need > self.k.shape[1]:
-            self.grow(max(need, int(self.k.shape[1] * 1.25), 256))
+            cap = max(need, int(self.k.shape[1] * 1.25), 256)
+            if cache.compact:  # the attended set never exceeds the model's positions
+                cap = min(cap, max(need, cache.max_positions))
+            self.grow(cap)
         cache.buf_k, cache.buf_v, cache.buf_pos = self.k, self.v, self.pos
 
     def grow(self, cap: int) -> None:
@@ -71,12 +75,57 @@ class Workspace:
         if cap > self.k.shape[1]:
             self.mgr.ensure(cap * self.kvh * (2 * self.hd * 4 + 8) - self.nbytes())
             for c in self.mgr.caches:  # drop every reference to the old arrays first
-                c.buf_k = c.buf_v = c.buf_pos = None
+                if c.workspace is self:
+                    c.buf_k = c.buf_v = c.buf_pos = None
             self.k = self.v = self.pos = None
             self.k = np.empty((self.kvh, cap, self.hd), np.float32)
             self.v = np.empty_like(self.k)
             self.pos = np.empty((self.kvh, cap), np.int64)
             self.mgr.fixed_ws = self.nbytes()
+
+
+class LayerBuffer:
+    """Absolute positions with incremental gather (resv incremental=1): each layer keeps its own
+    attention buffer, in which BufferedGather keeps the sealed clusters of the last selection,
+    so a frame copies (and fetches) only the clusters it newly selects, as all-resident ReSV
+    does. The buffers count in the budget (the hot cache gets what is left); one grows by 25%
+    when the budget has room for that, else to exactly what it needs. When even that would leave
+    less than 1/8 of the budget to the hot cache, the layer gives its buffer up and joins the shared
+    workspace (it then gathers its whole selection from the hot cache on every call)."""
+
+    def __init__(self, mgr: TierManager, layer: int):
+        self.mgr, self.layer = mgr, layer
+
+    def reserve(self, cache: Any, need: int) -> None:
+        self.mgr.on_reserve(cache)
+        cap = cache.buf_k.shape[1]
+        if need <= cap:
+            return
+        per = cache.kvh * (2 * cache.hd * 4 + 8)  # bytes per token row: k, v (f32) and pos (i64)
+        old = cap * per
+        new = max(need, cap + cap // 4, 256)
+        margin = self.mgr.budget // 8 if self.mgr.config.budget is not None else 0
+        if not self.mgr.room_for(new * per - old + margin):
+            new = need
+            if not self.mgr.room_for(new * per - old + margin):
+                self._share(cache, need)
+                return
+        cache.buf_k = cache.buf_v = cache.buf_pos = None  # the old rows are refilled, not copied
+        if cache.gatherer is not None:
+            cache.gatherer.buf = None
+        self.mgr.recount(self.layer)
+        self.mgr.ensure(new * per, demote=False)
+        cache.buf_k = np.empty((cache.kvh, new, cache.hd), np.float32)  # [KVH, cap, hd]
+        cache.buf_v = np.empty_like(cache.buf_k)
+        cache.buf_pos = np.empty((cache.kvh, new), np.int64)
+        self.mgr.recount(self.layer)
+
+    def _share(self, cache: Any, need: int) -> None:
+        cache.buf_k = cache.buf_v = cache.buf_pos = None
+        cache.gatherer = None  # resv gathers every selected cluster on each call from here on
+        cache.workspace = self.mgr.workspace
+        self.mgr.recount(self.layer)
+        self.mgr.workspace.reserve(cache, need)
 
 
 class LayerTier:
@@ -94,38 +143,82 @@ class LayerTier:
         hot = mgr.hot
         with hot.lock:  # write-through: a cluster just sealed is the likeliest to be selected next
             for c, part in zip(owner[np.r_[0, cut]].tolist(), np.split(rec, cut), strict=True):
-                if hot.make_room(part.nbytes, mgr.hot_limit(), slack=mgr.slack(), prefetch=True):
+                if hot.make_room(part.nbytes, mgr.hot_limit(), layer=self.layer, slack=mgr.slack(), prefetch=True):
                     hot.put(self.layer, h, c, part.copy(), hot.now - 1)
                 else:
                     mgr.not_hot[self.layer] += 1
         return base
 
-    def gather(self, h: int, sel: np.ndarray, start: np.ndarray, counts: np.ndarray,
-               out_k: np.ndarray, out_v: np.ndarray, out_pos: np.ndarray | None) -> int:
-        """Copy sealed clusters `sel` of head h into out_* in arena order (as the resident gather) -> rows."""
+    def gather(self, h: int, sel: np.ndarray, start: np.ndarray, counts: np.ndarray, out_k: np.ndarray,
+               out_v: np.ndarray, out_pos: np.ndarray | None, out_owner: np.ndarray | None = None) -> int:
+        """Copy sealed clusters `sel` of head h into out_* in arena order (as the resident gather) -> rows;
+        out_owner (per-layer buffer, incremental gather) gets each row's cluster id. When the hot cache
+        cannot hold the whole selection at once, it goes in runs that fit, each unpinned once copied."""
         sel = sel[counts[sel] > 0]
         if sel.size == 0:
             return 0
         sel = sel[np.argsort(start[sel], kind="stable")]
-        mgr, hot, layer, hd = self.mgr, self.mgr.hot, self.layer, self.mgr.hd
+        mgr, hot, layer = self.mgr, self.mgr.hot, self.layer
+        row = mgr.logs[layer].row_bytes
         if mgr.prefetcher is not None:
             mgr.prefetcher.score(layer, h, sel)
         with hot.lock:
-            hot.begin()
+            tick = hot.begin()
             hot.touch(layer, h, sel)
             miss = hot.absent(layer, h, sel)
-            if miss.size:
-                mgr.fetch(layer, h, miss, start, counts, prefetch=False)
-            d = hot.entries[layer][h]
-            recs = [d[c] for c in sel.tolist()]
+            total = int(counts[miss].sum()) * row
+            whole = miss.size == 0 or hot.make_room(total, mgr.hot_limit(), layer=layer)
+            if whole:
+                if miss.size:
+                    hot.release(total, layer)  # fetch reserves it again
+                    mgr.fetch(layer, h, miss, start, counts, prefetch=False)
+                recs = [hot.entries[layer][h][c] for c in sel.tolist()]
+            else:
+                hot.touch(layer, h, sel, tick=tick - 1)  # unpinned: runs pin what they copy
         mgr.counters["selected"] += sel.size
         mgr.counters["missed"] += miss.size
-        m = int(counts[sel].sum())
-        np.concatenate([r[:, :hd] for r in recs], axis=0, out=out_k[:m])
-        np.concatenate([r[:, hd : 2 * hd] for r in recs], axis=0, out=out_v[:m])
+        if whole:
+            return self._copy(recs, sel, counts, 0, out_k, out_v, out_pos, out_owner)
+        w, i = 0, 0
+        while i < sel.size:
+            with hot.lock:
+                rest = sel[i:]
+                absent = np.isin(rest, hot.absent(layer, h, rest), assume_unique=True)
+                cum = np.cumsum(np.where(absent, counts[rest], 0)) * row  # bytes to read up to each cluster
+                if hot.make_room(int(cum[-1]), mgr.hot_limit(), layer=layer):
+                    hot.release(int(cum[-1]), layer)
+                    n = rest.size
+                else:  # everything evictable is gone: the longest run whose reads fit
+                    n = int(np.searchsorted(cum, mgr.hot_limit() - hot.bytes, side="right"))
+                if n == 0:
+                    raise KVStoreError(f"--kv-budget {_mib(mgr.budget)} is too small: no room left to read a "
+                                       "selected cluster beside the attended set; raise --kv-budget or lower tau")
+                part = rest[:n]
+                self.mgr.counters["runs"] += 1
+                hot.touch(layer, h, part)
+                if absent[:n].any():
+                    mgr.fetch(layer, h, part[absent[:n]], start, counts, prefetch=False)
+                recs = [hot.entries[layer][h][c] for c in part.tolist()]
+            w = self._copy(recs, part, counts, w, out_k, out_v, out_pos, out_owner)
+            with hot.lock:
+                hot.touch(layer, h, part, tick=tick - 1)  # copied: evictable by the next run
+            i += n
+        return w
+
+    def _copy(self, recs: list[np.ndarray], ids: np.ndarray, counts: np.ndarray, w: int, out_k: np.ndarray,
+              out_v: np.ndarray, out_pos: np.ndarray | None, out_owner: np.ndarray | None) -> int:
+        """Records of clusters `ids` ([count, 2*hd + 2] each) -> out_*[w : w + their rows] -> the new w."""
+        if not recs:
+            return w
+        hd = self.mgr.hd
+        e = w + int(counts[ids].sum())
+        np.concatenate([r[:, :hd] for r in recs], axis=0, out=out_k[w:e])
+        np.concatenate([r[:, hd : 2 * hd] for r in recs], axis=0, out=out_v[w:e])
         if out_pos is not None:
-            np.concatenate([r[:, 2 * hd :].view(np.int64)[:, 0] for r in recs], out=out_pos[:m])
-        return m
+            np.concatenate([r[:, 2 * hd :].view(np.int64)[:, 0] for r in recs], out=out_pos[w:e])
+        if out_owner is not None:
+            out_owner[w:e] = np.repeat(ids, counts[ids])
+        return e
 
 
 class TierManager:
@@ -148,18 +241,20 @@ class TierManager:
         self.fixed = np.zeros(self.layers, np.int64)
         self.fixed_ws = 0
         self.not_hot = np.zeros(self.layers, np.int64)  # sealed clusters that are only on disk
-        self.counters = dict.fromkeys(("selected", "missed", "fetched", "fetched_bytes", "dropped"), 0)
+        self.counters = dict.fromkeys(("selected", "missed", "fetched", "fetched_bytes", "dropped", "demoted", "runs"), 0)
         self.seconds = dict.fromkeys(("write", "read", "evict"), 0.0)
         self.peak = 0
+        self.trimmed = 0  # hot.freed at the last release_free_memory()
+        fix_mmap_threshold()
         self.workspace = Workspace(self, self.kvh, self.hd)
         for i, c in enumerate(self.caches):
             st = c.store
             st.tier = LayerTier(self, i)
             st.sealed = [_Rows(self.hd, 0) for _ in range(self.kvh)]
             st.pending = [WatchedRows(self.hd, 64, self, i) for _ in range(self.kvh)]
-            c.workspace = self.workspace
-            if getattr(c, "gatherer", None) is not None:  # it caches clusters in a per-layer buffer;
-                c.gatherer = None  # here the workspace is shared and the hot cache plays that role
+            # incremental gather (absolute positions): per-layer buffers that keep the last selection;
+            # else one workspace shared by the layers, filled from the hot cache on every call
+            c.workspace = LayerBuffer(self, i) if getattr(c, "gatherer", None) is not None else self.workspace
         self.prefetcher = Prefetcher(self) if config.prefetch else None
         self.closed = False
         self.resumed_time: float | None = None  # the stream time a resumed stream goes on from
@@ -202,6 +297,8 @@ class TierManager:
         r, st = c.ring, c.store
         ring = r.k.nbytes + r.v.nbytes + (0 if r.aux is None else r.aux.nbytes)
         rows = sum(x.nbytes() for x in st.pending + st.sealed)
+        if c.workspace is not self.workspace:  # a per-layer attention buffer (LayerBuffer)
+            rows += sum(0 if a is None else a.nbytes for a in (c.buf_k, c.buf_v, c.buf_pos))
         self.fixed[layer] = c.sink_k.nbytes + c.sink_v.nbytes + ring + rows
 
     def fixed_total(self) -> int:
@@ -217,11 +314,32 @@ class TierManager:
     def slack(self) -> int:
         return 0 if self.config.budget is None else self.budget // 64
 
-    def ensure(self, extra: int) -> None:
-        """Make room for `extra` more resident bytes outside the hot cache (evicting hot clusters)."""
+    def room_for(self, extra: int) -> bool:
+        """Whether `extra` more resident bytes outside the hot cache fit (between gathers, when every
+        hot cluster can be evicted)."""
+        return self.hot_limit() - extra >= 0
+
+    def demote(self) -> bool:
+        """Give every per-layer attention buffer up (all layers then share the workspace and gather
+        from the hot cache) -> whether there was one. Runs inside one layer's call, which is shared."""
+        own = [i for i, c in enumerate(self.caches) if c.workspace is not self.workspace]
+        for i in own:
+            c = self.caches[i]
+            c.buf_k = c.buf_v = c.buf_pos = None
+            c.gatherer = None
+            c.workspace = self.workspace
+            self.recount(i)
+        self.counters["demoted"] += len(own)
+        return bool(own)
+
+    def ensure(self, extra: int, *, demote: bool = True) -> None:
+        """Make room for `extra` more resident bytes outside the hot cache (evicting hot clusters,
+        then, if `demote`, giving per-layer buffers up)."""
         with self.hot.lock:
             self.hot.begin()  # called between gathers: nothing cached is in use (unpin the last gather's)
             limit = self.hot_limit() - extra
+            if (limit < 0 or not self.hot.make_room(0, limit)) and demote and self.demote():
+                limit = self.hot_limit() - extra
             if limit < 0 or not self.hot.make_room(0, limit):
                 raise KVStoreError(
                     f"--kv-budget {_mib(self.budget)} is too small: the sink, recent window, open clusters and "
@@ -233,6 +351,9 @@ class TierManager:
         layer = self.index[id(cache)]
         if self.prefetcher is not None:
             self.prefetcher.wait(layer)
+        if layer == 0 and self.hot.freed - self.trimmed > self.budget // 16:
+            self.trimmed = self.hot.freed
+            release_free_memory()
         self.recount(layer)
         self.ensure(0)
 
@@ -283,11 +404,12 @@ class TierManager:
         cnt = counts[ids]
         total = int(cnt.sum()) * log.row_bytes
         with hot.lock:
-            if not hot.make_room(total, self.hot_limit(), slack=self.slack(), prefetch=prefetch):
+            if not hot.make_room(total, self.hot_limit(), layer=layer, slack=self.slack(), prefetch=prefetch):
                 if prefetch:
                     return 0
-                raise KVStoreError(f"--kv-budget {_mib(self.budget)} is too small for this frame's selected "
-                                   f"clusters ({_mib(total)} more); raise --kv-budget or lower tau")
+                if not (self.demote() and hot.make_room(total, self.hot_limit(), layer=layer)):
+                    raise KVStoreError(f"--kv-budget {_mib(self.budget)} is too small for this frame's selected "
+                                       f"clusters ({_mib(total)} more); raise --kv-budget or lower tau")
             tick = hot.now if not prefetch else hot.now - 1
         t0 = time.perf_counter()
         recs = [np.empty((int(n), log.rec), np.float32) for n in cnt]
@@ -299,7 +421,7 @@ class TierManager:
                     log.read(int(st[s]), recs[s : min(b, s + IOV_MAX)])
         except BaseException:
             with hot.lock:
-                hot.release(total)
+                hot.release(total, layer)
             raise
         dt = time.perf_counter() - t0
         with hot.lock:
@@ -321,10 +443,11 @@ class TierManager:
         recent = sum(c.ring.k.nbytes + c.ring.v.nbytes + (0 if c.ring.aux is None else c.ring.aux.nbytes)
                      for c in self.caches)
         open_ = sum(x.nbytes() for c in self.caches for x in c.store.pending + c.store.sealed)
-        tables = sum(st.codes.nbytes + st.sums.nbytes + st.means.nbytes + st.counts.nbytes + st.start.nbytes
-                     for st in (c.store for c in self.caches))
-        kv = sink + recent + open_ + self.workspace.nbytes() + self.hot.bytes
-        return {"sink": sink, "recent": recent, "open": open_, "workspace": self.workspace.nbytes(),
+        tables = sum(c.store.table_nbytes() for c in self.caches)
+        ws = self.workspace.nbytes() + sum(a.nbytes for c in self.caches if c.workspace is not self.workspace
+                                           for a in (c.buf_k, c.buf_v, c.buf_pos) if a is not None)
+        kv = sink + recent + open_ + ws + self.hot.bytes
+        return {"sink": sink, "recent": recent, "open": open_, "workspace": ws,
                 "hot": self.hot.bytes, "kv": kv, "tables": tables}
 
     def report(self) -> dict[str, Any]:
@@ -332,6 +455,7 @@ class TierManager:
                                "folder": str(self.folder), "kept": self.keep,
                                "cold_bytes": sum(lg.written for lg in self.logs),
                                "hot_clusters": self.hot.count(), "evicted": self.hot.evicted}
+        out["own_buffers"] = sum(c.workspace is not self.workspace for c in self.caches)  # layers with a buffer
         out.update(self.resident())
         out.update(self.counters)
         out["seconds"] = dict(self.seconds)
@@ -357,6 +481,35 @@ class TierManager:
             for log in self.logs:
                 log.close()
             self._cleanup()
+
+
+def _libc() -> Any:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
+    except OSError:  # not glibc
+        return None
+
+
+_LIBC = _libc()
+M_MMAP_THRESHOLD = -3
+
+
+def fix_mmap_threshold(nbytes: int = 1 << 20) -> None:
+    """Arrays above `nbytes` always get their own mapping, returned to the OS when freed. glibc
+    otherwise raises the threshold to the largest block freed so far (up to 32 MiB), after which
+    workspaces and cluster tables come from the heap, between hot clusters, and the heap's
+    high-water mark (RSS) grows with every reallocation."""
+    if _LIBC is not None:
+        _LIBC.mallopt(M_MMAP_THRESHOLD, nbytes)
+
+
+def release_free_memory() -> None:
+    """Give the allocator's free pages back to the OS (glibc: malloc_trim). Evicted hot clusters
+    are many small blocks; without this their pages stay in the process's RSS after the hot cache
+    shrinks (for a larger workspace), and RSS creeps up although resident KV stays in the budget."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
 
 
 def _remove(folder: Path | None) -> None:

@@ -5,7 +5,8 @@ backend). A cluster is *open* while it can still grow (among the `horizon` newes
 its head and below `max_size`); its tokens wait in a small open area. When it closes, its
 tokens are copied once into the sealed arena, contiguous, so a selected cluster is one slice
 (and a run of selected neighbours one bigger slice). The sealed arena is exactly what a cold
-tier writes out (issue 7); tables (codes, sums, means, counts) stay small and resident.
+tier writes out (issue 7); tables (codes, means, counts, offsets; running sums only while a cluster
+is open) stay small and resident.
 """
 
 from __future__ import annotations
@@ -67,12 +68,14 @@ class ClusterStore:
         self.threshold, self.max_size, self.horizon = threshold, max_size, horizon
         words = -(-planes.shape[1] // 64)
         self.codes = np.zeros((kvh, capacity, words), np.uint64)  # cluster codes (the founder's)
-        self.sums = np.zeros((kvh, capacity, hd), np.float64)  # running sums of the scoring keys
         self.means_t = np.zeros((kvh, hd, capacity), np.float32)  # representatives, transposed for scoring
         self.counts = np.zeros((kvh, capacity), np.int64)  # TC
         self.start = np.full((kvh, capacity), -1, np.int64)  # offset in the sealed arena; -1 while open
         self.nclu = np.zeros(kvh, np.int64)
         self.open: list[np.ndarray] = [np.zeros(0, np.int64) for _ in range(kvh)]  # ids, oldest first
+        # running f64 sums of the scoring keys, open clusters only ([len(open[h]), hd], aligned with open[h]):
+        # a sealed cluster keeps just its f32 mean, so the tables cost ~280 bytes per cluster and head
+        self.open_sums: list[np.ndarray] = [np.zeros((0, hd), np.float64) for _ in range(kvh)]
         self.sealed = [_Rows(hd, 1024) for _ in range(kvh)]
         self.pending = [_Rows(hd, 256) for _ in range(kvh)]  # open area: owner -1 = moved out
 
@@ -89,8 +92,8 @@ class ClusterStore:
         cap = self.counts.shape[1]
         if need <= cap:
             return
-        cap = max(need, 2 * cap)
-        for name, fill in (("codes", 0), ("sums", 0), ("counts", 0), ("start", -1)):
+        cap = max(need, cap + cap // 4, 256)  # x1.25: a smaller transient than doubling (old + new coexist)
+        for name, fill in (("codes", 0), ("counts", 0), ("start", -1)):
             a = getattr(self, name)
             b = np.full((self.kvh, cap, *a.shape[2:]), fill, a.dtype)
             b[:, : a.shape[1]] = a
@@ -120,17 +123,20 @@ class ClusterStore:
                 self.nclu[h] += nnew
             ids = ext[u]  # the clusters this batch touched
             onehot = (inv[None, :] == np.arange(u.size)[:, None])  # [u, m]
-            self.sums[h, ids] += onehot.astype(np.float64) @ ks[h]
+            sums = np.zeros((ext.size, self.hd), np.float64)  # [ext, hd] running sums of ext's clusters
+            sums[:c] = self.open_sums[h]
+            sums[u] += onehot.astype(np.float64) @ ks[h]
             self.counts[h, ids] += onehot.sum(1)
-            self.means[h, ids] = self.sums[h, ids] / self.counts[h, ids, None]
+            self.means[h, ids] = sums[u] / self.counts[h, ids, None]
             self.pending[h].append(k[h], v[h], pos, gid)
             open_ok = self.counts[h, ext] < self.max_size
             if open_ok.all() and ext.size <= self.horizon:
-                self.open[h] = ext
+                self.open[h], self.open_sums[h] = ext, sums
                 continue
-            growing = ext[open_ok]
-            keep = growing[-self.horizon :] if self.horizon > 0 else growing[:0]
-            self.open[h] = keep
+            stay = np.flatnonzero(open_ok)
+            stay = stay[-self.horizon :] if self.horizon > 0 else stay[:0]
+            keep = ext[stay]
+            self.open[h], self.open_sums[h] = keep, sums[stay]
             mark = np.ones(int(self.nclu[h]), bool)
             mark[keep] = False
             self._seal(h, ext[mark[ext]])
@@ -169,8 +175,7 @@ class ClusterStore:
         s, p = self.sealed[h], self.pending[h]
         w = 0
         if sealed.size and self.tier is not None:  # through the hot cache / cold log (kvstore)
-            assert out_owner is None, "tiered stores gather without owners (no incremental gather)"
-            w = self.tier.gather(h, sealed, self.start[h], self.counts[h], out_k, out_v, out_pos)
+            w = self.tier.gather(h, sealed, self.start[h], self.counts[h], out_k, out_v, out_pos, out_owner)
         elif sealed.size:
             runs = self.backend.layout(sealed, self.start[h], self.counts[h])  # [r, 2]
             if runs.shape[0] <= 4:
@@ -210,6 +215,11 @@ class ClusterStore:
         pos = np.concatenate([s.pos[: s.n], p.pos[: p.n][live]])
         return pos, np.concatenate([s.owner[: s.n], p.owner[: p.n][live]])
 
+    def table_nbytes(self) -> int:
+        """Cluster tables: codes, means, counts, offsets and the open clusters' sums."""
+        return (self.codes.nbytes + self.means_t.nbytes + self.counts.nbytes + self.start.nbytes
+                + sum(s.nbytes for s in self.open_sums))
+
     def nbytes(self) -> int:
-        tables = self.codes.nbytes + self.sums.nbytes + self.means.nbytes + self.counts.nbytes + self.start.nbytes
+        tables = self.table_nbytes()
         return tables + sum(r.nbytes() for r in self.sealed + self.pending)
