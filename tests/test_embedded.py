@@ -47,8 +47,9 @@ def test_demo_narration_matches_ground_truth(policy: str) -> None:
         elif isinstance(event, Answer):
             answers.append(event)
     score = score_narration(captions, events, tol=1.0)
-    # The model speaks at the events (timing F1 0.94 on held-out streams) and names most of them
-    # exactly; thresholds sit below what the shipped model measures (model card) with a margin.
-    assert score.timing_f1 >= 0.8, score
-    assert score.f1 >= 0.3, score
+    # The model speaks at the events (timing F1 0.98 on held-out streams, 1.0 here) and names most
+    # of them exactly (F1 0.81 held out; 0.50 here: the demo's three small crosses are named
+    # "circle"/"cross" wrongly, see the model card); thresholds sit below those with a margin.
+    assert score.timing_f1 >= 0.9, score
+    assert score.f1 >= 0.4, score
     assert len(answers) == len(questions) and all(a.text for a in answers)

@@ -182,3 +182,26 @@ def test_sample_refuses_training_seeds(tmp_path):
     mp4, js = write_sample(tmp_path / "demo", seed=7, seconds=12)
     gt = json.loads(js.read_text())
     assert read_video(mp4).shape[0] == gt["frames"] == 24
+
+
+def test_enter_frame_shows_the_object(streams):
+    """At its enter frame an object is mostly visible (centre inside the canvas), so the enter
+    narration (size, colour, shape) is well-posed from that frame alone."""
+    for s in streams.values():
+        for e in (e for e in s.events if e.kind == "enter"):
+            o = _obj(s.states[e.frame], e.obj)
+            inside = min(o.x, o.y, CANVAS - o.x, CANVAS - o.y)
+            assert 0.3 * o.radius - 1e-6 <= inside <= 0.6 * o.radius + 1e-6, (e, o)
+
+
+def test_name_noise_touches_only_narration_names(streams):
+    from vrex_edge.world.data import corrupt_names
+    from vrex_edge.world.sim import SHAPES, SIZES
+
+    s, vocab = streams[11], Vocab()
+    lay = build_layout(s, sample_questions(s, np.random.default_rng(0), every_s=10), vocab)
+    noisy = corrupt_names(lay.input_ids, lay.kinds, vocab, np.random.default_rng(1), 0.5)
+    changed = np.flatnonzero(noisy != lay.input_ids)
+    names = {vocab[w] for w in (*SHAPES, *SIZES)}
+    assert len(changed) > 0 and (lay.kinds[changed] == 2).all()
+    assert all(int(lay.input_ids[i]) in names and int(noisy[i]) in names for i in changed)

@@ -11,7 +11,7 @@ from vrex_edge.world.language import Vocab, sample_questions
 from vrex_edge.world.layout import build_layout, preprocess
 from vrex_edge.world.model import IMAGE_SIZE, MAX_POSITIONS
 from vrex_edge.world.render import render
-from vrex_edge.world.sim import CANVAS, COLORS, SHAPES, Stream, simulate
+from vrex_edge.world.sim import CANVAS, COLORS, SHAPES, SIZES, Stream, simulate
 
 AUX_CLASSES = 1 + len(COLORS) * len(SHAPES) * 2
 
@@ -64,8 +64,22 @@ def _augment(bgr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
+def corrupt_names(ids: np.ndarray, kinds: np.ndarray, vocab: Vocab, rng: np.random.Generator, p: float) -> np.ndarray:
+    """Replace a fraction `p` of the shape and size words of narrations in the INPUT by another one
+    (labels untouched). Teacher forcing otherwise teaches the model to copy an object's name from
+    its earlier narration; with noisy history it learns to name what it sees. ids [L] -> [L]."""
+    out = ids.copy()
+    for group in (SHAPES, tuple(SIZES)):
+        gids = np.array([vocab[w] for w in group])
+        pos = np.flatnonzero((kinds == 2) & np.isin(ids, gids))
+        pos = pos[rng.random(len(pos)) < p]
+        for i in pos:
+            out[i] = rng.choice(gids[gids != ids[i]])
+    return out
+
+
 def make_batch(rng: np.random.Generator, vocab: Vocab, *, tokens: int, min_s: float, max_s: float,
-               offset_p: float = 0.5) -> Batch:
+               offset_p: float = 0.5, name_noise: float = 0.0) -> Batch:
     if rng.random() < 0.4:
         dur = float(rng.uniform(min_s, min(max_s, 180.0)))
     else:
@@ -89,6 +103,8 @@ def make_batch(rng: np.random.Generator, vocab: Vocab, *, tokens: int, min_s: fl
     for i, lay in enumerate(layouts):
         k = len(lay.input_ids)
         ids[i, :k], labels[i, :k], kinds[i, :k] = lay.input_ids, lay.labels, lay.kinds
+        if name_noise > 0:
+            ids[i, :k] = corrupt_names(lay.input_ids, lay.kinds, vocab, rng, name_noise)
         if rng.random() < offset_p:
             offsets[i] = rng.integers(0, MAX_POSITIONS - n)
     return Batch(np.concatenate(frames), ids, labels, kinds, offsets,

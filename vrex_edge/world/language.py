@@ -1,7 +1,8 @@
 """Targets from the event log: narration sentences, questions with answers, and the word vocabulary.
 
 Narration grammar (one sentence per event):
-    enter   "the {size} {color} {shape} enters from the {side}"
+    enter   "the {size} {color} {shape} enters from the {side}"   (at the frame it pops in at
+            that side, mostly visible: sim.py places its centre inside the canvas)
     leave   "the {color} {shape} leaves to the {side}"
     turn    "the {color} {shape} turns {direction}"
     stop    "the {color} {shape} stops"

@@ -2,7 +2,9 @@
 
 Pure state, no drawing (render.py draws). An event at frame t is a change that is first
 visible in frame t compared with frame t-1:
-    enter   first frame where the object is (partly) visible
+    enter   first frame where the object is visible: it pops in at a side with its centre
+            already inside the canvas (by 0.3-0.6 of its half-extent), so that its shape,
+            size and colour can be told from that frame alone
     leave   first frame where it is fully outside the canvas
     stop    it does not move between t-1 and t
     start   it moves again (after standing still)
@@ -175,10 +177,10 @@ def _spawn(w: _World, t: int) -> None:
     side = SIDES[rng.integers(4)]
     r, speed = SIZES[size], float(rng.uniform(3.5, 6.5))
     along = float(rng.uniform(r + MARGIN + 4, CANVAS - r - MARGIN - 4))
-    inset = float(rng.uniform(0.2, 0.8)) * r  # centre just outside: partly visible after the move
-    direction = ENTER_DIR[side]
-    start = {"left": (-inset - speed, along), "right": (CANVAS + inset + speed, along),
-             "top": (along, -inset - speed), "bottom": (along, CANVAS + inset + speed)}[side]
+    inset = float(rng.uniform(0.3, 0.6)) * r  # after this frame's move the centre is inside by `inset`:
+    direction = ENTER_DIR[side]  # the object pops in mostly visible, so its enter narration is well-posed
+    start = {"left": (inset - speed, along), "right": (CANVAS - inset + speed, along),
+             "top": (along, inset - speed), "bottom": (along, CANVAS - inset + speed)}[side]
     o = _Obj(w.next_id, color, shape, size, start[0], start[1], direction, speed)
     w.next_id += 1
     w.entries += 1

@@ -30,8 +30,9 @@ ASST = Vocab()["<asst>"]
 
 
 class _Batches(torch.utils.data.IterableDataset):
-    def __init__(self, seed: int, tokens: int, min_s: float, max_s: float):
+    def __init__(self, seed: int, tokens: int, min_s: float, max_s: float, name_noise: float = 0.0):
         self.seed, self.tokens, self.min_s, self.max_s = seed, tokens, min_s, max_s
+        self.name_noise = name_noise
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -39,7 +40,8 @@ class _Batches(torch.utils.data.IterableDataset):
         rng = np.random.default_rng([self.seed, wid])
         vocab = Vocab()
         while True:
-            b = make_batch(rng, vocab, tokens=self.tokens, min_s=self.min_s, max_s=self.max_s)
+            b = make_batch(rng, vocab, tokens=self.tokens, min_s=self.min_s, max_s=self.max_s,
+                           name_noise=self.name_noise)
             yield {k: torch.from_numpy(getattr(b, k)) for k in Batch.__dataclass_fields__}
 
 
@@ -151,6 +153,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--init", type=Path, default=None, help="continue from this checkpoint")
     ap.add_argument("--aux-weight", type=float, default=0.5, help="weight of the training-only frame probes")
     ap.add_argument("--shard-mb", type=float, default=0.0)
+    ap.add_argument("--name-noise", type=float, default=0.0,
+                    help="fraction of shape/size words of earlier narrations replaced in the input (data.corrupt_names)")
     args = ap.parse_args(argv)
 
     torch.manual_seed(args.seed)
@@ -163,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     aux.to(dev)
     params = list(model.parameters()) + list(aux.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.05, fused=dev.type == "cuda")
-    data = torch.utils.data.DataLoader(_Batches(args.seed, args.tokens, args.min_s, args.max_s), batch_size=None,
+    data = torch.utils.data.DataLoader(_Batches(args.seed, args.tokens, args.min_s, args.max_s, args.name_noise), batch_size=None,
                                        num_workers=args.workers, pin_memory=dev.type == "cuda",
                                        prefetch_factor=4 if args.workers else None, persistent_workers=bool(args.workers))
     args.out.mkdir(parents=True, exist_ok=True)

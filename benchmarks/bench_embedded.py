@@ -1,0 +1,79 @@
+"""Frames per second of the embedded model (models/vrex-tiny) through the runtime at a given cache size.
+
+A held-out world stream (seed below data.TRAIN_SEED_BASE) is rendered up front, then streamed
+through StreamSession frame by frame (vision, prefill, speak decision, captions when it speaks).
+Reported over the frames whose cache is within +-window tokens of --cache: the frame stage
+alone (mean FrameProcessed total) and the wall-clock rate including the captions spoken there.
+
+    python benchmarks/bench_embedded.py --cache 6000 --policy full resv window
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def bench(bundle: Path, policy: str, frames: np.ndarray, cache: int, window: int, threads: int | None) -> dict:
+    from vrex_edge.runtime.engine import load_model
+    from vrex_edge.runtime.events import Caption, FrameProcessed
+    from vrex_edge.runtime.session import StreamSession
+    from vrex_edge.world.sim import FPS
+
+    session = StreamSession(load_model(bundle, threads=threads), policy=policy)
+    lo, hi = cache - window, cache + window
+    frame_ms: list[float] = []
+    t_in = None  # wall clock at the first frame inside the window
+    captions, t_last = 0, 0.0
+    for i, img in enumerate(frames):  # img [H, W, 3] uint8 BGR
+        inside = False
+        for ev in session.push_frame(img, i / FPS):
+            if isinstance(ev, FrameProcessed):
+                inside = lo <= ev.cache_tokens <= hi
+                if inside:
+                    if t_in is None:
+                        t_in = time.perf_counter() - ev.timings_ms["total"] / 1e3
+                    frame_ms.append(ev.timings_ms["total"])
+            elif isinstance(ev, Caption) and inside:
+                captions += 1
+        if inside:
+            t_last = time.perf_counter()
+        elif frame_ms:
+            break
+    if not frame_ms:
+        raise SystemExit(f"the stream never reached a {cache}-token cache: use more --seconds")
+    wall = t_last - t_in
+    n_in = len(frame_ms)
+    return {"policy": policy, "frames": n_in, "captions": captions, "frame_ms": float(np.mean(frame_ms)),
+            "frame_fps": 1e3 / float(np.mean(frame_ms)), "wall_fps": n_in / wall}
+
+
+def main(argv: list[str] | None = None) -> None:
+    from vrex_edge.world.render import render
+    from vrex_edge.world.sim import simulate
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bundle", type=Path, default=ROOT / "models" / "vrex-tiny")
+    ap.add_argument("--policy", nargs="+", default=["full"])
+    ap.add_argument("--cache", type=int, default=6000, help="cache size (tokens) to measure at")
+    ap.add_argument("--window", type=int, default=500, help="measure frames with cache within +- this")
+    ap.add_argument("--seconds", type=float, default=360.0, help="stream length (must reach --cache)")
+    ap.add_argument("--seed", type=int, default=4242)
+    ap.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: the runtime's)")
+    args = ap.parse_args(argv)
+    frames = render(simulate(args.seed, args.seconds))  # [N, H, W, 3] BGR
+    print("| policy | cache tokens | frames measured | captions | ms / frame | frames/s (frame stage) | frames/s (wall, incl. captions) |")
+    print("|---|---|---|---|---|---|---|")
+    for p in args.policy:
+        r = bench(args.bundle, p, frames, args.cache, args.window, args.threads)
+        print(f"| {p} | {args.cache} +- {args.window} | {r['frames']} | {r['captions']} | {r['frame_ms']:.1f} | "
+              f"{r['frame_fps']:.1f} | {r['wall_fps']:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
