@@ -115,7 +115,7 @@ class Ring:
 class WindowedCache:
     """Base of the retrieval policies (see module docstring). Not a policy by itself."""
 
-    workspace = None  # kvstore.tiers.Workspace: buf_* shared across layers within a KV budget
+    workspace = None  # kvstore.buffers.Workspace: buf_* shared across layers within a KV budget
 
     def __init__(self, text: TextSpec, rope: Rope, *, sink: int, recent: int, positions: str,
                  table: RopeTable | None, aux: bool = False, absorb_batch: int = 1):
