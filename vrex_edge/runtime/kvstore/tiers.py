@@ -102,9 +102,10 @@ class LayerTier:
                                        "selected cluster beside the attended set; raise --kv-budget or lower tau")
                 part = rest[:n]
                 self.mgr.counters["runs"] += 1
-                hot.touch(layer, h, part)
-                if absent[:n].any():
-                    mgr.fetch(layer, h, part[absent[:n]], start, counts, prefetch=False)
+                hot.touch(layer, h, part)  # pin what is still here
+                missing = hot.absent(layer, h, part)  # making room above may have evicted some of part
+                if missing.size:
+                    mgr.fetch(layer, h, missing, start, counts, prefetch=False)
                 recs = [hot.entries[layer][h][c] for c in part.tolist()]
             w = self._copy(recs, part, counts, w, out_k, out_v, out_pos, out_owner)
             with hot.lock:
