@@ -15,8 +15,10 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -172,6 +174,16 @@ def report(results: list[dict], min_s: float, max_s: float) -> dict:
             "questions": {k: t for k, (c, t) in acc.items()}}
 
 
+def run_jobs(worker: Callable[[Any], list[dict]], jobs: list) -> list[dict]:
+    """worker(job) for each job, in spawned processes when there are several -> results in job order."""
+    if len(jobs) == 1:
+        return worker(jobs[0])
+    import multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(len(jobs)) as pool:
+        return [r for part in pool.map(worker, jobs) for r in part]
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ckpt", required=True)
@@ -190,13 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     opt = {k: getattr(args, k) for k in ("device", "threads", "threshold", "min_s", "max_s", "mp4")}
     jobs = [(args.ckpt, seeds[i::args.procs], opt) for i in range(args.procs)]
     t0 = time.time()
-    if args.procs == 1:
-        results = _worker(jobs[0])
-    else:
-        import multiprocessing as mp
-
-        with mp.get_context("spawn").Pool(args.procs) as pool:
-            results = [r for part in pool.map(_worker, jobs) for r in part]
+    results = run_jobs(_worker, jobs)
     rep = report(results, args.min_s, args.max_s)
     rep["wall_s"] = round(time.time() - t0, 1)
     rep["settings"] = {k: v for k, v in vars(args).items() if k != "out"} | {"ckpt": str(args.ckpt)}

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from vrex_edge.runtime.retrieval.options import parse_pairs
-from vrex_edge.world.evaluate import held_out, report
+from vrex_edge.world.evaluate import held_out, report, run_jobs
 from vrex_edge.world.render import frames as render_frames
 from vrex_edge.world.render import write_mp4
 from vrex_edge.world.sim import FPS
@@ -88,13 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     for policy, options in per_policy.items():
         jobs = [(args.bundle, policy, options, seeds[i::args.procs], opt) for i in range(args.procs)]
         t0 = time.time()
-        if args.procs == 1:
-            results = _worker(jobs[0])
-        else:
-            import multiprocessing as mp
-
-            with mp.get_context("spawn").Pool(args.procs) as pool:
-                results = [r for part in pool.map(_worker, jobs) for r in part]
+        results = run_jobs(_worker, jobs)
         rep = report(results, args.min_s, args.max_s)
         frames = sum(r["duration"] for r in results) * FPS
         rep["wall_s"] = round(time.time() - t0, 1)
