@@ -47,9 +47,11 @@ def test_demo_narration_matches_ground_truth(policy: str) -> None:
         elif isinstance(event, Answer):
             answers.append(event)
     score = score_narration(captions, events, tol=1.0)
-    # The model speaks at the events (timing F1 0.98 on held-out streams, 1.0 here) and names most
-    # of them exactly (F1 0.81 held out; 0.50 here: the demo's three small crosses are named
-    # "circle"/"cross" wrongly, see the model card); thresholds sit below those with a margin.
+    # The model speaks at the events (timing F1 0.99 on held-out 5-minute streams, 1.0 here) and
+    # names most of them exactly (F1 0.90 held out with either policy; here 0.86 with full and 0.59
+    # with resv: the demo's first object, a small cross, is named "circle" as it enters and resv
+    # repeats that name in the object's later sentences, see the model card); thresholds sit below
+    # those with a margin.
     assert score.timing_f1 >= 0.9, score
-    assert score.f1 >= 0.4, score
+    assert score.f1 >= 0.5, score
     assert len(answers) == len(questions) and all(a.text for a in answers)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from vrex_edge.export.modeling import VideoLLM, load_checkpoint, save_checkpoint
 from vrex_edge.world.data import AUX_CLASSES, Batch, make_batch
 from vrex_edge.world.language import Vocab, build_tokenizer
-from vrex_edge.world.model import tiny_config
+from vrex_edge.world.model import tiny_config, widen_input
 
 KIND_NAMES = {1: "decide", 2: "narrate", 3: "answer"}
 ASST = Vocab()["<asst>"]
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = True
     vocab = Vocab()
-    model = load_checkpoint(args.init).train() if args.init else VideoLLM(tiny_config(vocab)).train()
+    model = widen_input(load_checkpoint(args.init)).train() if args.init else VideoLLM(tiny_config(vocab)).train()
     aux = AuxHeads(model.language_model.config.hidden_size)
     model.to(dev)
     aux.to(dev)
