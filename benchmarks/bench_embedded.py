@@ -6,6 +6,10 @@ Reported over the frames whose cache is within +-window tokens of --cache: the f
 alone (mean FrameProcessed total) and the wall-clock rate including the captions spoken there.
 
     python benchmarks/bench_embedded.py --cache 6000 --policy full resv window
+    python benchmarks/bench_embedded.py --cache 6000 --policy resv resv:tau=0.98
+
+A policy may carry options after a colon (resv:tau=0.98,hamming=6). "kept" is the fraction of
+the history the policy attended to over the whole run (prefill / decode), from session.stats().
 """
 
 from __future__ import annotations
@@ -19,13 +23,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def bench(bundle: Path, policy: str, frames: np.ndarray, cache: int, window: int, threads: int | None) -> dict:
+def bench(bundle: Path, spec: str, frames: np.ndarray, cache: int, window: int, threads: int | None) -> dict:
     from vrex_edge.runtime.engine import load_model
     from vrex_edge.runtime.events import Caption, FrameProcessed
     from vrex_edge.runtime.session import StreamSession
     from vrex_edge.world.sim import FPS
 
-    session = StreamSession(load_model(bundle, threads=threads), policy=policy)
+    from vrex_edge.runtime.retrieval.options import parse_pairs
+
+    policy, _, opts = spec.partition(":")
+    options = parse_pairs(opts.split(",") if opts else [], where="--policy")
+    session = StreamSession(load_model(bundle, threads=threads), policy=policy, policy_options=options)
     lo, hi = cache - window, cache + window
     frame_ms: list[float] = []
     t_in = None  # wall clock at the first frame inside the window
@@ -49,7 +57,9 @@ def bench(bundle: Path, policy: str, frames: np.ndarray, cache: int, window: int
         raise SystemExit(f"the stream never reached a {cache}-token cache: use more --seconds")
     wall = t_last - t_in
     n_in = len(frame_ms)
-    return {"policy": policy, "frames": n_in, "captions": captions, "frame_ms": float(np.mean(frame_ms)),
+    ret = session.stats().retrieval
+    kept = "/".join(f"{100 * ret[k]:.0f}%" for k in ("prefill_kept_fraction", "decode_kept_fraction") if k in ret)
+    return {"policy": spec, "kept": kept or "-", "frames": n_in, "captions": captions, "frame_ms": float(np.mean(frame_ms)),
             "frame_fps": 1e3 / float(np.mean(frame_ms)), "wall_fps": n_in / wall}
 
 
@@ -67,11 +77,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: the runtime's)")
     args = ap.parse_args(argv)
     frames = render(simulate(args.seed, args.seconds))  # [N, H, W, 3] BGR
-    print("| policy | cache tokens | frames measured | captions | ms / frame | frames/s (frame stage) | frames/s (wall, incl. captions) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| policy | cache tokens | frames measured | captions | kept | ms / frame | frames/s (frame stage) | frames/s (wall, incl. captions) |")
+    print("|---|---|---|---|---|---|---|---|")
     for p in args.policy:
         r = bench(args.bundle, p, frames, args.cache, args.window, args.threads)
-        print(f"| {p} | {args.cache} +- {args.window} | {r['frames']} | {r['captions']} | {r['frame_ms']:.1f} | "
+        print(f"| {p} | {args.cache} +- {args.window} | {r['frames']} | {r['captions']} | {r['kept']} | {r['frame_ms']:.1f} | "
               f"{r['frame_fps']:.1f} | {r['wall_fps']:.1f} |", flush=True)
 
 
