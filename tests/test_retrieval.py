@@ -240,6 +240,29 @@ def test_compact_positions_stay_in_context_on_long_stream():
     assert all(np.isfinite(o).all() for o in outs)
 
 
+@pytest.mark.parametrize("positions", ["absolute", "compact"])
+def test_max_kept_caps_each_head_with_its_heaviest_clusters(positions):
+    text = make_text()
+    base = dict(tau=0.9, hamming=6, sink=4, recent=10, keys="pre", positions=positions)
+    free = build("resv", text, **base)
+    a = run(free, text, [10] * 40)
+    most = int(free.stats().kept.max()) - 4 - 10  # retrieved tokens of the widest head, last call
+    same = run(build("resv", text, max_kept=most + 100, **base), text, [10] * 40)
+    for x, y in zip(a, same, strict=True):  # a cap above every selection changes nothing
+        np.testing.assert_array_equal(x, y)
+    cap = max(1, most // 3)
+    capped = build("resv", text, max_kept=cap, **base)
+    run(capped, text, [10] * 40)
+    kept = capped.stats().kept - 4 - 10  # [KVH] retrieved tokens
+    assert (kept <= cap).all() and (kept > 0).all()
+    for h in range(text.num_kv_heads):  # the retrieved clusters are the heaviest of the selection
+        m, sel = capped.last_mass[h], capped.last_sel[h]
+        outside = np.setdiff1d(np.flatnonzero(m), sel)
+        inside = sel[sel < m.size]
+        if outside.size and inside.size:
+            assert m[inside].min() >= m[outside].max() * (1 - 1e-6)
+
+
 def test_bad_options_are_config_errors():
     with pytest.raises(ConfigError, match="unknown option"):
         make_policy("resv", taus=0.5)

@@ -12,7 +12,10 @@ leave the window in groups of at least this many), reselect (reuse a selection f
 calls of a phase, adding clusters opened since), dense_below (while fewer history tokens are
 cached, attend to all of them and skip scoring: exact at small caches; 0 = off, the default,
 because it measured no faster than selecting, see results/retrieval_micro.md), incremental (absolute positions: keep the sealed clusters gathered for the
-last call in the attention buffer and copy only the difference; 0 = gather everything each call).
+last call in the attention buffer and copy only the difference; 0 = gather everything each call),
+max_kept (at most this many retrieved tokens per KV head, heaviest clusters first; 0 = no cap:
+WiCSum keeps a fraction of a history that never stops growing, so on an endless stream the cap
+is what bounds a frame's work and the attention buffers).
 keys=post, tau=0.9 measured best on real text (benchmarks/bench_policies.py); cluster_batch/
 reselect > 1 trade fidelity for time; dense_below and incremental change no output.
 """
@@ -37,14 +40,14 @@ KEY_MODES = ("post", "pre")
 DENSE_BELOW = 0  # off: measured never cheaper than selecting (per-frame clustering dominates small caches; results/retrieval_micro.md)
 DEFAULTS = dict(tau=0.9, bits=64, hamming=2, horizon=128, max_cluster=32, sink=32, recent=128,
                 keys="post", score_keys=None, positions="absolute", accel="host", seed=0,
-                cluster_batch=1, reselect=1, dense_below=DENSE_BELOW, incremental=1)
+                cluster_batch=1, reselect=1, dense_below=DENSE_BELOW, incremental=1, max_kept=0)
 
 
 class ReSVCache(WindowedCache):
     def __init__(self, layer: int, text: TextSpec, rope: Rope, *, table: RopeTable | None, tau: float, bits: int,
                  hamming: int, horizon: int, max_cluster: int, sink: int, recent: int, keys: str,
                  score_keys: str, positions: str, accel: str, seed: int, cluster_batch: int, reselect: int,
-                 dense_below: int = DENSE_BELOW, incremental: bool = True):
+                 dense_below: int = DENSE_BELOW, incremental: bool = True, max_kept: int = 0):
         self.post = keys == "post"  # hash codes from rotated (absolute positions) or un-rotated keys
         self.score_post = score_keys == "post"  # representatives (and queries) rotated or not
         compact = positions == "compact"  # storage form: un-rotated when compact, rotated when absolute
@@ -61,6 +64,7 @@ class ReSVCache(WindowedCache):
         self.last_sel: list[np.ndarray] = []
         self._reuse: tuple[str, int, np.ndarray] | None = None  # (phase, calls left, nclu at selection)
         self.dense_below = dense_below
+        self.max_kept = max_kept  # at most this many retrieved tokens per head (0: no cap)
         self.gatherer = BufferedGather(self) if incremental and not self.compact else None
 
     def _aux(self, k: np.ndarray, k_abs: np.ndarray) -> np.ndarray | None:
@@ -89,6 +93,8 @@ class ReSVCache(WindowedCache):
             return r
         t0 = time.perf_counter()
         hist = self.seen - self.sink_n - self.ring.n  # tokens in the clusters
+        if self.max_kept:
+            budget = min(budget, self.max_kept)
         if hist < self.dense_below and hist <= budget:  # small history: attend to all of it, no scoring
             sels = [np.arange(int(m)) for m in st.nclu]
             self._reuse = None
@@ -106,7 +112,7 @@ class ReSVCache(WindowedCache):
             self._reuse = (self.phase, self.reselect - 1, st.nclu.copy())
         for h in range(self.kvh):
             r[h] = st.counts[h, sels[h]].sum()
-            if r[h] > budget:  # compact positions: keep the heaviest clusters that fit the context
+            if r[h] > budget:  # compact positions or max_kept: keep the heaviest clusters that fit
                 m = self.last_mass[h]  # clusters opened after the selection weigh 0
                 w = np.where(sels[h] < m.size, m[np.minimum(sels[h], m.size - 1)], 0.0)
                 order = sels[h][np.argsort(-w, kind="stable")]
@@ -136,7 +142,7 @@ def make_resv(**options: object) -> CacheFactory:
     for name in ("keys", "score_keys"):
         if o[name] not in KEY_MODES:
             raise ConfigError(f"resv: {name} must be one of {', '.join(KEY_MODES)} (got '{o[name]}')")
-    for name in ("dense_below", "incremental"):
+    for name in ("dense_below", "incremental", "max_kept"):
         if int(o[name]) < 0:
             raise ConfigError(f"resv: {name} must be >= 0 (got {o[name]})")
     for name in ("bits", "max_cluster", "horizon", "cluster_batch", "reselect"):
@@ -152,7 +158,8 @@ def make_resv(**options: object) -> CacheFactory:
                          sink=int(o["sink"]), recent=int(o["recent"]), keys=str(o["keys"]),
                          score_keys=str(o["score_keys"]), positions=str(o["positions"]), accel=str(o["accel"]), seed=int(o["seed"]),
                          cluster_batch=int(o["cluster_batch"]), reselect=int(o["reselect"]),
-                         dense_below=int(o["dense_below"]), incremental=bool(int(o["incremental"])))
+                         dense_below=int(o["dense_below"]), incremental=bool(int(o["incremental"])),
+                         max_kept=int(o["max_kept"]))
 
     return factory
 
