@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from vrex_edge.runtime.retrieval.resv import heaviest
+
 
 class Prefetcher:
     def __init__(self, mgr: Any):
@@ -107,7 +109,15 @@ class Prefetcher:
             if cache.score_post:
                 q = cache.rope.apply(q, positions)
             qs = q.reshape(cache.kvh, cache.g * q.shape[1], cache.hd)  # [KVH, G*n, hd]
-            keep, _ = cache.backend.score_select(qs, st.means[:, :c], st.counts[:, :c], tau=cache.tau)
+            keep, mass = cache.backend.score_select(qs, st.means[:, :c], st.counts[:, :c], tau=cache.tau)
+            budget = cache.max_positions - cache.sink_n - cache.ring.n - len(positions) if cache.compact else cache.seen
+            if getattr(cache, "max_kept", 0):
+                budget = min(budget, cache.max_kept)
+            for h in range(cache.kvh):  # the exact selection's cut (resv.heaviest), so no more is read
+                sel = np.flatnonzero(keep[h])
+                if int(st.counts[h, sel].sum()) > budget:
+                    keep[h] = False
+                    keep[h, heaviest(sel, mass[h], st.counts[h], budget)] = True
         self.stats["jobs"] += 1
         read = 0.0
         g = getattr(cache, "gatherer", None)  # incremental gather: what its buffer holds needs no fetch

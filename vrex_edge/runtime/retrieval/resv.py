@@ -113,11 +113,7 @@ class ReSVCache(WindowedCache):
         for h in range(self.kvh):
             r[h] = st.counts[h, sels[h]].sum()
             if r[h] > budget:  # compact positions or max_kept: keep the heaviest clusters that fit
-                m = self.last_mass[h]  # clusters opened after the selection weigh 0
-                w = np.where(sels[h] < m.size, m[np.minimum(sels[h], m.size - 1)], 0.0)
-                order = sels[h][np.argsort(-w, kind="stable")]
-                tok = np.cumsum(st.counts[h, order])
-                sels[h] = order[: int(np.searchsorted(tok, budget, side="right"))]
+                sels[h] = heaviest(sels[h], self.last_mass[h], st.counts[h], budget)
                 r[h] = st.counts[h, sels[h]].sum()
         t1 = time.perf_counter()
         sec["select"] += t1 - t0
@@ -131,6 +127,15 @@ class ReSVCache(WindowedCache):
                           self.buf_pos[h, s:] if self.compact else None)
         sec["gather"] += time.perf_counter() - t1
         return r
+
+
+def heaviest(sel: np.ndarray, mass: np.ndarray, counts: np.ndarray, budget: int) -> np.ndarray:
+    """The heaviest clusters of `sel` whose tokens (counts) fit in `budget`; clusters opened after
+    the scoring (ids past mass [C]) weigh 0."""
+    w = np.where(sel < mass.size, mass[np.minimum(sel, mass.size - 1)], 0.0)
+    order = sel[np.argsort(-w, kind="stable")]
+    tok = np.cumsum(counts[order])
+    return order[: int(np.searchsorted(tok, budget, side="right"))]
 
 
 def make_resv(**options: object) -> CacheFactory:
