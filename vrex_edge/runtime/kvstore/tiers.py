@@ -33,6 +33,7 @@ from vrex_edge.runtime.kvstore.hot import HotCache
 from vrex_edge.runtime.retrieval.clusters import _Rows
 
 IOV_MAX = 512  # buffers per preadv call (Linux allows 1024)
+SCRATCH_ROWS = 1024  # rows (at most) of the scratch that hot records are joined in before a gather splits them
 
 
 class LayerTier:
@@ -118,14 +119,22 @@ class LayerTier:
         """Records of clusters `ids` ([count, 2*hd + 2] each) -> out_*[w : w + their rows] -> the new w."""
         if not recs:
             return w
-        hd = self.mgr.hd
+        hd, scratch = self.mgr.hd, self.mgr.scratch  # [S, 2*hd + 2]: records joined there in groups, then split
         e = w + int(counts[ids].sum())
-        np.concatenate([r[:, :hd] for r in recs], axis=0, out=out_k[w:e])
-        np.concatenate([r[:, hd : 2 * hd] for r in recs], axis=0, out=out_v[w:e])
-        if out_pos is not None:
-            np.concatenate([r[:, 2 * hd :].view(np.int64)[:, 0] for r in recs], out=out_pos[w:e])
         if out_owner is not None:
             out_owner[w:e] = np.repeat(ids, counts[ids])
+        rows = np.cumsum([r.shape[0] for r in recs])
+        i, done = 0, 0
+        while i < len(recs):
+            j = max(i + 1, int(np.searchsorted(rows, done + scratch.shape[0], side="right")))
+            n = int(rows[j - 1]) - done
+            block = np.concatenate(recs[i:j], axis=0, out=scratch[:n]) if n <= scratch.shape[0] else recs[i]
+            a, b = w + done, w + done + n
+            out_k[a:b] = block[:, :hd]
+            out_v[a:b] = block[:, hd : 2 * hd]
+            if out_pos is not None:
+                out_pos[a:b] = block[:, 2 * hd :].view(np.int64)[:, 0]
+            i, done = j, done + n
         return e
 
 
@@ -155,6 +164,9 @@ class TierManager:
         self.trimmed = 0  # hot.freed at the last release_free_memory()
         fix_mmap_threshold()
         self.workspace = Workspace(self, self.kvh, self.hd)
+        rec_bytes = (2 * self.hd + 2) * 4
+        rows = int(np.clip(self.budget // 64 // rec_bytes, 32, SCRATCH_ROWS))  # 1/64 of the budget at most
+        self.scratch = np.empty((rows, 2 * self.hd + 2), np.float32)  # hot records joined there for a copy
         for i, c in enumerate(self.caches):
             st = c.store
             st.tier = LayerTier(self, i)
@@ -210,7 +222,7 @@ class TierManager:
         self.fixed[layer] = c.sink_k.nbytes + c.sink_v.nbytes + ring + rows
 
     def fixed_total(self) -> int:
-        return int(self.fixed.sum()) + self.fixed_ws
+        return int(self.fixed.sum()) + self.fixed_ws + self.scratch.nbytes
 
     def cold_only(self) -> bool:
         """Whether some sealed cluster lives only on disk (else there is nothing to prefetch)."""
@@ -227,10 +239,11 @@ class TierManager:
         hot cluster can be evicted)."""
         return self.hot_limit() - extra >= 0
 
-    def demote(self) -> bool:
-        """Give every per-layer attention buffer up (all layers then share the workspace and gather
-        from the hot cache) -> whether there was one. Runs inside one layer's call, which is shared."""
-        own = [i for i, c in enumerate(self.caches) if c.workspace is not self.workspace]
+    def demote(self, keep: int = -1) -> bool:
+        """Give the per-layer attention buffers up (those layers then share the workspace and gather
+        from the hot cache) -> whether there was one. `keep`: the layer whose gather is in progress
+        (its buffer is being filled; it goes at that layer's next reserve if still too big)."""
+        own = [i for i, c in enumerate(self.caches) if c.workspace is not self.workspace and i != keep]
         for i in own:
             c = self.caches[i]
             c.buf_k = c.buf_v = c.buf_pos = None
@@ -315,7 +328,7 @@ class TierManager:
             if not hot.make_room(total, self.hot_limit(), layer=layer, slack=self.slack(), prefetch=prefetch):
                 if prefetch:
                     return 0
-                if not (self.demote() and hot.make_room(total, self.hot_limit(), layer=layer)):
+                if not (self.demote(keep=layer) and hot.make_room(total, self.hot_limit(), layer=layer)):
                     raise KVStoreError(f"--kv-budget {_mib(self.budget)} is too small for this frame's selected "
                                        f"clusters ({_mib(total)} more); raise --kv-budget or lower tau")
             tick = hot.now if not prefetch else hot.now - 1
@@ -352,7 +365,7 @@ class TierManager:
                      for c in self.caches)
         open_ = sum(x.nbytes() for c in self.caches for x in c.store.pending + c.store.sealed)
         tables = sum(c.store.table_nbytes() for c in self.caches)
-        ws = self.workspace.nbytes() + sum(a.nbytes for c in self.caches if c.workspace is not self.workspace
+        ws = self.workspace.nbytes() + self.scratch.nbytes + sum(a.nbytes for c in self.caches if c.workspace is not self.workspace
                                            for a in (c.buf_k, c.buf_v, c.buf_pos) if a is not None)
         kv = sink + recent + open_ + ws + self.hot.bytes
         return {"sink": sink, "recent": recent, "open": open_, "workspace": ws,
