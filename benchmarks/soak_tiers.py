@@ -2,12 +2,16 @@
 
 soak: a stream of `--frames` frames (7,200 = 1 hour at 2 fps) of the procedural world
 (vrex_edge.world, rendered frame by frame through the vision stage) on the embedded model
-(models/vrex-tiny, else a tiny random vrex_videollm exported on the fly), narrating as trained,
-resv with compact positions (the stream is far longer than the model's context) and tiers under
-`--budget` (`none`: all resident, the reference). Recall questions about the stream's first
-objects (long-range: asked >= 1 minute after they entered, and at the end of the stream) every
-`--ask-every` frames, scored against the world's ground truth. Every `--every` frames: process
-RSS, resident KV by part, tables, cold bytes, frame latency.
+(models/vrex-tiny, else a tiny random vrex_videollm exported on the fly), narrating as trained.
+One world lets 40 objects enter (about 15 minutes of events) and then goes empty, so the stream
+is a new world every `--segment-s` seconds over the first one's background. resv with compact
+positions (the stream is far longer than the model's context), tau 0.9 and at most `--max-kept`
+retrieved tokens per head (WiCSum keeps a fraction of an ever-growing history; the cap bounds a
+frame's work), tiers under `--budget` (`none`: all resident, the reference: tiers are exact, so
+its answers must be the same). Recall questions about the stream's first two objects (asked
+>= 1 minute after they entered) every `--ask-every` frames and at the end, scored against the
+world's ground truth and printed as they come. Every `--every` frames: process RSS, resident KV
+by part, tables, cold bytes, frame latency.
 
 latency: SmolLM2-135M (30 layers, 3 KV heads, head_dim 64). Two caches hold the same 40K tokens
 of synthetic video-like KV (benchmarks/retrieval_micro.VideoStream, one stream per layer): one
@@ -16,6 +20,7 @@ OS cache after the fill so cold reads hit the device. Then `--frames` frames of 
 through the real model on both, interleaved (machine load hits both alike); medians compared.
 
     python3 benchmarks/soak_tiers.py soak --frames 7200 --budget 64M --out benchmarks/results/tiers_soak.json
+    python3 benchmarks/soak_tiers.py soak --frames 7200 --budget none --out benchmarks/results/tiers_soak_resident.json
     python3 benchmarks/soak_tiers.py latency --tokens 40000 --budget 512M --frames 20 --out benchmarks/results/tiers_latency.json
 """
 
@@ -75,7 +80,6 @@ def soak(args: argparse.Namespace) -> dict:
     from vrex_edge.runtime.session import StreamSession
     from vrex_edge.world import render
     from vrex_edge.world.language import questions_at
-    from vrex_edge.world.sim import simulate
 
     work = Path(tempfile.mkdtemp(prefix="vrex-soak-"))
     bundle = tiny_bundle(work)
@@ -83,18 +87,20 @@ def soak(args: argparse.Namespace) -> dict:
     sha = _bundle_sha(bundle)  # now: the embedded model may be replaced while the soak runs
     budget = None if args.budget == "none" else parse_bytes(args.budget)
     opts = dict(positions="compact", keys="pre", hamming=6, horizon=32, sink=16, recent=40, tau=args.tau,
-                reselect=2)
+                reselect=2, max_kept=args.max_kept)
     kv = None if budget is None else TierConfig(budget=budget, root=work / "kv", prefetch=True)
     s = StreamSession(model, policy="resv", policy_options=opts, kv=kv)  # the model narrates as trained
-    world = simulate(args.seed, args.frames / 2.0)  # the procedural world, rendered frame by frame
-    asks = {f: questions_at(world, f, "recall", min_age=120) for f in range(args.ask_every - 1, args.frames, args.ask_every)}
-    asks[args.frames - 1] = questions_at(world, args.frames - 1, "recall", min_age=120)
+    segs = world_segments(args.seed, args.frames, args.segment_s)
+    first = segs[0]  # recall questions ask about the stream's first objects, in the first segment
+    asks = {f: questions_at(first, min(f, first.n_frames - 1), "recall", min_age=120)
+            for f in [*range(args.ask_every - 1, args.frames, args.ask_every), args.frames - 1]}
     rows: list[dict] = []
     lat: list[float] = []
     answers: list[dict] = []
     peak_kv, captions, peak_rss = 0, 0, 0
     t0 = time.perf_counter()
-    for i, frame in enumerate(render.frames(world)):
+    frames = (img for seg in segs for img in render.frames(seg))  # rendered frame by frame
+    for i, frame in enumerate(frames):
         for ev in s.push_frame(frame, t=i / 2):
             if isinstance(ev, FrameProcessed):
                 lat.append(ev.timings_ms["total"])
@@ -104,6 +110,7 @@ def soak(args: argparse.Namespace) -> dict:
             got = [a.text for a in s.ask(q.text, t=i / 2) if isinstance(a, Answer)]
             answers.append({"frame": i + 1, "question": q.text, "answer": q.answer, "got": got[0],
                             "correct": got[0].strip() == q.answer})
+            print(json.dumps({"answer": answers[-1]}), flush=True)  # as they come: a crash keeps them
         if s.tiers is not None:
             r = s.tiers.resident()
             peak_kv = max(peak_kv, r["kv"])
@@ -133,6 +140,18 @@ def soak(args: argparse.Namespace) -> dict:
             {k: v for k, v in stats.retrieval.items() if k.endswith("kept_fraction")}}
 
 
+def world_segments(seed: int, frames: int, segment_s: float) -> list:
+    """The soak's stream: consecutive worlds of `segment_s` seconds over one background (a world
+    lets 40 objects enter, about 15 minutes of events, then goes empty) -> Streams, `frames` in all."""
+    import dataclasses
+
+    from vrex_edge.world.sim import FPS, simulate
+
+    per = int(segment_s * FPS)
+    segs = [simulate(seed + k, min(per, frames - s) / FPS) for k, s in enumerate(range(0, frames, per))]
+    return [dataclasses.replace(g, background=segs[0].background) for g in segs]
+
+
 def _bundle_sha(bundle: Path) -> str | None:
     """The bundle's identity (its manifest's sha256): the embedded model may be retrained."""
     import hashlib
@@ -150,7 +169,7 @@ def latency(args: argparse.Namespace) -> dict:
 
     model = load_model(args.bundle, threads=1)
     text = model.text
-    opts = dict(tau=0.9, cluster_batch=1)
+    opts = dict(tau=0.9, cluster_batch=1, max_kept=args.max_kept)
     res = model.make_caches(make_policy("resv", **opts))
     tier = model.make_caches(make_policy("resv", **opts))
     budget = parse_bytes(args.budget)
@@ -191,7 +210,7 @@ def latency(args: argparse.Namespace) -> dict:
                 times[name].append((time.perf_counter() - t1) * 1e3)
     model.lookahead = None
     rep = mgr.report()
-    out = {"tokens": args.tokens, "budget": budget, "fill_s": fill_s, "ms": times,
+    out = {"tokens": args.tokens, "budget": budget, "options": opts, "fill_s": fill_s, "ms": times,
            "median_ms": {k: statistics.median(v) for k, v in times.items()},
            "resident_bytes_all_resident": sum(c.nbytes() for c in res), "tiers": rep}
     out["ratio"] = out["median_ms"]["tiers"] / out["median_ms"]["resident"]
@@ -205,8 +224,12 @@ def main() -> None:
     a = sub.add_parser("soak")
     a.add_argument("--frames", type=int, default=7200)
     a.add_argument("--budget", default="64M", help="resident KV budget, or 'none' (all resident: the reference)")
-    a.add_argument("--tau", type=float, default=0.6)
-    a.add_argument("--seed", type=int, default=1234, help="seed of the procedural world")
+    a.add_argument("--tau", type=float, default=0.9)
+    a.add_argument("--max-kept", type=int, default=4096,
+                   help="resv max_kept: retrieved tokens per KV head at most (0: no cap)")
+    a.add_argument("--seed", type=int, default=1234, help="seed of the procedural world (segment k: seed + k)")
+    a.add_argument("--segment-s", type=float, default=600.0,
+                   help="a new world (same background) every this many seconds: one world's events end after ~15 min")
     a.add_argument("--ask-every", type=int, default=1800, help="recall questions every this many frames, and at the end")
     a.add_argument("--every", type=int, default=300)
     a.add_argument("--out", type=Path)
@@ -217,6 +240,7 @@ def main() -> None:
     b.add_argument("--frames", type=int, default=20)
     b.add_argument("--store", default=str(ROOT / ".cache" / "kv-bench"))
     b.add_argument("--no-prefetch", action="store_true")
+    b.add_argument("--max-kept", type=int, default=0, help="resv max_kept for both caches (0: no cap)")
     b.add_argument("--out", type=Path)
     args = ap.parse_args()
     result = soak(args) if args.cmd == "soak" else latency(args)
