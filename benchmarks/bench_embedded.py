@@ -26,10 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def bench(bundle: Path, spec: str, frames: np.ndarray, cache: int, window: int, threads: int | None) -> dict:
     from vrex_edge.runtime.engine import load_model
     from vrex_edge.runtime.events import Caption, FrameProcessed
+    from vrex_edge.runtime.retrieval.options import parse_pairs
     from vrex_edge.runtime.session import StreamSession
     from vrex_edge.world.sim import FPS
-
-    from vrex_edge.runtime.retrieval.options import parse_pairs
 
     policy, _, opts = spec.partition(":")
     options = parse_pairs(opts.split(",") if opts else [], where="--policy")
