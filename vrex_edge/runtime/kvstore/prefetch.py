@@ -5,8 +5,10 @@ background thread runs layer l+1's pre-attention graph on that state (the residu
 changes little from one layer to the next), scores layer l+1's cluster representatives with
 the resulting queries, and reads the predicted clusters that are only on disk into the hot
 cache, while the main thread computes layer l. Layer l+1's exact selection then finds them
-hot; whatever the prediction missed is read synchronously. Results never depend on it: the
-prediction only decides what is read early.
+hot; whatever the prediction missed is read synchronously. When layer l+1 starts before its
+prefetch is done, the prefetch stops at its next batch of reads (the exact path reads what it
+still needs) instead of holding the main thread. Results never depend on it: the prediction only
+decides what is read early.
 """
 
 from __future__ import annotations
@@ -20,16 +22,19 @@ import numpy as np
 
 from vrex_edge.runtime.retrieval.resv import heaviest
 
+BATCH = 64  # clusters per read between checks for "the layer has started"
+
 
 class Prefetcher:
     def __init__(self, mgr: Any):
         self.mgr = mgr
         self.jobs: queue.Queue = queue.Queue()
         self.done = [threading.Event() for _ in range(mgr.layers)]
+        self.late = [threading.Event() for _ in range(mgr.layers)]  # the layer started: stop reading
         for e in self.done:
             e.set()
         self.pred: list[list[np.ndarray | None]] = [[None] * mgr.kvh for _ in range(mgr.layers)]
-        self.stats = dict.fromkeys(("jobs", "skipped", "errors", "predicted", "selected", "hit", "fetched"), 0)
+        self.stats = dict.fromkeys(("jobs", "skipped", "errors", "predicted", "selected", "hit", "fetched", "cut_short"), 0)
         self.seconds = dict.fromkeys(("busy", "read", "wait"), 0.0)
         self.fetched_bytes = 0
         self.thread = threading.Thread(target=self._run, name="vrex-kv-prefetch", daemon=True)
@@ -46,12 +51,15 @@ class Prefetcher:
             self.stats["skipped"] += 1
             self.pred[nxt] = [None] * self.mgr.kvh
             return
+        self.late[nxt].clear()
         self.done[nxt].clear()
         self.jobs.put((nxt, hidden, positions))
 
     def wait(self, layer: int) -> None:
-        """Block until layer `layer`'s prefetch finished (its cache is about to change)."""
+        """Layer `layer` starts: stop its prefetch at the next batch, and block until it has stopped
+        (the layer's cache is about to change)."""
         if not self.done[layer].is_set():
+            self.late[layer].set()
             t0 = time.perf_counter()
             self.done[layer].wait()
             self.seconds["wait"] += time.perf_counter() - t0
@@ -98,6 +106,9 @@ class Prefetcher:
 
     def _predict_fetch(self, layer: int, hidden: np.ndarray, positions: np.ndarray) -> None:
         t0 = time.perf_counter()
+        if self.late[layer].is_set():
+            self.stats["cut_short"] += 1
+            return
         mgr = self.mgr
         cache = mgr.caches[layer]
         st = cache.store
@@ -133,12 +144,18 @@ class Prefetcher:
             with mgr.hot.lock:  # predicted clusters already hot are kept over the others
                 mgr.hot.touch(layer, h, ids, tick=mgr.hot.now - 1)
                 miss = mgr.hot.absent(layer, h, ids)
-            if miss.size:
+            for b in range(0, miss.size, BATCH):
+                if self.late[layer].is_set():
+                    self.stats["cut_short"] += 1
+                    self.seconds["read"] += read
+                    self.seconds["busy"] += time.perf_counter() - t0
+                    return
+                part = miss[b : b + BATCH]
                 t1 = time.perf_counter()
-                got = mgr.fetch(layer, h, miss, st.start[h], st.counts[h], prefetch=True)
+                got = mgr.fetch(layer, h, part, st.start[h], st.counts[h], prefetch=True)
                 read += time.perf_counter() - t1
                 if got:
-                    self.stats["fetched"] += miss.size
+                    self.stats["fetched"] += part.size
                     self.fetched_bytes += got
         self.seconds["read"] += read
         self.seconds["busy"] += time.perf_counter() - t0
