@@ -30,9 +30,10 @@ class WatchedRows(_Rows):
         cap = self.k.shape[0]
         if need > cap:
             row = self.nbytes() // max(cap, 1)
-            self.mgr.ensure(max(need, 2 * cap) * row)  # old and new coexist during the copy
-            super().reserve(need)
-            self.mgr.recount(self.layer)
+            with self.mgr.hot.lock:  # the prefetch thread must not take the room made here
+                self.mgr.ensure(max(need, 2 * cap) * row)  # old and new coexist during the copy
+                super().reserve(need)
+                self.mgr.recount(self.layer)
 
 
 class Workspace:
@@ -60,15 +61,16 @@ class Workspace:
     def grow(self, cap: int) -> None:
         """Reallocate to `cap` tokens (contents are not kept: buffers are filled per call)."""
         if cap > self.k.shape[1]:
-            self.mgr.ensure(cap * self.kvh * (2 * self.hd * 4 + 8) - self.nbytes())
-            for c in self.mgr.caches:  # drop every reference to the old arrays first
-                if c.workspace is self:
-                    c.buf_k = c.buf_v = c.buf_pos = None
-            self.k = self.v = self.pos = None
-            self.k = np.empty((self.kvh, cap, self.hd), np.float32)
-            self.v = np.empty_like(self.k)
-            self.pos = np.empty((self.kvh, cap), np.int64)
-            self.mgr.fixed_ws = self.nbytes()
+            with self.mgr.hot.lock:  # the prefetch thread must not take the room made here
+                self.mgr.ensure(cap * self.kvh * (2 * self.hd * 4 + 8) - self.nbytes())
+                for c in self.mgr.caches:  # drop every reference to the old arrays first
+                    if c.workspace is self:
+                        c.buf_k = c.buf_v = c.buf_pos = None
+                self.k = self.v = self.pos = None
+                self.k = np.empty((self.kvh, cap, self.hd), np.float32)
+                self.v = np.empty_like(self.k)
+                self.pos = np.empty((self.kvh, cap), np.int64)
+                self.mgr.fixed_ws = self.nbytes()
 
 
 class LayerBuffer:
@@ -100,12 +102,13 @@ class LayerBuffer:
         cache.buf_k = cache.buf_v = cache.buf_pos = None  # the old rows are refilled, not copied
         if cache.gatherer is not None:
             cache.gatherer.buf = None
-        self.mgr.recount(self.layer)
-        self.mgr.ensure(new * per, demote=False)
-        cache.buf_k = np.empty((cache.kvh, new, cache.hd), np.float32)  # [KVH, cap, hd]
-        cache.buf_v = np.empty_like(cache.buf_k)
-        cache.buf_pos = np.empty((cache.kvh, new), np.int64)
-        self.mgr.recount(self.layer)
+        with self.mgr.hot.lock:  # the prefetch thread must not take the room made here
+            self.mgr.recount(self.layer)
+            self.mgr.ensure(new * per, demote=False)
+            cache.buf_k = np.empty((cache.kvh, new, cache.hd), np.float32)  # [KVH, cap, hd]
+            cache.buf_v = np.empty_like(cache.buf_k)
+            cache.buf_pos = np.empty((cache.kvh, new), np.int64)
+            self.mgr.recount(self.layer)
 
     def _share(self, cache: Any, need: int) -> None:
         cache.buf_k = cache.buf_v = cache.buf_pos = None
