@@ -121,9 +121,7 @@ class Prefetcher:
                 q = cache.rope.apply(q, positions)
             qs = q.reshape(cache.kvh, cache.g * q.shape[1], cache.hd)  # [KVH, G*n, hd]
             keep, mass = cache.backend.score_select(qs, st.means[:, :c], st.counts[:, :c], tau=cache.tau)
-            budget = cache.max_positions - cache.sink_n - cache.ring.n - len(positions) if cache.compact else cache.seen
-            if getattr(cache, "max_kept", 0):
-                budget = min(budget, cache.max_kept)
+            budget = cache.retrieve_budget(len(positions))
             for h in range(cache.kvh):  # the exact selection's cut (resv.heaviest), so no more is read
                 sel = np.flatnonzero(keep[h])
                 if int(st.counts[h, sel].sum()) > budget:

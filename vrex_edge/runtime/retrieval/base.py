@@ -169,6 +169,11 @@ class WindowedCache:
 
     # ------------------------------------------------------------------ helpers for subclasses
 
+    def retrieve_budget(self, n: int) -> int:
+        """Retrieved tokens per head that a chunk of n may attend beside sink and recent (compact:
+        what fits the model's positions; absolute: the whole history)."""
+        return self.max_positions - self.sink_n - self.ring.n - n if self.compact else self.seen
+
     def reserve(self, retrieved: int) -> None:
         """Make buf_* hold sink + `retrieved` + recent tokens per head."""
         need = self.sink_n + retrieved + self.ring.n
@@ -192,7 +197,7 @@ class WindowedCache:
         q_abs = self.rope.apply(q, positions)  # [H, n, hd]
         k_abs = self.rope.apply(k, positions)  # [KVH, n, hd]
         base = self.sink_n + self.ring.n
-        budget = self.max_positions - base - n if self.compact else self.seen
+        budget = self.retrieve_budget(n)
         if budget < 0:
             raise ConfigError(f"sink + recent + chunk ({base + n} tokens) exceed the model's "
                               f"{self.max_positions} positions; lower --recent or the chunk size")

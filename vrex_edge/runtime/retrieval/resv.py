@@ -85,6 +85,10 @@ class ReSVCache(WindowedCache):
     def _history_nbytes(self) -> int:
         return self.store.nbytes()
 
+    def retrieve_budget(self, n: int) -> int:
+        budget = super().retrieve_budget(n)
+        return min(budget, self.max_kept) if self.max_kept else budget
+
     def _retrieve(self, q: np.ndarray, q_abs: np.ndarray, budget: int, sec: dict[str, float]) -> np.ndarray:
         st = self.store
         c = int(st.nclu.max())
@@ -93,8 +97,6 @@ class ReSVCache(WindowedCache):
             return r
         t0 = time.perf_counter()
         hist = self.seen - self.sink_n - self.ring.n  # tokens in the clusters
-        if self.max_kept:
-            budget = min(budget, self.max_kept)
         if hist < self.dense_below and hist <= budget:  # small history: attend to all of it, no scoring
             sels = [np.arange(int(m)) for m in st.nclu]
             self._reuse = None
