@@ -3,11 +3,8 @@ played in real time, a source that fails mid-stream, and the CLI under a pseudo-
 
 from __future__ import annotations
 
-import json
-import os
 import queue
 import shutil
-import sys
 import threading
 import time
 from pathlib import Path
@@ -16,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.terminal import answers, ask_until_done, spawn_cli
 from vrex_edge.runtime.events import Answer, FrameProcessed
 from vrex_edge.runtime.live import CaptureThread, LiveStatus, OpenCVReader, live_events
 
@@ -163,20 +161,9 @@ def test_live_events_insert_questions(tiny_videollm_bundle: Path) -> None:
 
 @pytest.mark.skipif(shutil.which("vrex-edge") is None, reason="console script not installed")
 def test_cli_under_a_terminal_answers_a_typed_question(clip: Path, tiny_videollm_bundle: Path, tmp_path: Path) -> None:
-    pexpect = pytest.importorskip("pexpect")
+    pytest.importorskip("pexpect")
     out = tmp_path / "session.jsonl"
-    env = {**os.environ, "COLUMNS": "120", "LINES": "40", "TERM": "xterm"}
-    child = pexpect.spawn(shutil.which("vrex-edge"), ["live", "--source", str(clip), "--model", str(tiny_videollm_bundle),
-                          "--policy", "full", "-o", str(out)], env=env, encoding="utf-8", timeout=30,
-                          dimensions=(40, 120))
-    child.logfile_read = sys.stdout if os.environ.get("VREX_TEST_VERBOSE") else None
-    child.expect("ask>")
-    time.sleep(1.0)
-    child.send("where is it\r")
-    child.expect("Q: where is it")
-    child.expect("live session summary")
-    child.expect(pexpect.EOF)
-    child.close()
-    assert child.exitstatus == 0
-    records = [json.loads(line) for line in out.read_text().splitlines()]
-    assert any(r["kind"] == "answer" and r["question"] == "where is it" for r in records)
+    child = spawn_cli(["live", "--source", str(clip), "--model", str(tiny_videollm_bundle), "--policy", "full",
+                       "-o", str(out)])
+    ask_until_done(child, "where is it")
+    assert answers(out, "where is it")

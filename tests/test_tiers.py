@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from tests.terminal import answers, ask_until_done, spawn_cli
 from tests.test_retrieval import make_text, stream
 from vrex_edge.errors import VrexError
 from vrex_edge.runtime.kvcache import make_policy
@@ -368,8 +369,6 @@ def test_cli_caption_tiers_keep_resume_and_faults(tiny_videollm_bundle, tmp_path
 def test_live_ctrl_c_keeps_the_store_and_resume_goes_on(tiny_videollm_bundle, tmp_path: Path):
     """`vrex-edge live --keep-kv DIR`, Ctrl-C, then `--resume DIR`: the first Ctrl-C ends the stream
     at a frame boundary and saves the state; the resumed stream's times go on from there."""
-    import os
-    import shutil
     import time
 
     import cv2
@@ -383,13 +382,11 @@ def test_live_ctrl_c_keeps_the_store_and_resume_goes_on(tiny_videollm_bundle, tm
         w.write(frame)
     w.release()
     keep, out = tmp_path / "kept", tmp_path / "session.jsonl"
-    env = {**os.environ, "COLUMNS": "120", "LINES": "40", "TERM": "xterm"}
     common = ["live", "--source", str(clip), "--model", str(tiny_videollm_bundle), "--opt", "dense_below=0",
               "--kv-budget", "4M", "-o", str(out)]
 
     def spawn(*extra: str):
-        return pexpect.spawn(shutil.which("vrex-edge"), [*common, *extra], env=env, encoding="utf-8",
-                             timeout=60, dimensions=(40, 120))
+        return spawn_cli([*common, *extra], timeout=60)
 
     child = spawn("--keep-kv", str(keep))
     child.expect("ask>")
@@ -404,16 +401,7 @@ def test_live_ctrl_c_keeps_the_store_and_resume_goes_on(tiny_videollm_bundle, tm
     stopped = doc["stream_time"]
     assert stopped is not None and stopped > 0
 
-    child = spawn("--resume", str(keep))
-    child.expect("ask>")
-    time.sleep(1.0)
-    child.send("where is it\r")
-    child.expect("Q: where is it")
-    child.expect("live session summary")
-    child.expect(pexpect.EOF)
-    child.close()
-    assert child.exitstatus == 0
-    records = [json.loads(line) for line in out.read_text().splitlines()]
-    answer = [r for r in records if r["kind"] == "answer" and r["question"] == "where is it"]
+    ask_until_done(spawn("--resume", str(keep)), "where is it")
+    answer = answers(out, "where is it")
     assert answer and answer[0]["t"] >= stopped  # the resumed stream's clock goes on
     assert json.loads((keep / "state.json").read_text())["serial"] == doc["serial"] + 1
