@@ -87,7 +87,7 @@ def soak(args: argparse.Namespace) -> dict:
     sha = _bundle_sha(bundle)  # now: the embedded model may be replaced while the soak runs
     budget = None if args.budget == "none" else parse_bytes(args.budget)
     opts = dict(positions="compact", keys="pre", hamming=6, horizon=32, sink=16, recent=40, tau=args.tau,
-                reselect=2, max_kept=args.max_kept)
+                reselect=2, max_kept=args.max_kept, fine=args.fine, block=args.block, tau_coarse=args.tau_coarse)
     kv = None if budget is None else TierConfig(budget=budget, root=work / "kv", prefetch=True)
     s = StreamSession(model, policy="resv", policy_options=opts, kv=kv)  # the model narrates as trained
     segs = world_segments(args.seed, args.frames, args.segment_s)
@@ -125,7 +125,7 @@ def soak(args: argparse.Namespace) -> dict:
             rows.append({"frame": i + 1, "stream_min": (i + 1) / 120, "tokens": s.position, "rss": rss,
                          "kv": r["kv"], "hot": r["hot"], "workspace": r["workspace"], "open": r["open"],
                          "tables": r["tables"], **malloc_stats(), "cold": rep.get("cold_bytes", 0), "evicted": rep.get("evicted", 0),
-                         "fetched": rep.get("fetched", 0), "captions": captions,
+                         "fetched": rep.get("fetched", 0), "retired": rep.get("retired"), "captions": captions,
                          "frame_ms_median": statistics.median(lat[-args.every :]), "wall_s": time.perf_counter() - t0})
             print(json.dumps(rows[-1]), flush=True)
     stats = s.stats()
@@ -227,6 +227,11 @@ def main() -> None:
     a.add_argument("--tau", type=float, default=0.9)
     a.add_argument("--max-kept", type=int, default=4096,
                    help="resv max_kept: retrieved tokens per KV head at most (0: no cap)")
+    a.add_argument("--fine", type=int, default=2048,
+                   help="resv fine: clusters per KV head with a resident representative; older ones retire in "
+                        "blocks with one coarse representative (0: all resident, the tables grow with the stream)")
+    a.add_argument("--block", type=int, default=16, help="resv block: clusters per retired block")
+    a.add_argument("--tau-coarse", type=float, default=0.99, help="resv tau_coarse: WiCSum over the blocks")
     a.add_argument("--seed", type=int, default=1234, help="seed of the procedural world (segment k: seed + k)")
     a.add_argument("--segment-s", type=float, default=600.0,
                    help="a new world (same background) every this many seconds: one world's events end after ~15 min")

@@ -327,3 +327,35 @@ def test_model_stream_with_policies(tiny_llama_bundle):
         out = model.head(model.forward(model.embed(ids), np.arange(total, total + m), caches, "prefill"))
         total += m
     assert np.isfinite(out).all() and all((c.stats().kept + 10 <= ctx).all() for c in caches)
+
+
+@pytest.mark.parametrize("positions", ["absolute", "compact"])
+def test_two_level_tables_bound_the_resident_representatives(positions):
+    """fine > 0: old clusters retire in blocks; with tau_coarse = 1 every block is kept, so the
+    two-level selection is the one-level one, bit for bit."""
+    text = make_text()
+    base = dict(tau=0.9, hamming=6, sink=4, recent=10, keys="pre", horizon=8, max_cluster=8, positions=positions)
+    ref = run(build("resv", text, **base), text, [10] * 60)
+    two = build("resv", text, fine=16, block=4, tau_coarse=1.0, **base)
+    got = run(two, text, [10] * 60)
+    for a, b in zip(ref, got, strict=True):
+        np.testing.assert_array_equal(a, b)
+    st = two.store
+    assert st.nblk > 4 and st.lo == 4 * st.nblk
+    assert int(st.nclu.max()) - st.lo <= 16 + 8 + 4 + int(st.nclu.max() - st.nclu.min())  # the resident window
+    for j in range(st.nblk):  # a block: the token-weighted mean of its clusters and their token count
+        ids = np.arange(4 * j, 4 * j + 4)
+        for h in range(text.num_kv_heads):
+            fine = st.archive.get(h, np.array([j]))[0]
+            cnt = st.counts[h, ids]
+            assert st.ccounts[h, j] == cnt.sum()
+            np.testing.assert_allclose(st.cmeans_t[h, :, j], (fine * cnt[:, None]).sum(0) / cnt.sum(), rtol=1e-5,
+                                       atol=1e-6)
+    q = np.random.default_rng(1).standard_normal((text.num_kv_heads, 3, text.head_dim)).astype(np.float32)
+    st.tau_coarse = 0.5  # a coarse cut: old clusters only from the blocks it keeps
+    blocks, _ = st.backend.score_select(q, st.cmeans_t[:, :, : st.nblk].swapaxes(1, 2), st.ccounts[:, : st.nblk],
+                                        tau=0.5)
+    cut, _ = st.score(q, tau=0.9)
+    for h in range(text.num_kv_heads):
+        old = np.flatnonzero(cut[h, : st.lo]) // 4
+        assert np.isin(old, np.flatnonzero(blocks[h])).all() and not blocks[h].all()

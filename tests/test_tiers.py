@@ -52,7 +52,9 @@ CHUNKS = [10] * 120 + [1] * 10 + [10] * 40
 @pytest.mark.parametrize("opts,budget", [(dict(), 800_000), (dict(positions="compact", keys="pre"), 800_000),
                                          (dict(cluster_batch=5, reselect=2), 800_000), (dict(incremental=1), 1_000_000),
                                          (dict(incremental=1), 650_000), (dict(incremental=1), 500_000),
-                                         (dict(positions="compact", keys="pre"), 500_000)])
+                                         (dict(positions="compact", keys="pre"), 500_000),
+                                         (dict(fine=24, block=4, tau_coarse=0.9), 800_000),
+                                         (dict(fine=24, block=4, positions="compact", keys="pre"), 500_000)])
 def test_tiered_equals_resident_under_a_small_budget(opts, budget, tmp_path: Path):
     text = make_text(max_positions=8192)
     ref = feed(layer_caches(text, 2, **opts), text, CHUNKS)
@@ -74,6 +76,8 @@ def test_tiered_equals_resident_under_a_small_budget(opts, budget, tmp_path: Pat
     if opts.get("incremental") and budget <= 500_000:  # else the shared workspace (given up mid-gather too)
         assert rep["own_buffers"] < 2 and rep["demoted"] > 0
     assert rep["cold_bytes"] > 0 and rep["tables"] > 0
+    if opts.get("fine"):  # old representatives retired to the cold tier and read back to select
+        assert rep["retired"]["blocks"] > 0 and rep["retired"]["reads"] > 0
     folder = Path(rep["folder"])
     assert any(folder.iterdir())
     mgr.close(None)
@@ -231,14 +235,19 @@ def test_session_per_layer_buffers_with_prefetch(model, tmp_path: Path):
     s.close()
 
 
-def test_keep_and_resume_equal_no_break(model, tmp_path: Path):
+@pytest.mark.parametrize("opts", [dict(), dict(fine=16, block=4)])
+def test_keep_and_resume_equal_no_break(model, tmp_path: Path, opts):
     ev = list(frames(model, FRAMES))
-    _, ref = run_stream(model, None, ev, ask_at=(8, 20))
+    _, ref = run_stream(model, None, ev, ask_at=(8, 20), **opts)
     keep = tmp_path / "kept"
-    s1, part1 = run_stream(model, TierConfig(budget=MODEL_BUDGET, keep=keep), ev[:14], ask_at=(8,), logits=False)
+    s1, part1 = run_stream(model, TierConfig(budget=MODEL_BUDGET, keep=keep), ev[:14], ask_at=(8,), logits=False,
+                           **opts)
     s1.close(stream_time=9.0)
     assert (keep / "state.json").is_file() and any(keep.glob("L000.*.kv"))
-    s2, part2 = run_stream(model, TierConfig(budget=MODEL_BUDGET, resume=keep), ev[14:], start=14, ask_at=(20,))
+    if opts:  # retired representatives are part of the kept store
+        assert any(keep.glob("L000.h0.reps")) and s1.tiers.report()["retired"]["blocks"] > 0
+    s2, part2 = run_stream(model, TierConfig(budget=MODEL_BUDGET, resume=keep), ev[14:], start=14, ask_at=(20,),
+                           **opts)
     assert s2.tiers.resumed_time == 9.0
     s2.close()
     same(ref, part1 + part2)

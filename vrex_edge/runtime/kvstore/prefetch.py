@@ -120,7 +120,7 @@ class Prefetcher:
             if cache.score_post:
                 q = cache.rope.apply(q, positions)
             qs = q.reshape(cache.kvh, cache.g * q.shape[1], cache.hd)  # [KVH, G*n, hd]
-            keep, mass = cache.backend.score_select(qs, st.means[:, :c], st.counts[:, :c], tau=cache.tau)
+            keep, mass = st.score(qs, tau=cache.tau)
             budget = cache.retrieve_budget(len(positions))
             for h in range(cache.kvh):  # the exact selection's cut (resv.heaviest), so no more is read
                 sel = np.flatnonzero(keep[h])

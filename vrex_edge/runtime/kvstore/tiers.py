@@ -9,12 +9,14 @@ attended set of the layer running, shared by all layers) + hot clusters. Cluster
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -30,8 +32,10 @@ from vrex_edge.runtime.kvstore.buffers import (
 from vrex_edge.runtime.kvstore.cold import FULL_ERRNOS, ColdLog
 from vrex_edge.runtime.kvstore.config import TierConfig, default_root
 from vrex_edge.runtime.kvstore.hot import HotCache
+from vrex_edge.runtime.kvstore.tables import FileArchive
 from vrex_edge.runtime.retrieval.clusters import _Rows
 
+T = TypeVar("T")
 IOV_MAX = 512  # buffers per preadv call (Linux allows 1024)
 SCRATCH_ROWS = 1024  # rows (at most) of the scratch that hot records are joined in before a gather splits them
 
@@ -172,6 +176,10 @@ class TierManager:
             st.tier = LayerTier(self, i)
             st.sealed = [_Rows(self.hd, 0) for _ in range(self.kvh)]
             st.pending = [WatchedRows(self.hd, 64, self, i) for _ in range(self.kvh)]
+            mem, st.archive = st.archive, FileArchive(self.folder, i, self.kvh, st.block, self.hd, self.write,
+                                                      config.writer or os.pwrite)
+            for j in range(st.nblk):  # blocks retired before the tiers came (none for a new session)
+                st.archive.put(j, mem.data[j])
             # incremental gather (absolute positions): per-layer buffers that keep the last selection;
             # else one workspace shared by the layers, filled from the hot cache on every call
             c.workspace = LayerBuffer(self, i) if getattr(c, "gatherer", None) is not None else self.workspace
@@ -184,6 +192,8 @@ class TierManager:
                 from vrex_edge.runtime.kvstore.resume import restore
 
                 restore(self, session, Path(config.resume))
+                for c in self.caches:
+                    c.store.archive.check(c.store.nblk)
                 self.not_hot = np.array([sum(int(((c.store.start[h] >= 0) & (c.store.counts[h] > 0)).sum())
                                              for h in range(self.kvh)) for c in self.caches], np.int64)
             for i in range(self.layers):
@@ -281,10 +291,15 @@ class TierManager:
     # ------------------------------------------------------------------ cold I/O
 
     def append(self, layer: int, rec: np.ndarray) -> int:
+        return self.write(lambda: self.logs[layer].append(rec))
+
+    def write(self, do: Callable[[], T]) -> T:
+        """Run a cold-tier write. A full disk drops the oldest segments and retries when the user
+        asked for that; otherwise, or on any other write error, the session ends with one clear error."""
         t0 = time.perf_counter()
         while True:
             try:
-                base = self.logs[layer].append(rec)
+                out = do()
                 break
             except OSError as e:
                 full = e.errno in FULL_ERRNOS
@@ -295,7 +310,7 @@ class TierManager:
                         if full and self.config.on_full == "error" else "free space or move the store")
                 raise KVStoreError(f"KV store in {self.folder}: {what}; {hint}") from None
         self.seconds["write"] += time.perf_counter() - t0
-        return base
+        return out
 
     def drop_oldest(self) -> bool:
         """Forget the oldest segment of every layer (its clusters get count 0: never selected)."""
@@ -310,7 +325,7 @@ class TierManager:
             st = c.store
             for h in range(self.kvh):
                 ids = np.flatnonzero((st.start[h] >= r[0]) & (st.start[h] < r[1]) & (st.counts[h] > 0))
-                st.counts[h, ids] = 0
+                st.forget(h, ids)
                 with self.hot.lock:
                     self.hot.discard(i, h, ids)
                 self.counters["dropped"] += ids.size
@@ -380,6 +395,9 @@ class TierManager:
         out.update(self.resident())
         out.update(self.counters)
         out["seconds"] = dict(self.seconds)
+        arch = [c.store.archive for c in self.caches if isinstance(c.store.archive, FileArchive)]
+        out["retired"] = {"blocks": sum(c.store.nblk for c in self.caches), "reads": sum(x.reads for x in arch),
+                          "read_bytes": sum(x.read_bytes for x in arch), "seconds": sum(x.seconds for x in arch)}
         if self.prefetcher is not None:
             out["prefetch"] = self.prefetcher.report()
         return out
@@ -401,6 +419,9 @@ class TierManager:
         finally:
             for log in self.logs:
                 log.close()
+            for c in self.caches:
+                if isinstance(c.store.archive, FileArchive):
+                    c.store.archive.close()
             self._cleanup()
 
 

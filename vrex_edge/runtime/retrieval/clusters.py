@@ -6,7 +6,14 @@ its head and below `max_size`); its tokens wait in a small open area. When it cl
 tokens are copied once into the sealed arena, contiguous, so a selected cluster is one slice
 (and a run of selected neighbours one bigger slice). The sealed arena is exactly what a cold
 tier writes out (issue 7); tables (codes, means, counts, offsets; running sums only while a cluster
-is open) stay small and resident.
+is open) stay resident.
+
+On an endless stream the representatives (hd floats per cluster and head) are what grows, so with
+`fine` > 0 only the newest `fine` clusters of every head keep a resident representative; older
+clusters are retired in blocks of `block` consecutive ids: a block keeps one coarse representative
+(the mean of its tokens) and its token count, and its fine representatives go to an archive (memory,
+or a file of the cold tier). Selection is then two-level: WiCSum at `tau_coarse` over the blocks,
+then the usual WiCSum at tau over the fine clusters of the kept blocks and of the resident window.
 """
 
 from __future__ import annotations
@@ -57,11 +64,35 @@ class _Rows:
         return self.k.nbytes + self.v.nbytes + self.pos.nbytes + self.owner.nbytes
 
 
+class MemoryArchive:
+    """Fine representatives of retired blocks, in memory: block j -> [KVH, block, hd] f32."""
+
+    def __init__(self, kvh: int, block: int, hd: int):
+        self.data = np.zeros((0, kvh, block, hd), np.float32)
+        self.n = 0
+
+    def put(self, j: int, fine: np.ndarray) -> None:
+        if j >= self.data.shape[0]:
+            grown = np.zeros((max(j + 1, 2 * self.data.shape[0], 16), *self.data.shape[1:]), np.float32)
+            grown[: self.n] = self.data[: self.n]
+            self.data = grown
+        self.data[j] = fine
+        self.n = max(self.n, j + 1)
+
+    def get(self, h: int, blocks: np.ndarray) -> np.ndarray:
+        """-> [len(blocks), block, hd] fine representatives of head h."""
+        return self.data[blocks, h]
+
+    def nbytes(self) -> int:
+        return self.data.nbytes
+
+
 class ClusterStore:
     tier = None  # kvstore.tiers.LayerTier when the sealed arena lives on tiers (issue 7)
 
     def __init__(self, kvh: int, hd: int, *, planes: np.ndarray, backend: RetrievalBackend,
-                 threshold: int, max_size: int, horizon: int, capacity: int = 256):
+                 threshold: int, max_size: int, horizon: int, capacity: int = 256,
+                 fine: int = 0, block: int = 16, tau_coarse: float = 0.99):
         self.kvh, self.hd = kvh, hd
         self.planes = planes  # [KVH, bits, hd]
         self.backend = backend
@@ -78,10 +109,18 @@ class ClusterStore:
         self.open_sums: list[np.ndarray] = [np.zeros((0, hd), np.float64) for _ in range(kvh)]
         self.sealed = [_Rows(hd, 1024) for _ in range(kvh)]
         self.pending = [_Rows(hd, 256) for _ in range(kvh)]  # open area: owner -1 = moved out
+        # two-level tables (fine > 0): ids < lo are retired in blocks; means_t column i is cluster lo + i
+        self.fine, self.block, self.tau_coarse = fine, block, tau_coarse
+        self.lo = 0
+        self.nblk = 0
+        self.cmeans_t = np.zeros((kvh, hd, 0), np.float32)  # coarse representatives of the blocks
+        self.ccounts = np.zeros((kvh, 0), np.int64)  # tokens per block
+        self.archive = MemoryArchive(kvh, block, hd)  # fine representatives of retired blocks
 
     @property
     def means(self) -> np.ndarray:
-        """Representatives [KVH, cap, hd]: a view of means_t (scores are then one plain GEMM per head)."""
+        """Resident fine representatives [KVH, cap, hd] of clusters lo, lo + 1, ...: a view of means_t
+        (scores are then one plain GEMM per head)."""
         return self.means_t.swapaxes(1, 2)
 
     @property
@@ -89,6 +128,7 @@ class ClusterStore:
         return self.counts.sum(-1)  # [KVH]
 
     def _grow(self, need: int) -> None:
+        self._grow_window(need - self.lo)
         cap = self.counts.shape[1]
         if need <= cap:
             return
@@ -98,8 +138,13 @@ class ClusterStore:
             b = np.full((self.kvh, cap, *a.shape[2:]), fill, a.dtype)
             b[:, : a.shape[1]] = a
             setattr(self, name, b)
-        mt = np.zeros((self.kvh, self.hd, cap), np.float32)
-        mt[:, :, : self.means_t.shape[2]] = self.means_t
+
+    def _grow_window(self, need: int) -> None:
+        cap = self.means_t.shape[2]
+        if need <= cap:
+            return
+        mt = np.zeros((self.kvh, self.hd, max(need, cap + cap // 4, 256)), np.float32)
+        mt[:, :, :cap] = self.means_t
         self.means_t = mt
 
     def push(self, k: np.ndarray, v: np.ndarray, pos: np.ndarray, kc: np.ndarray, ks: np.ndarray) -> None:
@@ -127,7 +172,7 @@ class ClusterStore:
             sums[:c] = self.open_sums[h]
             sums[u] += onehot.astype(np.float64) @ ks[h]
             self.counts[h, ids] += onehot.sum(1)
-            self.means[h, ids] = sums[u] / self.counts[h, ids, None]
+            self.means[h, ids - self.lo] = sums[u] / self.counts[h, ids, None]
             self.pending[h].append(k[h], v[h], pos, gid)
             open_ok = self.counts[h, ext] < self.max_size
             if open_ok.all() and ext.size <= self.horizon:
@@ -140,6 +185,75 @@ class ClusterStore:
             mark = np.ones(int(self.nclu[h]), bool)
             mark[keep] = False
             self._seal(h, ext[mark[ext]])
+        if self.fine:
+            self._retire()
+
+    # ------------------------------------------------------------------ two-level tables
+
+    def _retire(self) -> None:
+        """Retire blocks of the oldest resident clusters while every head has more than `fine` (and
+        more than its open horizon) newer ones and the block is sealed (an open cluster still grows)."""
+        b = self.block
+        keep = max(self.fine, self.horizon)
+        while self.lo + b <= int(self.nclu.min()) - keep and (self.start[:, self.lo : self.lo + b] >= 0).all():
+            lo, j = self.lo, self.nblk
+            cnt = self.counts[:, lo : lo + b]  # [KVH, b]
+            fine = self.means_t[:, :, :b]  # [KVH, hd, b]
+            self.archive.put(j, fine.swapaxes(1, 2))
+            tot = cnt.sum(1)
+            if j >= self.ccounts.shape[1]:
+                cap = max(j + 1, self.ccounts.shape[1] * 5 // 4, 64)
+                cm = np.zeros((self.kvh, self.hd, cap), np.float32)
+                cm[:, :, :j] = self.cmeans_t[:, :, :j]
+                cc = np.zeros((self.kvh, cap), np.int64)
+                cc[:, :j] = self.ccounts[:, :j]
+                self.cmeans_t, self.ccounts = cm, cc
+            w = cnt / np.maximum(tot, 1)[:, None]  # token-weighted: the mean of the block's tokens
+            self.cmeans_t[:, :, j] = np.matmul(fine, w[:, :, None].astype(np.float32))[:, :, 0]
+            self.ccounts[:, j] = tot
+            n = int(self.nclu.max()) - lo  # resident columns in use
+            self.means_t[:, :, : n - b] = self.means_t[:, :, b:n]
+            self.means_t[:, :, n - b : n] = 0
+            self.lo, self.nblk = lo + b, j + 1
+
+    def forget(self, h: int, ids: np.ndarray) -> None:
+        """Clusters `ids` of head h are gone (their tokens dropped): they weigh nothing from now on."""
+        self.counts[h, ids] = 0
+        old = np.unique(ids[ids < self.lo] // self.block)
+        for j in old.tolist():
+            self.ccounts[h, j] = self.counts[h, j * self.block : (j + 1) * self.block].sum()
+
+    def score(self, q: np.ndarray, tau: float) -> tuple[np.ndarray, np.ndarray]:
+        """q [KVH, R, hd] scoring queries -> (keep [KVH, C] bool, mass [KVH, C] f32) over cluster ids
+        0..C-1 (C = the most clusters of any head); clusters that were not scored weigh 0."""
+        c = int(self.nclu.max())
+        lo = self.lo
+        if self.nblk == 0:
+            return self.backend.score_select(q, self.means[:, : c - lo], self.counts[:, lo:c], tau=tau)
+        bk, _ = self.backend.score_select(q, self.cmeans_t[:, :, : self.nblk].swapaxes(1, 2),
+                                          self.ccounts[:, : self.nblk], tau=self.tau_coarse)
+        b, w = self.block, c - lo
+        blocks = [np.flatnonzero(bk[h]) for h in range(self.kvh)]
+        r = max(x.size for x in blocks) * b + w
+        reps = np.zeros((self.kvh, self.hd, r), np.float32)  # candidates: kept blocks' clusters, then the window
+        ids = np.zeros((self.kvh, r), np.int64)
+        for h, x in enumerate(blocks):
+            m = x.size * b
+            if m:
+                reps[h, :, :m] = self.archive.get(h, x).reshape(m, self.hd).T
+                ids[h, :m] = (x[:, None] * b + np.arange(b)).ravel()
+            reps[h, :, m : m + w] = self.means_t[h, :, :w]
+            ids[h, m : m + w] = np.arange(lo, c)
+            ids[h, m + w :] = -1
+        cnt = np.where(ids >= 0, np.take_along_axis(self.counts[:, :c], np.maximum(ids, 0), 1), 0)
+        k2, m2 = self.backend.score_select(q, reps.swapaxes(1, 2), cnt, tau=tau)
+        keep = np.zeros((self.kvh, c), bool)
+        mass = np.zeros((self.kvh, c), np.float32)
+        for h in range(self.kvh):
+            ok = ids[h] >= 0
+            keep[h, ids[h, ok]] = k2[h, ok]
+            mass[h, ids[h, ok]] = m2[h, ok]
+        return keep, mass
 
     def _seal(self, h: int, ids: np.ndarray) -> None:
         """Move the tokens of clusters `ids` from the open area into the sealed arena, contiguous."""
@@ -216,9 +330,11 @@ class ClusterStore:
         return pos, np.concatenate([s.owner[: s.n], p.owner[: p.n][live]])
 
     def table_nbytes(self) -> int:
-        """Cluster tables: codes, means, counts, offsets and the open clusters' sums."""
+        """Resident cluster tables: codes, means, counts, offsets, the open clusters' sums, the blocks'
+        coarse tables (and a memory archive's fine representatives)."""
         return (self.codes.nbytes + self.means_t.nbytes + self.counts.nbytes + self.start.nbytes
-                + sum(s.nbytes for s in self.open_sums))
+                + sum(s.nbytes for s in self.open_sums) + self.cmeans_t.nbytes + self.ccounts.nbytes
+                + self.archive.nbytes())
 
     def nbytes(self) -> int:
         tables = self.table_nbytes()

@@ -15,7 +15,11 @@ because it measured no faster than selecting, see results/retrieval_micro.md), i
 last call in the attention buffer and copy only the difference; 0 = gather everything each call),
 max_kept (at most this many retrieved tokens per KV head, heaviest clusters first; 0 = no cap:
 WiCSum keeps a fraction of a history that never stops growing, so on an endless stream the cap
-is what bounds a frame's work and the attention buffers).
+is what bounds a frame's work and the attention buffers), fine (0 = every cluster keeps a resident
+representative; else only the newest `fine` of each head do, older ones are retired in blocks of
+`block` clusters with one coarse representative each, their fine ones archived, and selection is
+two-level: WiCSum at tau_coarse over the blocks, then at tau over the kept blocks' clusters and the
+resident ones. On an endless stream this is what keeps the resident tables bounded, issue 7).
 keys=post, tau=0.9 measured best on real text (benchmarks/bench_policies.py); cluster_batch/
 reselect > 1 trade fidelity for time; dense_below and incremental change no output.
 """
@@ -40,14 +44,16 @@ KEY_MODES = ("post", "pre")
 DENSE_BELOW = 0  # off: measured never cheaper than selecting (per-frame clustering dominates small caches; results/retrieval_micro.md)
 DEFAULTS = dict(tau=0.9, bits=64, hamming=2, horizon=128, max_cluster=32, sink=32, recent=128,
                 keys="post", score_keys=None, positions="absolute", accel="host", seed=0,
-                cluster_batch=1, reselect=1, dense_below=DENSE_BELOW, incremental=1, max_kept=0)
+                cluster_batch=1, reselect=1, dense_below=DENSE_BELOW, incremental=1, max_kept=0,
+                fine=0, block=16, tau_coarse=0.99)
 
 
 class ReSVCache(WindowedCache):
     def __init__(self, layer: int, text: TextSpec, rope: Rope, *, table: RopeTable | None, tau: float, bits: int,
                  hamming: int, horizon: int, max_cluster: int, sink: int, recent: int, keys: str,
                  score_keys: str, positions: str, accel: str, seed: int, cluster_batch: int, reselect: int,
-                 dense_below: int = DENSE_BELOW, incremental: bool = True, max_kept: int = 0):
+                 dense_below: int = DENSE_BELOW, incremental: bool = True, max_kept: int = 0,
+                 fine: int = 0, block: int = 16, tau_coarse: float = 0.99):
         self.post = keys == "post"  # hash codes from rotated (absolute positions) or un-rotated keys
         self.score_post = score_keys == "post"  # representatives (and queries) rotated or not
         compact = positions == "compact"  # storage form: un-rotated when compact, rotated when absolute
@@ -58,7 +64,8 @@ class ReSVCache(WindowedCache):
         self.backend = get_backend(accel)
         planes = hyperplanes(layer, self.kvh, bits, self.hd, seed=seed)
         self.store = ClusterStore(self.kvh, self.hd, planes=planes, backend=self.backend, threshold=hamming,
-                                  max_size=max_cluster, horizon=horizon)
+                                  max_size=max_cluster, horizon=horizon, fine=fine, block=block,
+                                  tau_coarse=tau_coarse)
         self.last_mass: np.ndarray | None = None  # [KVH, C] of the last selection (tools, tests)
         self.last_nsel = np.zeros(self.kvh, np.int64)
         self.last_sel: list[np.ndarray] = []
@@ -107,7 +114,7 @@ class ReSVCache(WindowedCache):
         else:
             n = q.shape[1]
             qs = (q_abs if self.score_post else q).reshape(self.kvh, self.g * n, self.hd)  # [KVH, G*n, hd]
-            keep, mass = self.backend.score_select(qs, st.means[:, :c], st.counts[:, :c], tau=self.tau)
+            keep, mass = st.score(qs, tau=self.tau)
             sels = [np.flatnonzero(keep[h]) for h in range(self.kvh)]
             self.last_mass, self.last_sel = mass, sels
             self.last_nsel = np.array([s.size for s in sels])
@@ -142,17 +149,18 @@ def heaviest(sel: np.ndarray, mass: np.ndarray, counts: np.ndarray, budget: int)
 
 def make_resv(**options: object) -> CacheFactory:
     o = check_options("resv", DEFAULTS, options)
-    if not 0.0 < float(o["tau"]) <= 1.0:
-        raise ConfigError(f"resv: tau must be in (0, 1] (got {o['tau']})")
+    for name in ("tau", "tau_coarse"):
+        if not 0.0 < float(o[name]) <= 1.0:
+            raise ConfigError(f"resv: {name} must be in (0, 1] (got {o[name]})")
     if o["score_keys"] is None:
         o["score_keys"] = o["keys"]
     for name in ("keys", "score_keys"):
         if o[name] not in KEY_MODES:
             raise ConfigError(f"resv: {name} must be one of {', '.join(KEY_MODES)} (got '{o[name]}')")
-    for name in ("dense_below", "incremental", "max_kept"):
+    for name in ("dense_below", "incremental", "max_kept", "fine"):
         if int(o[name]) < 0:
             raise ConfigError(f"resv: {name} must be >= 0 (got {o[name]})")
-    for name in ("bits", "max_cluster", "horizon", "cluster_batch", "reselect"):
+    for name in ("bits", "max_cluster", "horizon", "cluster_batch", "reselect", "block"):
         if int(o[name]) < 1:
             raise ConfigError(f"resv: {name} must be >= 1 (got {o[name]})")
     get_backend(str(o["accel"]))  # fail early with the list of backends
@@ -166,7 +174,8 @@ def make_resv(**options: object) -> CacheFactory:
                          score_keys=str(o["score_keys"]), positions=str(o["positions"]), accel=str(o["accel"]), seed=int(o["seed"]),
                          cluster_batch=int(o["cluster_batch"]), reselect=int(o["reselect"]),
                          dense_below=int(o["dense_below"]), incremental=bool(int(o["incremental"])),
-                         max_kept=int(o["max_kept"]))
+                         max_kept=int(o["max_kept"]), fine=int(o["fine"]), block=int(o["block"]),
+                         tau_coarse=float(o["tau_coarse"]))
 
     return factory
 
