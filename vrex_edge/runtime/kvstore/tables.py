@@ -28,17 +28,14 @@ class FileArchive:
         self.pwrite = pwrite
         self.paths = [folder / f"L{layer:03d}.h{h}.reps" for h in range(kvh)]
         self.fds = [os.open(p, os.O_RDWR | os.O_CREAT, 0o600) for p in self.paths]
-        self.n = 0  # blocks written
         self.reads = 0
         self.read_bytes = 0
         self.seconds = 0.0
 
-    def put(self, j: int, fine: np.ndarray) -> None:
-        """Block j's fine representatives [KVH, block, hd]."""
-        for fd, rows in zip(self.fds, fine, strict=True):
-            data = memoryview(np.ascontiguousarray(rows, np.float32)).cast("B")
-            self.write(lambda fd=fd, data=data: _pwrite_all(self.pwrite, fd, data, j * self.rec))
-        self.n = max(self.n, j + 1)
+    def put(self, h: int, j: int, fine: np.ndarray) -> None:
+        """Block j of head h: fine representatives [block, hd]."""
+        data = memoryview(np.ascontiguousarray(fine, np.float32)).cast("B")
+        self.write(lambda: _pwrite_all(self.pwrite, self.fds[h], data, j * self.rec))
 
     def get(self, h: int, blocks: np.ndarray) -> np.ndarray:
         """-> [len(blocks), block, hd] fine representatives of head h (blocks ascending)."""
@@ -56,12 +53,11 @@ class FileArchive:
         self.seconds += time.perf_counter() - t0
         return out
 
-    def check(self, blocks: int) -> None:
-        """A resumed store must hold `blocks` blocks of every head."""
-        for p in self.paths:
-            if p.stat().st_size < blocks * self.rec:
-                raise KVStoreError(f"the kept KV store is incomplete: {p} is truncated")
-        self.n = blocks
+    def check(self, blocks: np.ndarray) -> None:
+        """A resumed store must hold blocks[h] blocks of head h."""
+        for p, n in zip(self.paths, blocks.tolist(), strict=True):
+            if not p.is_file() or p.stat().st_size < n * self.rec:
+                raise KVStoreError(f"the kept KV store is incomplete: {p} is missing or truncated")
 
     def nbytes(self) -> int:
         return 0  # on disk: nothing resident

@@ -178,8 +178,9 @@ class TierManager:
             st.pending = [WatchedRows(self.hd, 64, self, i) for _ in range(self.kvh)]
             mem, st.archive = st.archive, FileArchive(self.folder, i, self.kvh, st.block, self.hd, self.write,
                                                       config.writer or os.pwrite)
-            for j in range(st.nblk):  # blocks retired before the tiers came (none for a new session)
-                st.archive.put(j, mem.data[j])
+            for h in range(self.kvh):  # blocks retired before the tiers came (none for a new session)
+                for j in range(int(st.nblk[h])):
+                    st.archive.put(h, j, mem.get(h, np.array([j]))[0])
             # incremental gather (absolute positions): per-layer buffers that keep the last selection;
             # else one workspace shared by the layers, filled from the hot cache on every call
             c.workspace = LayerBuffer(self, i) if getattr(c, "gatherer", None) is not None else self.workspace
@@ -396,7 +397,7 @@ class TierManager:
         out.update(self.counters)
         out["seconds"] = dict(self.seconds)
         arch = [c.store.archive for c in self.caches if isinstance(c.store.archive, FileArchive)]
-        out["retired"] = {"blocks": sum(c.store.nblk for c in self.caches), "reads": sum(x.reads for x in arch),
+        out["retired"] = {"blocks": sum(int(c.store.nblk.sum()) for c in self.caches), "reads": sum(x.reads for x in arch),
                           "read_bytes": sum(x.read_bytes for x in arch), "seconds": sum(x.seconds for x in arch)}
         if self.prefetcher is not None:
             out["prefetch"] = self.prefetcher.report()

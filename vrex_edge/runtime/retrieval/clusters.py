@@ -65,26 +65,25 @@ class _Rows:
 
 
 class MemoryArchive:
-    """Fine representatives of retired blocks, in memory: block j -> [KVH, block, hd] f32."""
+    """Fine representatives of retired blocks, in memory: block j of head h -> [block, hd] f32."""
 
     def __init__(self, kvh: int, block: int, hd: int):
-        self.data = np.zeros((0, kvh, block, hd), np.float32)
-        self.n = 0
+        self.data = [np.zeros((0, block, hd), np.float32) for _ in range(kvh)]
 
-    def put(self, j: int, fine: np.ndarray) -> None:
-        if j >= self.data.shape[0]:
-            grown = np.zeros((max(j + 1, 2 * self.data.shape[0], 16), *self.data.shape[1:]), np.float32)
-            grown[: self.n] = self.data[: self.n]
-            self.data = grown
-        self.data[j] = fine
-        self.n = max(self.n, j + 1)
+    def put(self, h: int, j: int, fine: np.ndarray) -> None:
+        d = self.data[h]
+        if j >= d.shape[0]:
+            grown = np.zeros((max(j + 1, 2 * d.shape[0], 16), *d.shape[1:]), np.float32)
+            grown[: d.shape[0]] = d
+            self.data[h] = d = grown
+        d[j] = fine
 
     def get(self, h: int, blocks: np.ndarray) -> np.ndarray:
         """-> [len(blocks), block, hd] fine representatives of head h."""
-        return self.data[blocks, h]
+        return self.data[h][blocks]
 
     def nbytes(self) -> int:
-        return self.data.nbytes
+        return sum(d.nbytes for d in self.data)
 
 
 class ClusterStore:
@@ -98,8 +97,9 @@ class ClusterStore:
         self.backend = backend
         self.threshold, self.max_size, self.horizon = threshold, max_size, horizon
         words = -(-planes.shape[1] // 64)
-        self.codes = np.zeros((kvh, capacity, words), np.uint64)  # cluster codes (the founder's)
+        # resident window of head h: clusters lo[h], lo[h] + 1, ... are column / row i = id - lo[h] of
         self.means_t = np.zeros((kvh, hd, capacity), np.float32)  # representatives, transposed for scoring
+        self.codes = np.zeros((kvh, capacity, words), np.uint64)  # cluster codes (the founder's)
         self.counts = np.zeros((kvh, capacity), np.int64)  # TC
         self.start = np.full((kvh, capacity), -1, np.int64)  # offset in the sealed arena; -1 while open
         self.nclu = np.zeros(kvh, np.int64)
@@ -109,31 +109,32 @@ class ClusterStore:
         self.open_sums: list[np.ndarray] = [np.zeros((0, hd), np.float64) for _ in range(kvh)]
         self.sealed = [_Rows(hd, 1024) for _ in range(kvh)]
         self.pending = [_Rows(hd, 256) for _ in range(kvh)]  # open area: owner -1 = moved out
-        # two-level tables (fine > 0): ids < lo are retired in blocks; means_t column i is cluster lo + i
+        # two-level tables (fine > 0): ids < lo[h] of head h are retired, in nblk[h] blocks
         self.fine, self.block, self.tau_coarse = fine, block, tau_coarse
-        self.lo = 0
-        self.nblk = 0
+        self.lo = np.zeros(kvh, np.int64)
+        self.nblk = np.zeros(kvh, np.int64)
         self.cmeans_t = np.zeros((kvh, hd, 0), np.float32)  # coarse representatives of the blocks
         self.ccounts = np.zeros((kvh, 0), np.int64)  # tokens per block
         self.archive = MemoryArchive(kvh, block, hd)  # fine representatives of retired blocks
 
     @property
     def means(self) -> np.ndarray:
-        """Resident fine representatives [KVH, cap, hd] of clusters lo, lo + 1, ...: a view of means_t
-        (scores are then one plain GEMM per head)."""
+        """Resident fine representatives [KVH, cap, hd] of clusters lo[h], lo[h] + 1, ...: a view of
+        means_t (scores are then one plain GEMM per head)."""
         return self.means_t.swapaxes(1, 2)
 
     @property
     def tokens(self) -> np.ndarray:
         return self.counts.sum(-1)  # [KVH]
 
-    def _grow(self, need: int) -> None:
-        self._grow_window(need - self.lo)
+    def _grow(self, need: int, h: int) -> None:
+        """Room for cluster ids < need of head h."""
+        self._grow_window(need - int(self.lo[h]))
         cap = self.counts.shape[1]
         if need <= cap:
             return
         cap = max(need, cap + cap // 4, 256)  # x1.25: a smaller transient than doubling (old + new coexist)
-        for name, fill in (("codes", 0), ("counts", 0), ("start", -1)):
+        for name, fill in (("counts", 0), ("start", -1)):
             a = getattr(self, name)
             b = np.full((self.kvh, cap, *a.shape[2:]), fill, a.dtype)
             b[:, : a.shape[1]] = a
@@ -143,9 +144,12 @@ class ClusterStore:
         cap = self.means_t.shape[2]
         if need <= cap:
             return
-        mt = np.zeros((self.kvh, self.hd, max(need, cap + cap // 4, 256)), np.float32)
+        new = max(need, cap + cap // 4, 256)
+        mt = np.zeros((self.kvh, self.hd, new), np.float32)
         mt[:, :, :cap] = self.means_t
-        self.means_t = mt
+        cd = np.zeros((self.kvh, new, self.codes.shape[2]), np.uint64)
+        cd[:, :cap] = self.codes
+        self.means_t, self.codes = mt, cd
 
     def push(self, k: np.ndarray, v: np.ndarray, pos: np.ndarray, kc: np.ndarray, ks: np.ndarray) -> None:
         """k, v [KVH, m, hd] (storage form), pos [m]; kc, ks [KVH, m, hd]: the keys hashed for
@@ -153,18 +157,19 @@ class ClusterStore:
         codes = self.backend.hash_codes(kc, self.planes)  # [KVH, m, W]
         for h in range(self.kvh):
             cand = self.open[h]
-            a = self.backend.cluster_assign(codes[h], self.codes[h, cand], self.counts[h, cand],
+            lo = int(self.lo[h])
+            a = self.backend.cluster_assign(codes[h], self.codes[h, cand - lo], self.counts[h, cand],
                                             threshold=self.threshold, max_size=self.max_size, horizon=self.horizon)
             c = cand.size
             nnew = max(int(a.max()) + 1 - c, 0)
             first_id = int(self.nclu[h])
-            self._grow(first_id + nnew)
+            self._grow(first_id + nnew, h)
             ext = np.concatenate([cand, np.arange(first_id, first_id + nnew, dtype=np.int64)])
             gid = ext[a]  # [m] cluster id per token
             u, first, inv = np.unique(a, return_index=True, return_inverse=True)
             if nnew:
                 new = u >= c
-                self.codes[h, ext[u[new]]] = codes[h, first[new]]
+                self.codes[h, ext[u[new]] - lo] = codes[h, first[new]]
                 self.nclu[h] += nnew
             ids = ext[u]  # the clusters this batch touched
             onehot = (inv[None, :] == np.arange(u.size)[:, None])  # [u, m]
@@ -172,7 +177,7 @@ class ClusterStore:
             sums[:c] = self.open_sums[h]
             sums[u] += onehot.astype(np.float64) @ ks[h]
             self.counts[h, ids] += onehot.sum(1)
-            self.means[h, ids - self.lo] = sums[u] / self.counts[h, ids, None]
+            self.means[h, ids - lo] = sums[u] / self.counts[h, ids, None]
             self.pending[h].append(k[h], v[h], pos, gid)
             open_ok = self.counts[h, ext] < self.max_size
             if open_ok.all() and ext.size <= self.horizon:
@@ -186,73 +191,85 @@ class ClusterStore:
             mark[keep] = False
             self._seal(h, ext[mark[ext]])
         if self.fine:
-            self._retire()
+            for h in range(self.kvh):
+                self._retire(h)
 
     # ------------------------------------------------------------------ two-level tables
 
-    def _retire(self) -> None:
-        """Retire blocks of the oldest resident clusters while every head has more than `fine` (and
-        more than its open horizon) newer ones and the block is sealed (an open cluster still grows)."""
+    def _retire(self, h: int) -> None:
+        """Retire blocks of head h's oldest resident clusters while it has more than `fine` (and more
+        than its open horizon) newer ones and the block is sealed (an open cluster still grows)."""
         b = self.block
         keep = max(self.fine, self.horizon)
-        while self.lo + b <= int(self.nclu.min()) - keep and (self.start[:, self.lo : self.lo + b] >= 0).all():
-            lo, j = self.lo, self.nblk
-            cnt = self.counts[:, lo : lo + b]  # [KVH, b]
-            fine = self.means_t[:, :, :b]  # [KVH, hd, b]
-            self.archive.put(j, fine.swapaxes(1, 2))
-            tot = cnt.sum(1)
+        while (lo := int(self.lo[h])) + b <= int(self.nclu[h]) - keep and (self.start[h, lo : lo + b] >= 0).all():
+            j = int(self.nblk[h])
+            cnt = self.counts[h, lo : lo + b]  # [b]
+            fine = self.means_t[h, :, :b]  # [hd, b]
+            self.archive.put(h, j, fine.T)
             if j >= self.ccounts.shape[1]:
                 cap = max(j + 1, self.ccounts.shape[1] * 5 // 4, 64)
                 cm = np.zeros((self.kvh, self.hd, cap), np.float32)
-                cm[:, :, :j] = self.cmeans_t[:, :, :j]
+                cm[:, :, : self.cmeans_t.shape[2]] = self.cmeans_t
                 cc = np.zeros((self.kvh, cap), np.int64)
-                cc[:, :j] = self.ccounts[:, :j]
+                cc[:, : self.ccounts.shape[1]] = self.ccounts
                 self.cmeans_t, self.ccounts = cm, cc
-            w = cnt / np.maximum(tot, 1)[:, None]  # token-weighted: the mean of the block's tokens
-            self.cmeans_t[:, :, j] = np.matmul(fine, w[:, :, None].astype(np.float32))[:, :, 0]
-            self.ccounts[:, j] = tot
-            n = int(self.nclu.max()) - lo  # resident columns in use
-            self.means_t[:, :, : n - b] = self.means_t[:, :, b:n]
-            self.means_t[:, :, n - b : n] = 0
-            self.lo, self.nblk = lo + b, j + 1
+            tot = int(cnt.sum())
+            self.cmeans_t[h, :, j] = fine @ (cnt / max(tot, 1)).astype(np.float32)  # the mean of the block's tokens
+            self.ccounts[h, j] = tot
+            n = int(self.nclu[h]) - lo  # resident columns in use
+            self.means_t[h, :, : n - b] = self.means_t[h, :, b:n]
+            self.means_t[h, :, n - b : n] = 0
+            self.codes[h, : n - b] = self.codes[h, b:n]
+            self.lo[h], self.nblk[h] = lo + b, j + 1
 
     def forget(self, h: int, ids: np.ndarray) -> None:
         """Clusters `ids` of head h are gone (their tokens dropped): they weigh nothing from now on."""
         self.counts[h, ids] = 0
-        old = np.unique(ids[ids < self.lo] // self.block)
-        for j in old.tolist():
-            self.ccounts[h, j] = self.counts[h, j * self.block : (j + 1) * self.block].sum()
+        b = self.block
+        for j in np.unique(ids[ids < self.lo[h]] // b).tolist():
+            self.ccounts[h, j] = self.counts[h, j * b : (j + 1) * b].sum()
 
     def score(self, q: np.ndarray, tau: float) -> tuple[np.ndarray, np.ndarray]:
         """q [KVH, R, hd] scoring queries -> (keep [KVH, C] bool, mass [KVH, C] f32) over cluster ids
         0..C-1 (C = the most clusters of any head); clusters that were not scored weigh 0."""
         c = int(self.nclu.max())
-        lo = self.lo
-        if self.nblk == 0:
-            return self.backend.score_select(q, self.means[:, : c - lo], self.counts[:, lo:c], tau=tau)
-        bk, _ = self.backend.score_select(q, self.cmeans_t[:, :, : self.nblk].swapaxes(1, 2),
-                                          self.ccounts[:, : self.nblk], tau=self.tau_coarse)
-        b, w = self.block, c - lo
+        if not self.nblk.any():  # one level: every representative is resident
+            return self.backend.score_select(q, self.means[:, :c], self.counts[:, :c], tau=tau)
+        nb = int(self.nblk.max())
+        bk, _ = self._select(q, self.cmeans_t[:, :, :nb].swapaxes(1, 2), self.ccounts[:, :nb], self.tau_coarse)
+        b = self.block
         blocks = [np.flatnonzero(bk[h]) for h in range(self.kvh)]
-        r = max(x.size for x in blocks) * b + w
+        win = self.nclu - self.lo  # resident clusters per head
+        r = int(max(x.size * b + int(w) for x, w in zip(blocks, win, strict=True)))
         reps = np.zeros((self.kvh, self.hd, r), np.float32)  # candidates: kept blocks' clusters, then the window
-        ids = np.zeros((self.kvh, r), np.int64)
+        ids = np.full((self.kvh, r), -1, np.int64)
         for h, x in enumerate(blocks):
-            m = x.size * b
+            m, w, lo = x.size * b, int(win[h]), int(self.lo[h])
             if m:
                 reps[h, :, :m] = self.archive.get(h, x).reshape(m, self.hd).T
                 ids[h, :m] = (x[:, None] * b + np.arange(b)).ravel()
             reps[h, :, m : m + w] = self.means_t[h, :, :w]
-            ids[h, m : m + w] = np.arange(lo, c)
-            ids[h, m + w :] = -1
+            ids[h, m : m + w] = np.arange(lo, lo + w)
         cnt = np.where(ids >= 0, np.take_along_axis(self.counts[:, :c], np.maximum(ids, 0), 1), 0)
-        k2, m2 = self.backend.score_select(q, reps.swapaxes(1, 2), cnt, tau=tau)
+        k2, m2 = self._select(q, reps.swapaxes(1, 2), cnt, tau)
         keep = np.zeros((self.kvh, c), bool)
         mass = np.zeros((self.kvh, c), np.float32)
         for h in range(self.kvh):
             ok = ids[h] >= 0
             keep[h, ids[h, ok]] = k2[h, ok]
             mass[h, ids[h, ok]] = m2[h, ok]
+        return keep, mass
+
+    def _select(self, q: np.ndarray, reps: np.ndarray, counts: np.ndarray, tau: float) -> tuple[np.ndarray, np.ndarray]:
+        """The backend's score_select over the heads that have a candidate (a head may have no
+        retired block yet, or have had all its blocks dropped)."""
+        some = (counts > 0).any(1)
+        if some.all():
+            return self.backend.score_select(q, reps, counts, tau=tau)
+        keep = np.zeros(counts.shape, bool)
+        mass = np.zeros(counts.shape, np.float32)
+        if some.any():
+            keep[some], mass[some] = self.backend.score_select(q[some], reps[some], counts[some], tau=tau)
         return keep, mass
 
     def _seal(self, h: int, ids: np.ndarray) -> None:
