@@ -45,6 +45,17 @@ def rss_bytes() -> int:
     return 0
 
 
+def rss_parts() -> dict[str, int]:
+    """/proc/self/status: anonymous memory (heap, arrays) vs file pages (code, libraries, the model's
+    mapped weights)."""
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key = line.split(":")[0]
+        if key in ("RssAnon", "RssFile"):
+            out[key.lower().replace("rss", "rss_")] = int(line.split()[1]) * 1024
+    return out
+
+
 def malloc_stats() -> dict[str, int]:
     """glibc mallinfo2: bytes in use in malloc's arenas, free bytes they still hold, bytes in
     separate mappings (big arrays). RSS minus these is code, libraries and onnxruntime."""
@@ -124,7 +135,7 @@ def soak(args: argparse.Namespace) -> dict:
             rep = s.tiers.report() if s.tiers is not None else {}
             rows.append({"frame": i + 1, "stream_min": (i + 1) / 120, "tokens": s.position, "rss": rss,
                          "kv": r["kv"], "hot": r["hot"], "workspace": r["workspace"], "open": r["open"],
-                         "tables": r["tables"], **malloc_stats(), "cold": rep.get("cold_bytes", 0), "evicted": rep.get("evicted", 0),
+                         "tables": r["tables"], **rss_parts(), **malloc_stats(), "cold": rep.get("cold_bytes", 0), "evicted": rep.get("evicted", 0),
                          "fetched": rep.get("fetched", 0), "retired": rep.get("retired"), "captions": captions,
                          "frame_ms_median": statistics.median(lat[-args.every :]), "wall_s": time.perf_counter() - t0})
             print(json.dumps(rows[-1]), flush=True)
