@@ -155,6 +155,140 @@ def test_full_disk_can_drop_the_oldest_clusters(tmp_path: Path):
     mgr.close(None)
 
 
+def _filled_log(tmp_path: Path, rows: int = 600):
+    """A cold log of 4-dim heads, segments of 100 rows; global row g holds k = v = pos = g."""
+    from vrex_edge.runtime.kvstore.cold import ColdLog
+
+    log = ColdLog(tmp_path, 0, 4, segment_bytes=100 * 40, writer=None)
+    for _ in range(rows // 50):  # sealed batches of 50 rows (a new segment starts one row after the last)
+        nxt = log.next_row if not log.segments or log.segments[-1].rows + 50 <= 100 else log.next_row + 1
+        r = np.arange(nxt, nxt + 50)
+        k = np.repeat(r[:, None], 4, axis=1).astype(np.float32)
+        assert log.append(log.record(k, k, r)) == nxt
+    return log
+
+
+@pytest.mark.parametrize("junk_bytes,iov_max", [(0, 512), (40 * 6, 512), (40 * 64, 512), (40 * 64, 4)])
+def test_cold_reads_over_gaps_bring_the_right_rows(junk_bytes, iov_max, tmp_path: Path, monkeypatch):
+    import os
+
+    from vrex_edge.runtime.kvstore import cold
+
+    log = _filled_log(tmp_path)
+    assert len(log.segments) > 3  # reads must not run over a segment's end
+    rng = np.random.default_rng(0)
+    starts, counts = [], []
+    for seg in log.segments:  # clusters of 1-5 rows, 0-12 rows apart, touching segment ends
+        r = seg.base
+        while r < seg.base + seg.rows:
+            n = min(int(rng.integers(1, 6)), seg.base + seg.rows - r)
+            if rng.random() < 0.6:
+                starts.append(r)
+                counts.append(n)
+            r += n + int(rng.integers(0, 13)) * (rng.random() < 0.5)
+    bufs = [np.full((n, log.rec), np.nan, np.float32) for n in counts]
+    calls = []
+    preadv = os.preadv
+    monkeypatch.setattr(os, "preadv", lambda fd, iov, off: calls.append(len(iov)) or preadv(fd, iov, off))
+    monkeypatch.setattr(cold, "IOV_MAX", iov_max)
+    junk = np.empty(junk_bytes, np.uint8) if junk_bytes else None
+    got = log.read_runs(np.array(starts), bufs, junk)
+    assert got == sum(counts) * log.row_bytes
+    for r, n, b in zip(starts, counts, bufs, strict=True):
+        want = np.arange(r, r + n)
+        assert np.array_equal(b[:, :8], np.repeat(want[:, None], 8, axis=1).astype(np.float32))
+        assert np.array_equal(b[:, 8:].view(np.int64)[:, 0], want)
+    runs = 1 + sum(s != a + n for a, n, s in zip(starts, counts, starts[1:], strict=False))  # exact adjacency
+    assert max(calls) <= iov_max
+    if junk_bytes == 0:
+        assert len(calls) == runs
+    elif iov_max == 512:
+        assert len(calls) < runs  # runs a few rows apart share a call
+    log.close()
+
+
+def test_cold_read_hints_are_optional_and_short_files_still_fail_clearly(tmp_path: Path, monkeypatch):
+    import os
+
+    log = _filled_log(tmp_path, rows=200)
+
+    def refuse(*a):
+        raise OSError(22, "Invalid argument")
+
+    monkeypatch.setattr(os, "posix_fadvise", refuse, raising=False)
+    bufs = [np.empty((2, log.rec), np.float32) for _ in range(3)]
+    log.read_runs(np.array([0, 10, 150]), bufs)
+    assert bufs[2][0, 8:].view(np.int64)[0] == 150
+    os.truncate(log.segments[-1].path, 10 * log.row_bytes)
+    with pytest.raises(KVStoreError, match="truncated"):
+        log.read_runs(np.array([0, 10, 180]), bufs, np.empty(400, np.uint8))
+    log.close()
+
+
+def test_eviction_takes_the_oldest_entries_as_a_full_sort_would():
+    from vrex_edge.runtime.kvstore.hot import _oldest
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(1, 5000))
+        tk = rng.integers(0, int(rng.integers(1, 50)), n) + (rng.random(n) < 0.5) * (1 << 40)  # many ties
+        sizes = rng.integers(500, 20_000, n)
+        need = int(rng.integers(1, int(sizes.sum()) + 10_000))
+        ref = np.argsort(tk, kind="stable")
+        k = min(int(np.searchsorted(np.cumsum(sizes[ref]), need)) + 1, n)
+        got = _oldest(tk, sizes, need)
+        assert np.array_equal(got[:k], ref[:k])
+
+
+def test_eviction_is_oldest_first_over_share_layers_first():
+    """HotCache evicts as a full stable sort of (over-share layers first, then tick) would."""
+    from vrex_edge.runtime.kvstore.hot import HotCache
+
+    rng = np.random.default_rng(1)
+    for trial in range(20):
+        hc = HotCache(4, 2)
+        for li in range(4):
+            for h in range(2):
+                for c in np.flatnonzero(rng.random(int(rng.integers(1, 300))) < 0.7).tolist():
+                    n = int(rng.integers(1, 8)) * 40
+                    assert hc.make_room(n, 1 << 40, layer=li)
+                    hc.put(li, h, c, np.empty(n // 4, np.float32), int(rng.integers(0, 20 + 40 * li * (trial % 2))))
+        hc.now = 1000
+        layer, ask = int(rng.integers(-1, 4)), int(rng.integers(0, 5000))
+        limit = hc.bytes - int(rng.integers(1, hc.bytes // 2))
+        use = hc.layer_bytes.copy()
+        if layer >= 0:
+            use[layer] += ask
+        over = use > limit // 4
+        keys, where = [], []
+        for li in range(4):
+            for h in range(2):
+                ids = np.flatnonzero(hc.tick[li][h] >= 0)
+                keys.append(hc.tick[li][h][ids] + (0 if over[li] else 1 << 40))
+                where += [(li, h, c, int(hc.size[li][h][c])) for c in ids.tolist()]
+        order = np.argsort(np.concatenate(keys), kind="stable")
+        cum = np.cumsum([where[i][3] for i in order])
+        k = min(int(np.searchsorted(cum, hc.bytes + ask - limit)) + 1, order.size)
+        want = {where[i][:3] for i in order[:k]}
+        before = {(li, h, c) for li in range(4) for h in range(2) for c in hc.entries[li][h]}
+        ok = hc.make_room(ask, limit, layer=layer)
+        after = {(li, h, c) for li in range(4) for h in range(2) for c in hc.entries[li][h]}
+        assert before - after == want
+        held = [sum(r.nbytes for d in rows for r in d.values()) for rows in hc.entries]  # the bulk release adds up
+        assert hc.layer_bytes.tolist() == [b + (ask if ok and li == layer else 0) for li, b in enumerate(held)]
+
+
+def test_gap_buffer_counts_in_the_budget(tmp_path: Path):
+    text = make_text()
+    caches = layer_caches(text, 2)
+    mgr = attach_tiers(fake_session(caches), TierConfig(budget=800_000, root=tmp_path, prefetch=False))
+    assert mgr.junk.nbytes > 0
+    assert mgr.fixed_total() == int(mgr.fixed.sum()) + mgr.fixed_ws + mgr.scratch.nbytes + mgr.junk.nbytes
+    r = mgr.resident()
+    assert r["workspace"] >= mgr.scratch.nbytes + mgr.junk.nbytes
+    mgr.close(None)
+
+
 # ---------------------------------------------------------------- whole model (tiny videollm)
 
 FRAMES = 24

@@ -90,12 +90,17 @@ class HotCache:
 
     def discard(self, layer: int, h: int, ids: np.ndarray) -> None:
         d, t = self.entries[layer][h], self.tick[layer][h]
-        for c in ids.tolist():
-            rec = d.pop(c, None)
-            if rec is not None:
-                self.release(rec.nbytes, layer)
-                self.freed += rec.nbytes
-                t[c] = -1
+        ids = ids[ids < t.size]
+        ids = ids[t[ids] >= 0]  # present (an entry has a tick >= 0 exactly while it is in d)
+        if ids.size == 0:
+            return
+        pop = d.pop
+        for c in ids.tolist():  # an eviction drops ~15K entries: one bulk release, not one per entry
+            pop(c)
+        t[ids] = -1
+        n = int(self.size[layer][h][ids].sum())
+        self.release(n, layer)
+        self.freed += n
 
     def _evict(self, need: int, floor: int, limit: int, layer: int, nbytes: int) -> None:
         use = self.layer_bytes.copy()
@@ -103,18 +108,25 @@ class HotCache:
             use[layer] += nbytes
         over = use > max(limit, 0) // len(self.tick)  # [L] layers above their fair share
         ticks, sizes, where = [], [], []
-        for li, rows in enumerate(self.tick):
-            for h, t in enumerate(rows):
-                ids = np.flatnonzero((t >= 0) & (t < floor))
-                if ids.size:
-                    ticks.append(t[ids] + (0 if over[li] else 1 << 40))  # over-share layers first
-                    sizes.append(self.size[li][h][ids])
-                    where.append((li, h, ids))
+        found = 0
+        for first in (True, False):  # over-share layers first; the others only if those cannot free `need`
+            if not first and found >= need:
+                break
+            for li, rows in enumerate(self.tick):
+                if bool(over[li]) != first:
+                    continue
+                for h, t in enumerate(rows):
+                    ids = np.flatnonzero((t >= 0) & (t < floor))
+                    if ids.size:
+                        ticks.append(t[ids] + (0 if first else 1 << 40))
+                        sizes.append(self.size[li][h][ids])
+                        found += int(sizes[-1].sum())
+                        where.append((li, h, ids))
         if not ticks:
             return
-        tk = np.concatenate(ticks)
-        order = np.argsort(tk, kind="stable")
-        cum = np.cumsum(np.concatenate(sizes)[order])
+        tk, sz = np.concatenate(ticks), np.concatenate(sizes)
+        order = _oldest(tk, sz, need)
+        cum = np.cumsum(sz[order])
         k = min(int(np.searchsorted(cum, need)) + 1, order.size)
         chosen = np.zeros(tk.size, bool)
         chosen[order[:k]] = True
@@ -128,3 +140,18 @@ class HotCache:
 
     def count(self) -> int:
         return sum(len(d) for rows in self.entries for d in rows)
+
+
+def _oldest(tk: np.ndarray, sizes: np.ndarray, need: int) -> np.ndarray:
+    """The head of np.argsort(tk, kind="stable") that holds at least `need` bytes (or all of it).
+    A full sort of every hot entry took ~35 ms at 500K entries, on each eviction; a partition
+    finds the few thousand oldest in ~2 ms. Every entry tied with the last one taken comes along,
+    so the head (and what is evicted) is the full sort's."""
+    m = max(256, 2 * need // max(int(sizes.mean()), 1))
+    while m < tk.size:
+        bound = tk[np.argpartition(tk, m - 1)[m - 1]]  # the m-th smallest tick
+        head = np.flatnonzero(tk <= bound)
+        if int(sizes[head].sum()) >= need:
+            return head[np.argsort(tk[head], kind="stable")]
+        m *= 4
+    return np.argsort(tk, kind="stable")

@@ -36,8 +36,8 @@ from vrex_edge.runtime.kvstore.tables import FileArchive
 from vrex_edge.runtime.retrieval.clusters import _Rows
 
 T = TypeVar("T")
-IOV_MAX = 512  # buffers per preadv call (Linux allows 1024)
 SCRATCH_ROWS = 1024  # rows (at most) of the scratch that hot records are joined in before a gather splits them
+GAP_BYTES = 16 << 10  # unselected rows up to this much between two records to read are read too (one preadv)
 
 
 class LayerTier:
@@ -79,7 +79,7 @@ class LayerTier:
             hot.touch(layer, h, sel)
             miss = hot.absent(layer, h, sel)
             total = int(counts[miss].sum()) * row
-            whole = miss.size == 0 or hot.make_room(total, mgr.hot_limit(), layer=layer)
+            whole = miss.size == 0 or hot.make_room(total, mgr.hot_limit(), layer=layer, slack=mgr.slack())
             if whole:
                 if miss.size:
                     hot.release(total, layer)  # fetch reserves it again
@@ -171,6 +171,7 @@ class TierManager:
         rec_bytes = (2 * self.hd + 2) * 4
         rows = int(np.clip(self.budget // 64 // rec_bytes, 32, SCRATCH_ROWS))  # 1/64 of the budget at most
         self.scratch = np.empty((rows, 2 * self.hd + 2), np.float32)  # hot records joined there for a copy
+        self.junk = np.empty(min(GAP_BYTES, self.budget // 256), np.uint8)  # where a read's gap rows land
         for i, c in enumerate(self.caches):
             st = c.store
             st.tier = LayerTier(self, i)
@@ -233,7 +234,7 @@ class TierManager:
         self.fixed[layer] = c.sink_k.nbytes + c.sink_v.nbytes + ring + rows
 
     def fixed_total(self) -> int:
-        return int(self.fixed.sum()) + self.fixed_ws + self.scratch.nbytes
+        return int(self.fixed.sum()) + self.fixed_ws + self.scratch.nbytes + self.junk.nbytes
 
     def cold_only(self) -> bool:
         """Whether some sealed cluster lives only on disk (else there is nothing to prefetch)."""
@@ -269,10 +270,10 @@ class TierManager:
         then, if `demote`, giving per-layer buffers up)."""
         with self.hot.lock:
             self.hot.begin()  # called between gathers: nothing cached is in use (unpin the last gather's)
-            limit = self.hot_limit() - extra
-            if (limit < 0 or not self.hot.make_room(0, limit)) and demote and self.demote():
+            limit = self.hot_limit() - extra  # slack: one eviction (a scan of every hot entry) serves several calls
+            if (limit < 0 or not self.hot.make_room(0, limit, slack=self.slack())) and demote and self.demote():
                 limit = self.hot_limit() - extra
-            if limit < 0 or not self.hot.make_room(0, limit):
+            if limit < 0 or not self.hot.make_room(0, limit, slack=self.slack()):
                 raise KVStoreError(
                     f"--kv-budget {_mib(self.budget)} is too small: the sink, recent window, open clusters and "
                     f"the attended set need {_mib(self.fixed_total() + extra)} before any cached cluster; "
@@ -350,12 +351,8 @@ class TierManager:
             tick = hot.now if not prefetch else hot.now - 1
         t0 = time.perf_counter()
         recs = [np.empty((int(n), log.rec), np.float32) for n in cnt]
-        st = start[ids]
-        cuts = np.flatnonzero(st[1:] != st[:-1] + cnt[:-1]) + 1  # contiguous runs of clusters
         try:
-            for a, b in zip(np.r_[0, cuts].tolist(), np.r_[cuts, ids.size].tolist(), strict=True):
-                for s in range(a, b, IOV_MAX):
-                    log.read(int(st[s]), recs[s : min(b, s + IOV_MAX)])
+            log.read_runs(start[ids], recs, self.junk)
         except BaseException:
             with hot.lock:
                 hot.release(total, layer)
@@ -381,7 +378,7 @@ class TierManager:
                      for c in self.caches)
         open_ = sum(x.nbytes() for c in self.caches for x in c.store.pending + c.store.sealed)
         tables = sum(c.store.table_nbytes() for c in self.caches)
-        ws = self.workspace.nbytes() + self.scratch.nbytes + sum(a.nbytes for c in self.caches if c.workspace is not self.workspace
+        ws = self.workspace.nbytes() + self.scratch.nbytes + self.junk.nbytes + sum(a.nbytes for c in self.caches if c.workspace is not self.workspace
                                            for a in (c.buf_k, c.buf_v, c.buf_pos) if a is not None)
         kv = sink + recent + open_ + ws + self.hot.bytes
         return {"sink": sink, "recent": recent, "open": open_, "workspace": ws,
