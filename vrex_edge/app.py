@@ -56,7 +56,9 @@ def stats_rows(stats: Any) -> list[tuple[str, str]]:
         rows.append(("KV tiers", f"resident {human_bytes(tiers['kv'])} (peak {human_bytes(tiers['peak'])}) of {budget}, "
                                  f"tables {human_bytes(tiers['tables'])}, on disk {human_bytes(tiers['cold_bytes'])}, "
                                  f"{tiers['fetched']} clusters read on demand"
-                                 + (f", prefetch recall {100 * pf:.0f}%" if pf is not None else "")))
+                                 + (f", prefetch recall {100 * pf:.0f}%" if pf is not None else "")
+                                 + (f", {tiers['retired']['blocks']} blocks of representatives retired to disk"
+                                    if (tiers.get("retired") or {}).get("blocks") else "")))
     timing = retrieval.get("seconds") or {}
     if timing:
         rows.append(("retrieval time", ", ".join(f"{k} {1000 * v:.0f} ms" for k, v in sorted(timing.items()))))
