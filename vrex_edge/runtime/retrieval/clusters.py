@@ -97,7 +97,7 @@ class ClusterStore:
         self.backend = backend
         self.threshold, self.max_size, self.horizon = threshold, max_size, horizon
         words = -(-planes.shape[1] // 64)
-        # resident window of head h: clusters lo[h], lo[h] + 1, ... are column / row i = id - lo[h] of
+        # the resident window of head h: cluster lo[h] + i is column i of means_t[h] and row i of codes[h]
         self.means_t = np.zeros((kvh, hd, capacity), np.float32)  # representatives, transposed for scoring
         self.codes = np.zeros((kvh, capacity, words), np.uint64)  # cluster codes (the founder's)
         self.counts = np.zeros((kvh, capacity), np.int64)  # TC
