@@ -36,6 +36,16 @@ def _pwrite(fd: int, data: memoryview, off: int) -> int:
     return os.pwrite(fd, data, off)
 
 
+def write_all(write: Writer, fd: int, array: np.ndarray, off: int) -> None:
+    """Write an array's bytes at `off` through `write` (os.pwrite's signature), retrying short writes."""
+    data = memoryview(np.ascontiguousarray(array)).cast("B")
+    while data:
+        n = write(fd, data, off)
+        if n <= 0:
+            raise OSError(errno.EIO, "short write")
+        data, off = data[n:], off + n
+
+
 class ColdLog:
     """Layer `layer`'s cold rows. rec = 2*hd + 2 float32 words: k [hd], v [hd], pos (int64)."""
 
@@ -80,13 +90,7 @@ class ColdLog:
         seg = self.segments[-1] if self.segments else None
         if seg is None or (seg.rows and seg.rows + m > self.segment_rows):
             seg = self._open(0 if seg is None else seg.base + seg.rows + 1)  # +1: runs never span files
-        data = memoryview(np.ascontiguousarray(rec)).cast("B")
-        off = seg.rows * self.row_bytes
-        while data:
-            n = self.write_fn(seg.fd, data, off)
-            if n <= 0:
-                raise OSError(errno.EIO, "short write")
-            data, off = data[n:], off + n
+        write_all(self.write_fn, seg.fd, rec, seg.rows * self.row_bytes)
         start = seg.base + seg.rows
         seg.rows += m
         self.written += m * self.row_bytes

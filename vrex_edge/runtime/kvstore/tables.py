@@ -17,11 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from vrex_edge.errors import KVStoreError
+from vrex_edge.runtime.kvstore.cold import write_all
+from vrex_edge.runtime.kvstore.config import Writer
 
 
 class FileArchive:
     def __init__(self, folder: Path, layer: int, kvh: int, block: int, hd: int,
-                 write: Callable[[Callable[[], None]], None], pwrite: Callable[[int, memoryview, int], int] = os.pwrite):
+                 write: Callable[[Callable[[], None]], None], pwrite: Writer = os.pwrite):
         self.block, self.hd = block, hd
         self.rec = block * hd * 4  # bytes of one block of one head
         self.write = write  # the tier manager's write path (disk full -> drop-oldest or a clean error)
@@ -34,8 +36,8 @@ class FileArchive:
 
     def put(self, h: int, j: int, fine: np.ndarray) -> None:
         """Block j of head h: fine representatives [block, hd]."""
-        data = memoryview(np.ascontiguousarray(fine, np.float32)).cast("B")
-        self.write(lambda: _pwrite_all(self.pwrite, self.fds[h], data, j * self.rec))
+        rows = np.asarray(fine, np.float32)
+        self.write(lambda: write_all(self.pwrite, self.fds[h], rows, j * self.rec))
 
     def get(self, h: int, blocks: np.ndarray) -> np.ndarray:
         """-> [len(blocks), block, hd] fine representatives of head h (blocks ascending)."""
@@ -67,10 +69,3 @@ class FileArchive:
             os.close(fd)
         self.fds = []
 
-
-def _pwrite_all(pwrite: Callable[[int, memoryview, int], int], fd: int, data: memoryview, off: int) -> None:
-    while data:
-        n = pwrite(fd, data, off)
-        if n <= 0:
-            raise OSError(5, "short write")
-        data, off = data[n:], off + n
