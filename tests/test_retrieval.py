@@ -7,7 +7,7 @@ import pytest
 
 from vrex_edge.bundle import RopeSpec, TextSpec
 from vrex_edge.errors import ConfigError
-from vrex_edge.runtime.kvcache import FullKV, make_policy
+from vrex_edge.runtime.retrieval import FullKV, make_policy
 from vrex_edge.runtime.rope import Rope
 
 

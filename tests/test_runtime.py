@@ -10,8 +10,8 @@ from vrex_edge.bundle import VisionSpec
 from vrex_edge.errors import ConfigError
 from vrex_edge.runtime.engine import Model, load_model
 from vrex_edge.runtime.events import Answer, Caption, FrameProcessed, Stats
-from vrex_edge.runtime.kvcache import make_policy
 from vrex_edge.runtime.preprocess import Preprocessor
+from vrex_edge.runtime.retrieval import make_policy
 from vrex_edge.runtime.session import StreamSession
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,8 +12,9 @@ import pytest
 from tests.terminal import answers, ask_until_done, spawn_cli
 from tests.test_retrieval import make_text, stream
 from vrex_edge.errors import VrexError
-from vrex_edge.runtime.kvcache import make_policy
-from vrex_edge.runtime.kvstore import KVStoreError, TierConfig, attach_tiers, parse_bytes
+from vrex_edge.runtime.kvstore import KVStoreError, TierConfig, TierManager, parse_bytes
+from vrex_edge.runtime.kvstore.resume import FORMAT
+from vrex_edge.runtime.retrieval import make_policy
 from vrex_edge.runtime.rope import Rope
 
 # dense_below=0: select from the first cluster on; incremental=0: the resident reference gathers
@@ -28,8 +28,14 @@ def layer_caches(text, layers: int, **opts):
     return [f(i, text, rope) for i in range(layers)]
 
 
-def fake_session(caches):
-    return SimpleNamespace(model=SimpleNamespace(lookahead=None), caches=caches, policy="resv")
+def tiered_caches(text, layers: int, config: TierConfig, **opts):
+    """Caches built over a TierManager's storage, bound to it -> (caches, manager)."""
+    mgr = TierManager(config, layers=layers, kvh=text.num_kv_heads, hd=text.head_dim)
+    f = make_policy("resv", **{**OPTS, **opts})
+    rope = Rope(text.rope)
+    caches = [f(i, text, rope, mgr.storage) for i in range(layers)]
+    mgr.bind(caches)
+    return caches, mgr
 
 
 def feed(caches, text, chunks, *, mgr=None, budget=None, seed=0):
@@ -58,8 +64,7 @@ CHUNKS = [10] * 120 + [1] * 10 + [10] * 40
 def test_tiered_equals_resident_under_a_small_budget(opts, budget, tmp_path: Path):
     text = make_text(max_positions=8192)
     ref = feed(layer_caches(text, 2, **opts), text, CHUNKS)
-    caches = layer_caches(text, 2, **opts)
-    mgr = attach_tiers(fake_session(caches), TierConfig(budget=budget, root=tmp_path, prefetch=False))
+    caches, mgr = tiered_caches(text, 2, TierConfig(budget=budget, root=tmp_path, prefetch=False), **opts)
     got = feed(caches, text, CHUNKS, mgr=mgr, budget=budget)
     rep = mgr.report()
     for a, b in zip(ref, got, strict=True):
@@ -80,20 +85,19 @@ def test_tiered_equals_resident_under_a_small_budget(opts, budget, tmp_path: Pat
         assert rep["retired"]["blocks"] > 0 and rep["retired"]["reads"] > 0
     folder = Path(rep["folder"])
     assert any(folder.iterdir())
-    mgr.close(None)
+    mgr.close()
     assert not folder.exists()  # a temporary store is removed
 
 
 def test_budget_too_small_is_a_clear_error(tmp_path: Path):
     text = make_text()
-    caches = layer_caches(text, 1)
     with pytest.raises(KVStoreError, match="too small"):
-        attach_tiers(fake_session(layer_caches(text, 1)), TierConfig(budget=1_000, root=tmp_path))
+        tiered_caches(text, 1, TierConfig(budget=1_000, root=tmp_path))
     assert not any(tmp_path.iterdir())
-    mgr = attach_tiers(fake_session(caches), TierConfig(budget=60_000, root=tmp_path, prefetch=False))
+    caches, mgr = tiered_caches(text, 1, TierConfig(budget=60_000, root=tmp_path, prefetch=False))
     with pytest.raises(KVStoreError, match="too small"):
         feed(caches, text, [10] * 40)
-    mgr.close(None, ok=False)
+    mgr.close(ok=False)
     assert not any(tmp_path.iterdir())
 
 
@@ -124,21 +128,19 @@ class QuotaWriter:
 @pytest.mark.parametrize("err", [errno.ENOSPC, errno.EIO])
 def test_write_failure_ends_with_a_clear_error(err, tmp_path: Path):
     text = make_text()
-    caches = layer_caches(text, 2)
-    mgr = attach_tiers(fake_session(caches), TierConfig(budget=None, root=tmp_path, prefetch=False,
-                                                        writer=QuotaWriter(20_000, err)))
+    caches, mgr = tiered_caches(text, 2, TierConfig(budget=None, root=tmp_path, prefetch=False,
+                                                    writer=QuotaWriter(20_000, err)))
     with pytest.raises(KVStoreError, match="disk is full" if err == errno.ENOSPC else "write failed"):
         feed(caches, text, [10] * 60)
-    mgr.close(None, ok=False)
+    mgr.close(ok=False)
     assert not any(tmp_path.iterdir())
 
 
 def test_full_disk_can_drop_the_oldest_clusters(tmp_path: Path):
     text = make_text()
-    caches = layer_caches(text, 2)
     quota = QuotaWriter(60_000)
-    mgr = attach_tiers(fake_session(caches), TierConfig(budget=None, root=tmp_path, prefetch=False,
-                                                        on_full="drop-oldest", segment_bytes=8_000, writer=quota))
+    caches, mgr = tiered_caches(text, 2, TierConfig(budget=None, root=tmp_path, prefetch=False,
+                                                    on_full="drop-oldest", segment_bytes=8_000, writer=quota))
 
     class Freeing:  # deleting a segment frees its bytes
         def __call__(self, fd, data, off):
@@ -152,7 +154,7 @@ def test_full_disk_can_drop_the_oldest_clusters(tmp_path: Path):
     assert rep["dropped"] > 0 and rep["cold_bytes"] > 60_000
     for c in caches:  # dropped clusters are never selected again
         assert (c.store.counts[c.store.start >= 0] >= 0).all()
-    mgr.close(None)
+    mgr.close()
 
 
 def _filled_log(tmp_path: Path, rows: int = 600):
@@ -280,13 +282,12 @@ def test_eviction_is_oldest_first_over_share_layers_first():
 
 def test_gap_buffer_counts_in_the_budget(tmp_path: Path):
     text = make_text()
-    caches = layer_caches(text, 2)
-    mgr = attach_tiers(fake_session(caches), TierConfig(budget=800_000, root=tmp_path, prefetch=False))
+    caches, mgr = tiered_caches(text, 2, TierConfig(budget=800_000, root=tmp_path, prefetch=False))
     assert mgr.junk.nbytes > 0
     assert mgr.fixed_total() == int(mgr.fixed.sum()) + mgr.fixed_ws + mgr.scratch.nbytes + mgr.junk.nbytes
     r = mgr.resident()
     assert r["workspace"] >= mgr.scratch.nbytes + mgr.junk.nbytes
-    mgr.close(None)
+    mgr.close()
 
 
 # ---------------------------------------------------------------- whole model (tiny videollm)
@@ -346,7 +347,7 @@ def test_session_tiers_and_prefetch_change_nothing(model, tmp_path: Path):
         if prefetch:
             assert rep["prefetch"]["jobs"] > 0 and rep["prefetch"]["recall"] is not None
         s.close()
-    assert model.lookahead is None
+    assert not hasattr(model, "lookahead")  # the prefetcher is passed to each forward, never installed
     assert not any(tmp_path.iterdir())
 
 
@@ -393,7 +394,7 @@ def test_kept_state_is_plain_json_and_npz(model, tmp_path: Path):
     s1, _ = run_stream(model, TierConfig(budget=MODEL_BUDGET, keep=keep), list(frames(model, 10)), logits=False)
     s1.close(stream_time=5.0)
     doc = json.loads((keep / "state.json").read_text())
-    assert doc["format"] == "vrex-kv-state" and doc["format_version"] == 2
+    assert doc["format"] == "vrex-kv-state" and doc["format_version"] == FORMAT
     with np.load(keep / doc["arrays"], allow_pickle=False) as z:  # no object arrays anywhere
         assert all(z[k].dtype != object for k in z.files)
     assert not list(keep.glob("*.pkl"))
@@ -425,7 +426,7 @@ def _break_array(f: Path) -> None:  # an array of the wrong dtype (same name, an
     npz = f.parent / d["arrays"]
     with np.load(npz, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
-    ref = d["layers"][0]["store"]["@d"]["counts"]["@a"]
+    ref = d["layers"][0]["cache"]["@d"]["history"]["@d"]["store"]["@d"]["counts"]["@a"]
     arrays[ref] = arrays[ref].astype(np.float32)
     np.savez(npz, **arrays)
 

@@ -20,14 +20,15 @@ import numpy as np
 
 from vrex_edge.bench.streams import Progress, Workload
 from vrex_edge.errors import ConfigError
-from vrex_edge.runtime.kvcache import CacheFactory, FullKV, GrowingArray, LayerCache, Phase, make_policy
+from vrex_edge.runtime.kvcache import GrowingArray, LayerCache, Phase
+from vrex_edge.runtime.retrieval import FullKV, Policy, get_spec, make_policy
 from vrex_edge.runtime.retrieval.options import parse_pairs
 
 SPLIT = ("cluster", "select", "gather", "attend")
 
 
-def parse_variant(spec: str) -> tuple[str, dict[str, object]]:
-    """'resv:tau=0.95,keys=pre' -> ('resv', {'tau': 0.95, 'keys': 'pre'}); numbers are parsed."""
+def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
+    """'resv:tau=0.95,keys=pre' -> ('resv', {'tau': '0.95', 'keys': 'pre'}) (typed by the policy)."""
     name, _, rest = spec.partition(":")
     opts = parse_pairs(filter(None, rest.split(",")), where=f"policy options in {spec!r}")
     return name.strip(), opts
@@ -35,25 +36,11 @@ def parse_variant(spec: str) -> tuple[str, dict[str, object]]:
 
 def policy_defaults(name: str) -> dict[str, object]:
     """The option names (and defaults) a policy accepts."""
-    import importlib
-
-    if name == "oracle":
-        from vrex_edge.bench.oracle import DEFAULTS
-        return dict(DEFAULTS)
-    if name == "full":
-        return {}
-    try:
-        return dict(importlib.import_module(f"vrex_edge.runtime.retrieval.{name}").DEFAULTS)
-    except ModuleNotFoundError:
-        make_policy(name)  # raises the ConfigError that lists the policies
-        return {}
+    return get_spec(name).options.parse({}).resolved()
 
 
-def factory(name: str, opts: dict[str, object]) -> CacheFactory:
-    if name == "oracle":
-        from vrex_edge.bench.oracle import make_oracle
-        return make_oracle(**opts)
-    return make_policy(name, **opts)
+def factory(name: str, opts: dict[str, str]) -> Policy:
+    return make_policy(name, opts)
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -166,11 +153,11 @@ def make_filled(wl: Workload, variants: list[str], size: int, extra: int = 0,
         key = (name, tuple(sorted((k, str(v)) for k, v in opts.items() if k != "tau")))
         t0 = time.perf_counter()
         base = filled.get(key)
-        if base is not None and all(hasattr(c, "tau") for c in base):
+        tau = getattr(make.options, "tau", None)  # resv and oracle: the same fill serves every tau
+        if base is not None and tau is not None:
             caches = copy.deepcopy(base)
-            tau = float(opts.get("tau", policy_defaults(name)["tau"]))  # type: ignore[arg-type]
             for c in caches:
-                c.tau = tau  # type: ignore[attr-defined]
+                c.set_tau(tau)  # type: ignore[attr-defined]
         else:
             if progress:
                 progress(f"filling {var} to {size:,} tokens")

@@ -21,7 +21,7 @@ import numpy as np
 
 from vrex_edge.errors import ConfigError
 from vrex_edge.runtime.engine import Model, load_model
-from vrex_edge.runtime.kvcache import FullKV
+from vrex_edge.runtime.retrieval import FullKV
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE_DIR = REPO / ".cache"

@@ -24,6 +24,7 @@ from vrex_edge.runtime.threads import limit_blas_threads
 
 DEFAULT_PROVIDERS: tuple[str, ...] = ("CPUExecutionProvider",)
 ProviderArg = str | tuple[str, dict[str, Any]]
+Lookahead = Callable[[int, np.ndarray, np.ndarray, Phase], None]
 
 
 @dataclass
@@ -133,8 +134,6 @@ class Model:
         self.rope = Rope(self.text.rope)
         self.timer = StageTimer()
         self._tokenizer: Any = None
-        # Called as lookahead(layer, hidden [n, D], positions, phase) before each layer runs.
-        self.lookahead: Callable[[int, np.ndarray, np.ndarray, Phase], None] | None = None
 
     # ------------------------------------------------------------------ parts
 
@@ -151,9 +150,13 @@ class Model:
     def has_vision(self) -> bool:
         return self._vision is not None
 
-    def make_caches(self, factory: CacheFactory) -> list[LayerCache]:
-        """One LayerCache per decoder layer from a policy factory (see kvcache.make_policy)."""
-        return [factory(i, self.text, self.rope) for i in range(self.text.num_layers)]
+    def make_caches(self, factory: CacheFactory | Any, storage: Any = None) -> list[LayerCache]:
+        """One LayerCache per decoder layer from a policy (retrieval.make_policy), over `storage`
+        (a retrieval.storage.KVStorage; None: resident)."""
+        layers = range(self.text.num_layers)
+        if storage is None:
+            return [factory(i, self.text, self.rope) for i in layers]
+        return [factory(i, self.text, self.rope, storage) for i in layers]
 
     # ------------------------------------------------------------------ stages
 
@@ -176,17 +179,20 @@ class Model:
         self.timer.add("embed", time.perf_counter() - t0)
         return out
 
-    def forward(self, embeds: np.ndarray, positions: np.ndarray, caches: Sequence[LayerCache], phase: Phase) -> np.ndarray:
+    def forward(self, embeds: np.ndarray, positions: np.ndarray, caches: Sequence[LayerCache], phase: Phase, *,
+                lookahead: Lookahead | None = None) -> np.ndarray:
         """Run every decoder layer over a chunk; each cache appends the chunk and attends.
 
-        embeds [n, D], positions [n] (stream positions) -> final hidden [n, D] (before the norm)."""
+        embeds [n, D], positions [n] (stream positions) -> final hidden [n, D] (before the norm).
+        lookahead(layer, hidden, positions, phase) is called before each layer runs (the KV tiers'
+        prefetcher starts on layer + 1's clusters there)."""
         h = np.ascontiguousarray(embeds, dtype=np.float32)  # [n, D]
         positions = np.asarray(positions, dtype=np.int64)  # [n]
         t_ort = t_attn = 0.0
         clock = time.perf_counter
         for i, ((pre, post), cache) in enumerate(zip(self._layers, caches, strict=True)):  # one cache per layer
-            if self.lookahead is not None:  # e.g. kvstore's prefetcher starts on layer i+1's clusters
-                self.lookahead(i, h, positions, phase)
+            if lookahead is not None:
+                lookahead(i, h, positions, phase)
             t0 = clock()
             q, k, v = pre(h)  # q [H, n, hd], k/v [KVH, n, hd] un-rotated
             t1 = clock()

@@ -1,22 +1,21 @@
-"""Per-layer KV caches behind one small API, and the policy registry that builds them.
+"""The per-layer KV cache API that the engine calls, whatever the retrieval policy.
 
 A layer cache owns its arrays and its bookkeeping. The session hands it each chunk's
 un-rotated q/k/v with their stream positions; the cache appends the chunk, decides which
 history the chunk sees (that is the retrieval policy), applies RoPE, and returns the
-attention output. `full` is the reference: every cached token, absolute positions.
+attention output. The policies live in `vrex_edge.runtime.retrieval` (registry.py lists them).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
 from vrex_edge.bundle import TextSpec
-from vrex_edge.errors import ConfigError
-from vrex_edge.runtime.attention import attend
+from vrex_edge.runtime.arrays import grow
 from vrex_edge.runtime.rope import Rope
 
 Phase = Literal["prefill", "decode"]
@@ -46,6 +45,16 @@ class LayerCache(Protocol):
 
     def stats(self) -> LayerStats: ...
 
+    def state(self) -> dict[str, Any]:
+        """Arrays and plain values a resumed stream needs (see kvstore/resume.py)."""
+        ...
+
+    def restore(self, state: dict[str, Any]) -> None: ...
+
+
+# A policy builds one cache per layer: (layer index, text spec, rope) -> LayerCache.
+CacheFactory = Callable[[int, TextSpec, Rope], LayerCache]
+
 
 class GrowingArray:
     """A [heads, capacity, hd] float32 buffer that doubles when full; `view` is [heads, n, hd]."""
@@ -56,11 +65,7 @@ class GrowingArray:
 
     def append(self, x: np.ndarray) -> None:  # x: [heads, m, hd]
         m = x.shape[1]
-        if self.n + m > self.buf.shape[1]:
-            cap = max(self.buf.shape[1] * 2, self.n + m)
-            grown = np.empty((self.buf.shape[0], cap, self.buf.shape[2]), dtype=np.float32)
-            grown[:, : self.n] = self.buf[:, : self.n]
-            self.buf = grown
+        self.buf = grow(self.buf, self.n + m, axis=1, used=self.n)
         self.buf[:, self.n : self.n + m] = x
         self.n += m
 
@@ -70,70 +75,3 @@ class GrowingArray:
 
     def nbytes(self) -> int:
         return self.buf.nbytes
-
-
-class FullKV:
-    """The reference policy: attend to every cached token at its absolute position."""
-
-    def __init__(self, text: TextSpec, rope: Rope):
-        self.h, self.kvh, self.hd = text.num_heads, text.num_kv_heads, text.head_dim
-        self.rope = rope
-        self.k = GrowingArray(self.kvh, self.hd)  # rotated keys at absolute positions
-        self.v = GrowingArray(self.kvh, self.hd)
-        self._stats = LayerStats()
-
-    def attend(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, positions: np.ndarray, *, phase: Phase) -> np.ndarray:
-        n = q.shape[1]
-        q = self.rope.apply(q, positions)  # [H, n, hd]
-        k = self.rope.apply(k, positions)  # [KVH, n, hd]
-        hist = self.k.n
-        out = attend(q.reshape(self.kvh, -1, n, self.hd), self.k.view, self.v.view, k, v)  # [KVH, G, n, hd]
-        self.k.append(k)
-        self.v.append(v)
-        self._stats = LayerStats(history=hist, kept=np.full(self.kvh, hist, dtype=np.int64))
-        return out.reshape(self.h, n, self.hd).transpose(1, 0, 2).reshape(n, self.h * self.hd)
-
-    @property
-    def length(self) -> int:
-        return self.k.n
-
-    def nbytes(self) -> int:
-        return self.k.nbytes() + self.v.nbytes()
-
-    def stats(self) -> LayerStats:
-        return self._stats
-
-
-# A policy is a factory: (layer index, text spec, rope) -> LayerCache.
-CacheFactory = Callable[[int, TextSpec, Rope], LayerCache]
-_POLICIES: dict[str, Callable[..., CacheFactory]] = {}
-
-
-def register_policy(name: str, make: Callable[..., CacheFactory]) -> None:
-    """`make(**options)` returns a CacheFactory; options come from the session/CLI config."""
-    _POLICIES[name] = make
-
-
-def _load_builtin() -> None:
-    import vrex_edge.runtime.retrieval  # noqa: F401  (registers window, topk, resv)
-
-
-def policy_names() -> list[str]:
-    _load_builtin()
-    return sorted(_POLICIES)
-
-
-def make_policy(name: str, **options: object) -> CacheFactory:
-    _load_builtin()
-    if name not in _POLICIES:
-        raise ConfigError(f"unknown retrieval policy '{name}' (choose from: {', '.join(policy_names())})")
-    return _POLICIES[name](**options)
-
-
-def _full(**options: object) -> CacheFactory:
-    if options:
-        raise ConfigError(f"the full policy takes no options (got: {', '.join(sorted(options))})")
-    return lambda layer, text, rope: FullKV(text, rope)
-
-
-register_policy("full", _full)

@@ -22,11 +22,15 @@ from vrex_edge.errors import ConfigError
 from vrex_edge.runtime.engine import Model
 from vrex_edge.runtime.events import Answer, Caption, Event, FrameProcessed, Stats
 from vrex_edge.runtime.generate import Generation, greedy, softmax_prob
-from vrex_edge.runtime.kvcache import Phase, make_policy
+from vrex_edge.runtime.kvcache import Phase
 from vrex_edge.runtime.preprocess import Preprocessor
+from vrex_edge.runtime.retrieval import Policy, make_policy
+from vrex_edge.runtime.retrieval.options import Options
 
 if TYPE_CHECKING:
     from vrex_edge.runtime.kvstore import TierConfig, TierManager
+
+STATE = ("position", "pending", "last_hidden", "prev_silent", "started", "counts", "kept")
 
 
 class StreamSession:
@@ -36,20 +40,43 @@ class StreamSession:
         self,
         model: Model,
         *,
-        policy: str = "full",
-        policy_options: Mapping[str, Any] | None = None,
+        policy: str | Policy = "full",
+        policy_options: Mapping[str, Any] | Options | None = None,
         speak_threshold: float | None = None,
         max_reply_tokens: int | None = None,
         prefill_chunk: int = 512,
         kv: TierConfig | None = None,
     ):
-        """kv: put the KV cache on tiers (a resident budget and an on-disk store; policy resv)."""
+        """policy: a name (with policy_options: typed Options or a mapping of text/values) or a built
+        Policy, whose backend the session then owns and closes; kv: put the KV cache on tiers (a
+        resident budget and an on-disk store; a policy whose spec allows tiers, i.e. resv)."""
         prompt = model.manifest.prompt
         self.model = model
         self.prompt = prompt
         self.tokens = model.manifest.tokens
-        self.policy = policy
-        self.caches = model.make_caches(make_policy(policy, **dict(policy_options or {})))
+        if isinstance(policy, Policy):
+            self.retrieval = policy
+        elif isinstance(policy_options, Options):
+            self.retrieval = make_policy(policy, policy_options.resolved())
+        else:
+            self.retrieval = make_policy(policy, policy_options)
+        self.policy = self.retrieval.name
+        self.tiers: TierManager | None = None
+        if kv is not None and not self.retrieval.spec.tiers:
+            raise ConfigError(f"--kv-budget, --keep-kv and --resume need --policy resv (got '{self.policy}')")
+        if kv is not None:
+            from vrex_edge.runtime.kvstore import TierManager
+
+            text = model.text
+            self.tiers = TierManager(kv, layers=text.num_layers, kvh=text.num_kv_heads, hd=text.head_dim)
+        try:
+            storage = self.tiers.storage if self.tiers is not None else None
+            self.caches = model.make_caches(self.retrieval, storage)
+            if self.tiers is not None:
+                self.tiers.bind(self.caches, model)
+        except BaseException:
+            self._abort()
+            raise
         self.speak_threshold = prompt.speak_threshold if speak_threshold is None else float(speak_threshold)
         if math.isnan(self.speak_threshold) or self.speak_threshold < 0:
             raise ConfigError(f"speak threshold must be a probability >= 0, got {self.speak_threshold}")
@@ -71,17 +98,52 @@ class StreamSession:
         self._stage_s: dict[str, float] = {}
         self._kept = {"prefill": [0, 0], "decode": [0, 0]}  # phase -> [history tokens kept, history tokens]
         self._policy_s: dict[str, float] = {}
-        self.tiers: TierManager | None = None
-        if kv is not None:  # last: a resumed stream overwrites the state set above
-            from vrex_edge.runtime.kvstore import attach_tiers
+        if kv is not None and kv.resume is not None:  # last: a resumed stream overwrites the state set above
+            from vrex_edge.runtime.kvstore.resume import restore
 
-            self.tiers = attach_tiers(self, kv, policy_options=dict(policy_options or {}))
+            try:
+                restore(self.tiers, self, kv.resume)
+            except BaseException:
+                self._abort()
+                raise
+
+    def _abort(self) -> None:
+        if self.tiers is not None:
+            self.tiers.close(ok=False)
+        self.retrieval.close()
 
     def close(self, *, ok: bool = True, stream_time: float | None = None) -> None:
         """End the session: a temporary KV store is deleted; a kept one is saved for resuming
-        (ok=False after a failure: the saved state is left as it was). stream_time: where a resume goes on."""
-        if self.tiers is not None:
-            self.tiers.close(self, ok=ok, stream_time=stream_time)
+        (ok=False after a failure: the saved state is left as it was). stream_time: where a resume goes
+        on. The retrieval backend is closed."""
+        try:
+            if self.tiers is not None:
+                from vrex_edge.runtime.kvstore.resume import save
+
+                mgr = self.tiers
+                mgr.close(ok=ok, save=lambda: save(mgr, self, mgr.folder, stream_time=stream_time))
+        finally:
+            self.retrieval.close()
+
+    # ------------------------------------------------------------------ declared state
+
+    def state(self) -> dict[str, Any]:
+        """The stream's own state (the caches declare theirs): position, tokens not yet fed, the last
+        hidden state, counters."""
+        return {"position": self.position, "pending": list(self._pending), "last_hidden": self._last_hidden,
+                "prev_silent": self._prev_silent, "started": self._started, "counts": dict(self._counts),
+                "kept": {k: list(v) for k, v in self._kept.items()}}
+
+    def restore(self, s: dict[str, Any]) -> None:
+        missing = [k for k in STATE if k not in s]
+        if missing:
+            raise ValueError(f"session state lacks {', '.join(missing)}")
+        self.position, self._pending = int(s["position"]), [int(t) for t in s["pending"]]
+        h = s["last_hidden"]
+        self._last_hidden = None if h is None else np.asarray(h, np.float32)
+        self._prev_silent, self._started = bool(s["prev_silent"]), bool(s["started"])
+        self._counts = {k: int(v) for k, v in s["counts"].items()}
+        self._kept = {k: [int(x) for x in v] for k, v in s["kept"].items()}
 
     # ------------------------------------------------------------------ feeding
 
@@ -104,7 +166,8 @@ class StreamSession:
         emb = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)  # [n, D]
         n = emb.shape[0]
         positions = np.arange(self.position, self.position + n, dtype=np.int64)  # [n]
-        hidden = self.model.forward(emb, positions, self.caches, phase)  # [n, D]
+        lookahead = self.tiers.prefetcher if self.tiers is not None else None
+        hidden = self.model.forward(emb, positions, self.caches, phase, lookahead=lookahead)  # [n, D]
         self.position += n
         self._last_hidden = hidden[-1:]
         self._collect(phase)

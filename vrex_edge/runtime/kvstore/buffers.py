@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vrex_edge.runtime.retrieval.clusters import _Rows
+from vrex_edge.runtime.retrieval.storage import Rows
 
 if TYPE_CHECKING:
     from vrex_edge.runtime.kvstore.tiers import TierManager
@@ -19,7 +19,7 @@ def _mib(n: float) -> str:
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
 
 
-class WatchedRows(_Rows):
+class WatchedRows(Rows):
     """The open-cluster area of one head, growing only after the budget made room."""
 
     def __init__(self, hd: int, cap: int, mgr: TierManager, layer: int):
@@ -37,85 +37,131 @@ class WatchedRows(_Rows):
 
 
 class Workspace:
-    """buf_k/buf_v/buf_pos for every layer: one set of arrays, since layers run one at a time."""
+    """The attended set of every layer that has no buffer of its own: one set of arrays, since layers
+    run one at a time. Its rows are refilled on every call."""
 
     def __init__(self, mgr: TierManager, kvh: int, hd: int):
         self.mgr, self.kvh, self.hd = mgr, kvh, hd
-        self.k = np.empty((kvh, 0, hd), np.float32)  # [KVH, cap, hd]
-        self.v = np.empty_like(self.k)
-        self.pos = np.empty((kvh, 0), np.int64)
+        self.k: np.ndarray | None = np.empty((kvh, 0, hd), np.float32)  # [KVH, cap, hd]
+        self.v: np.ndarray | None = np.empty_like(self.k)
+        self.pos: np.ndarray | None = np.empty((kvh, 0), np.int64)
+        self.generation = 0
+
+    @property
+    def capacity(self) -> int:
+        return 0 if self.k is None else self.k.shape[1]
 
     def nbytes(self) -> int:
-        return self.k.nbytes + self.v.nbytes + self.pos.nbytes
+        return sum(0 if a is None else a.nbytes for a in (self.k, self.v, self.pos))
 
-    def reserve(self, cache: Any, need: int) -> None:
-        """WindowedCache.reserve in tier mode (called at the start of every attend and before a gather)."""
-        self.mgr.on_reserve(cache)
-        if need > self.k.shape[1]:
-            cap = max(need, int(self.k.shape[1] * 1.25), 256)
-            if cache.compact:  # the attended set never exceeds the model's positions
-                cap = min(cap, max(need, cache.max_positions))
+    def reserve(self, layer: int, need: int, max_rows: int | None) -> None:
+        """Layer `layer` starts a call (or a gather) needing `need` rows per head."""
+        self.mgr.on_reserve(layer)
+        if need > self.capacity:
+            cap = max(need, int(self.capacity * 1.25), 256)
+            if max_rows is not None:  # compact positions: the attended set never exceeds the model's positions
+                cap = min(cap, max(need, max_rows))
             self.grow(cap)
-        cache.buf_k, cache.buf_v, cache.buf_pos = self.k, self.v, self.pos
 
     def grow(self, cap: int) -> None:
-        """Reallocate to `cap` tokens (contents are not kept: buffers are filled per call)."""
-        if cap > self.k.shape[1]:
+        """Reallocate to `cap` rows (contents are not kept: buffers are filled per call)."""
+        if cap > self.capacity:
             with self.mgr.hot.lock:  # the prefetch thread must not take the room made here
                 self.mgr.ensure(cap * self.kvh * (2 * self.hd * 4 + 8) - self.nbytes())
-                for c in self.mgr.caches:  # drop every reference to the old arrays first
-                    if c.workspace is self:
-                        c.buf_k = c.buf_v = c.buf_pos = None
-                self.k = self.v = self.pos = None
+                self.k = self.v = self.pos = None  # the old arrays go before the new ones come
                 self.k = np.empty((self.kvh, cap, self.hd), np.float32)
                 self.v = np.empty_like(self.k)
                 self.pos = np.empty((self.kvh, cap), np.int64)
+                self.generation += 1
                 self.mgr.fixed_ws = self.nbytes()
 
 
+class SharedBuffer:
+    """One layer's view of the Workspace (an AttentionBuffer whose rows do not survive a call)."""
+
+    keeps_rows = False
+
+    def __init__(self, ws: Workspace, layer: int, max_rows: int | None):
+        self.ws, self.layer, self.max_rows = ws, layer, max_rows
+
+    k = property(lambda self: self.ws.k)
+    v = property(lambda self: self.ws.v)
+    pos = property(lambda self: self.ws.pos)
+    generation = property(lambda self: self.ws.generation)
+
+    def reserve(self, need: int) -> None:
+        self.ws.reserve(self.layer, need, self.max_rows)
+
+    def nbytes(self) -> int:
+        return 0  # counted once, as the workspace
+
+
 class LayerBuffer:
-    """Absolute positions with incremental gather (resv incremental=1): each layer keeps its own
-    attention buffer, in which BufferedGather keeps the sealed clusters of the last selection,
-    so a frame copies (and fetches) only the clusters it newly selects, as all-resident ReSV
-    does. The buffers count in the budget (the hot cache gets what is left); one grows by 25%
-    when the budget has room for that, else to exactly what it needs. When even that would leave
-    less than 1/8 of the budget to the hot cache, the layer gives its buffer up and joins the shared
-    workspace (it then gathers its whole selection from the hot cache on every call)."""
+    """Absolute positions with incremental gather (resv incremental=1): the layer keeps its own
+    attention buffer, in which BufferedGather keeps the sealed clusters of the last selection, so a
+    frame copies (and fetches) only the clusters it newly selects, as all-resident ReSV does. The
+    buffers count in the budget (the hot cache gets what is left); one grows by 25% when the budget
+    has room for that, else to exactly what it needs. When even that would leave less than 1/8 of
+    the budget to the hot cache, or the manager needs the room (`share`), the layer gives its
+    buffer up for good and uses the shared workspace (it then gathers its whole selection from the
+    hot cache on every call)."""
 
-    def __init__(self, mgr: TierManager, layer: int):
-        self.mgr, self.layer = mgr, layer
+    def __init__(self, mgr: TierManager, layer: int, kvh: int, hd: int):
+        self.mgr, self.layer, self.kvh, self.hd = mgr, layer, kvh, hd
+        self._k: np.ndarray | None = np.empty((kvh, 0, hd), np.float32)  # [KVH, cap, hd]
+        self._v: np.ndarray | None = np.empty_like(self._k)
+        self._pos: np.ndarray | None = np.empty((kvh, 0), np.int64)
+        self.generation = 0
+        self.shared: SharedBuffer | None = None  # set once the buffer was given up
 
-    def reserve(self, cache: Any, need: int) -> None:
-        self.mgr.on_reserve(cache)
-        cap = cache.buf_k.shape[1]
+    k = property(lambda self: self._k if self.shared is None else self.shared.k)
+    v = property(lambda self: self._v if self.shared is None else self.shared.v)
+    pos = property(lambda self: self._pos if self.shared is None else self.shared.pos)
+
+    @property
+    def keeps_rows(self) -> bool:
+        return self.shared is None
+
+    def nbytes(self) -> int:
+        """Resident bytes of the layer's own arrays (0 once shared)."""
+        return sum(0 if a is None else a.nbytes for a in (self._k, self._v, self._pos))
+
+    def reserve(self, need: int) -> None:
+        if self.shared is None:
+            self.mgr.on_reserve(self.layer)
+        if self.shared is not None:  # given up before, or while the manager made room
+            self.shared.reserve(need)
+            return
+        cap = self._k.shape[1]
         if need <= cap:
             return
-        per = cache.kvh * (2 * cache.hd * 4 + 8)  # bytes per token row: k, v (f32) and pos (i64)
+        per = self.kvh * (2 * self.hd * 4 + 8)  # bytes per token row: k, v (f32) and pos (i64)
         old = cap * per
         new = max(need, cap + cap // 4, 256)
         margin = self.mgr.budget // 8 if self.mgr.config.budget is not None else 0
         if not self.mgr.room_for(new * per - old + margin):
             new = need
             if not self.mgr.room_for(new * per - old + margin):
-                self._share(cache, need)
+                self.share()
+                self.reserve(need)
                 return
-        cache.buf_k = cache.buf_v = cache.buf_pos = None  # the old rows are refilled, not copied
-        if cache.gatherer is not None:
-            cache.gatherer.buf = None
+        self._k = self._v = self._pos = None  # the old rows are refilled, not copied
+        self.generation += 1
         with self.mgr.hot.lock:  # the prefetch thread must not take the room made here
             self.mgr.recount(self.layer)
             self.mgr.ensure(new * per, demote=False)
-            cache.buf_k = np.empty((cache.kvh, new, cache.hd), np.float32)  # [KVH, cap, hd]
-            cache.buf_v = np.empty_like(cache.buf_k)
-            cache.buf_pos = np.empty((cache.kvh, new), np.int64)
+            self._k = np.empty((self.kvh, new, self.hd), np.float32)
+            self._v = np.empty_like(self._k)
+            self._pos = np.empty((self.kvh, new), np.int64)
             self.mgr.recount(self.layer)
 
-    def _share(self, cache: Any, need: int) -> None:
-        cache.buf_k = cache.buf_v = cache.buf_pos = None
-        cache.gatherer = None  # resv gathers every selected cluster on each call from here on
-        cache.workspace = self.mgr.workspace
-        self.mgr.recount(self.layer)
-        self.mgr.workspace.reserve(cache, need)
+    def share(self) -> None:
+        """Give the own arrays up; from now on the layer uses the shared workspace."""
+        if self.shared is None:
+            self.shared = SharedBuffer(self.mgr.workspace, self.layer, None)
+            self._k = self._v = self._pos = None
+            self.generation += 1
+            self.mgr.recount(self.layer)
 
 
 def _libc() -> Any:

@@ -8,7 +8,9 @@ cache, while the main thread computes layer l. Layer l+1's exact selection then 
 hot; whatever the prediction missed is read synchronously. When layer l+1 starts before its
 prefetch is done, the prefetch stops at its next batch of reads (the exact path reads what it
 still needs) instead of holding the main thread. Results never depend on it: the prediction only
-decides what is read early.
+decides what is read early. It scores on the host reference backend, so it never drives a device
+backend while the main thread does; an error in the thread stops prefetching and is reported
+(`failure`), the stream goes on reading on demand.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from vrex_edge.accel.host import HostBackend
 from vrex_edge.runtime.retrieval.resv import heaviest
 
 BATCH = 64  # clusters per read between checks for "the layer has started"
@@ -37,6 +40,8 @@ class Prefetcher:
         self.stats = dict.fromkeys(("jobs", "skipped", "errors", "predicted", "selected", "hit", "fetched", "cut_short"), 0)
         self.seconds = dict.fromkeys(("busy", "read", "wait"), 0.0)
         self.fetched_bytes = 0
+        self.host = HostBackend()  # the prediction's scoring (the session's backend belongs to the main thread)
+        self.failure: str | None = None  # the first error of the thread; prefetching stopped there
         self.thread = threading.Thread(target=self._run, name="vrex-kv-prefetch", daemon=True)
         self.thread.start()
 
@@ -45,7 +50,7 @@ class Prefetcher:
     def __call__(self, layer: int, hidden: np.ndarray, positions: np.ndarray, phase: str) -> None:
         """Model.forward's lookahead hook: layer `layer` is about to run on hidden [n, D]."""
         nxt = layer + 1
-        if nxt >= self.mgr.layers:
+        if nxt >= self.mgr.layers or self.failure is not None:
             return
         if not self.mgr.cold_only() or int(self.mgr.caches[nxt].store.nclu.max()) == 0:
             self.stats["skipped"] += 1
@@ -84,7 +89,7 @@ class Prefetcher:
 
     def report(self) -> dict[str, Any]:
         s, sec = self.stats, self.seconds
-        return {**s, "recall": s["hit"] / s["selected"] if s["selected"] else None,
+        return {**s, "failure": self.failure, "recall": s["hit"] / s["selected"] if s["selected"] else None,
                 "precision": s["hit"] / s["predicted"] if s["predicted"] else None,
                 "fetched_bytes": self.fetched_bytes, "seconds": dict(sec),
                 "hidden_read_s": max(0.0, sec["read"] - sec["wait"])}
@@ -99,8 +104,10 @@ class Prefetcher:
             layer = job[0]
             try:
                 self._predict_fetch(*job)
-            except Exception:  # a failed prediction only means the exact path reads more
+            except Exception as e:  # prefetching stops; the exact path reads what it needs on demand
                 self.stats["errors"] += 1
+                if self.failure is None:
+                    self.failure = f"{type(e).__name__}: {e}"
             finally:
                 self.done[layer].set()
 
@@ -113,14 +120,14 @@ class Prefetcher:
         cache = mgr.caches[layer]
         st = cache.store
         c = int(st.nclu.max())
-        if cache.seen - cache.sink_n - cache.ring.n < getattr(cache, "dense_below", 0):
+        if cache.seen - cache.sink_n - cache.ring.n < cache.dense_below:
             keep = np.ones((cache.kvh, c), bool)  # a short history is attended in full
         else:
             q = mgr.model.pre_attention(layer, hidden)[0]  # [H, n, hd] un-rotated
             if cache.score_post:
                 q = cache.rope.apply(q, positions)
             qs = q.reshape(cache.kvh, cache.g * q.shape[1], cache.hd)  # [KVH, G*n, hd]
-            keep, mass = st.score(qs, tau=cache.tau)
+            keep, mass = st.score(qs, tau=cache.tau, backend=self.host)
             budget = cache.retrieve_budget(len(positions))
             for h in range(cache.kvh):  # the exact selection's cut (resv.heaviest), so no more is read
                 sel = np.flatnonzero(keep[h])
@@ -129,8 +136,8 @@ class Prefetcher:
                     keep[h, heaviest(sel, mass[h], st.counts[h], budget)] = True
         self.stats["jobs"] += 1
         read = 0.0
-        g = getattr(cache, "gatherer", None)  # incremental gather: what its buffer holds needs no fetch
-        held = g.cached if g is not None and g.buf is not None and g.buf is cache.buf_k else None
+        g = cache.gatherer  # incremental gather: what its buffer holds needs no fetch
+        held = g.holds() if g is not None else None
         for h in range(cache.kvh):
             ids = np.flatnonzero(keep[h][: int(st.nclu[h])])
             ids = ids[(st.start[h, ids] >= 0) & (st.counts[h, ids] > 0)]  # sealed: the ones on disk

@@ -1,6 +1,7 @@
 """The tier manager: one per session. Owns the byte budget, the cold logs, the hot cache, the
-attention workspace shared by the layers and the prefetcher; `LayerTier` is what a
-ClusterStore calls when it seals clusters (write) and gathers sealed ones (fetch).
+attention workspace shared by the layers and the prefetcher. `TieredStorage` is the KVStorage the
+ReSV caches are built over: its `LayerTier` is a layer's sealed arena (write at seal, fetch on
+gather), its open rows and attention buffers grow only within the budget.
 
 Resident KV bytes (the budget) = sink + recent window + open-cluster area + workspace (the
 attended set of the layer running, shared by all layers) + hot clusters. Cluster tables
@@ -23,6 +24,7 @@ import numpy as np
 from vrex_edge.errors import ConfigError, KVStoreError
 from vrex_edge.runtime.kvstore.buffers import (
     LayerBuffer,
+    SharedBuffer,
     WatchedRows,
     Workspace,
     _mib,
@@ -33,7 +35,6 @@ from vrex_edge.runtime.kvstore.cold import FULL_ERRNOS, ColdLog
 from vrex_edge.runtime.kvstore.config import TierConfig, default_root
 from vrex_edge.runtime.kvstore.hot import HotCache
 from vrex_edge.runtime.kvstore.tables import FileArchive
-from vrex_edge.runtime.retrieval.clusters import _Rows
 
 T = TypeVar("T")
 SCRATCH_ROWS = 1024  # rows (at most) of the scratch that hot records are joined in before a gather splits them
@@ -45,6 +46,12 @@ class LayerTier:
 
     def __init__(self, mgr: TierManager, layer: int):
         self.mgr, self.layer = mgr, layer
+
+    def rows(self, h: int) -> None:
+        return None  # the sealed rows live in the cold log and the hot cache
+
+    def nbytes(self) -> int:
+        return 0  # counted by the manager (hot cache)
 
     def write(self, h: int, k: np.ndarray, v: np.ndarray, pos: np.ndarray, owner: np.ndarray) -> int:
         """Sealed rows of head h, grouped by cluster (owner [m]) -> their first row in the cold log."""
@@ -142,23 +149,48 @@ class LayerTier:
         return e
 
 
-class TierManager:
-    def __init__(self, session: Any, config: TierConfig, policy_options: dict[str, Any]):
-        from vrex_edge.runtime.kvstore.prefetch import Prefetcher
+class TieredStorage:
+    """The KVStorage of a session on tiers (see retrieval/storage.py for the protocol)."""
 
-        self.model, self.caches, self.config = session.model, session.caches, config
-        if not all(hasattr(c, "store") for c in self.caches):
-            raise ConfigError(f"--kv-budget, --keep-kv and --resume need --policy resv (got '{session.policy}')")
-        self.policy_options = dict(policy_options)
-        c0 = self.caches[0]
-        self.layers, self.kvh, self.hd = len(self.caches), c0.kvh, c0.hd
+    def __init__(self, mgr: TierManager):
+        self.mgr = mgr
+
+    def buffer(self, layer: int, kvh: int, hd: int, *, keeps_rows: bool,
+               max_rows: int | None = None) -> LayerBuffer | SharedBuffer:
+        # incremental gather (absolute positions): per-layer buffers that keep the last selection;
+        # else one workspace shared by the layers, filled from the hot cache on every call
+        mgr = self.mgr
+        buf = LayerBuffer(mgr, layer, kvh, hd) if keeps_rows else SharedBuffer(mgr.workspace, layer, max_rows)
+        mgr.buffers[layer] = buf
+        return buf
+
+    def open_rows(self, layer: int, kvh: int, hd: int) -> list[WatchedRows]:
+        return [WatchedRows(hd, 64, self.mgr, layer) for _ in range(kvh)]
+
+    def arena(self, layer: int, kvh: int, hd: int, layout: Any) -> LayerTier:
+        return LayerTier(self.mgr, layer)
+
+    def archive(self, layer: int, kvh: int, block: int, hd: int) -> FileArchive:
+        mgr = self.mgr
+        arch = FileArchive(mgr.folder, layer, kvh, block, hd, mgr.write, mgr.config.writer or os.pwrite)
+        mgr.archives.append(arch)
+        return arch
+
+
+class TierManager:
+    """Build it, build the caches over `storage`, then `bind` them (and `restore` a kept stream)."""
+
+    def __init__(self, config: TierConfig, *, layers: int, kvh: int, hd: int):
+        self.config = config
+        self.layers, self.kvh, self.hd = layers, kvh, hd
+        self.caches: list[Any] = []
+        self.model: Any = None
         self.budget = config.budget if config.budget is not None else 1 << 62
         self.keep = config.folder is not None
         self.folder = self._open_folder(config)
         self.logs = [ColdLog(self.folder, i, self.hd, segment_bytes=config.segment_bytes, writer=config.writer)
                      for i in range(self.layers)]
         self.hot = HotCache(self.layers, self.kvh)
-        self.index = {id(c): i for i, c in enumerate(self.caches)}
         self.fixed = np.zeros(self.layers, np.int64)
         self.fixed_ws = 0
         self.not_hot = np.zeros(self.layers, np.int64)  # sealed clusters that are only on disk
@@ -168,44 +200,44 @@ class TierManager:
         self.trimmed = 0  # hot.freed at the last release_free_memory()
         fix_mmap_threshold()
         self.workspace = Workspace(self, self.kvh, self.hd)
+        self.buffers: list[LayerBuffer | SharedBuffer | None] = [None] * layers  # each layer's attention buffer
+        self.archives: list[FileArchive] = []
         rec_bytes = (2 * self.hd + 2) * 4
         rows = int(np.clip(self.budget // 64 // rec_bytes, 32, SCRATCH_ROWS))  # 1/64 of the budget at most
         self.scratch = np.empty((rows, 2 * self.hd + 2), np.float32)  # hot records joined there for a copy
         self.junk = np.empty(min(GAP_BYTES, self.budget // 256), np.uint8)  # where a read's gap rows land
-        for i, c in enumerate(self.caches):
-            st = c.store
-            st.tier = LayerTier(self, i)
-            st.sealed = [_Rows(self.hd, 0) for _ in range(self.kvh)]
-            st.pending = [WatchedRows(self.hd, 64, self, i) for _ in range(self.kvh)]
-            mem, st.archive = st.archive, FileArchive(self.folder, i, self.kvh, st.block, self.hd, self.write,
-                                                      config.writer or os.pwrite)
-            for h in range(self.kvh):  # blocks retired before the tiers came (none for a new session)
-                for j in range(int(st.nblk[h])):
-                    st.archive.put(h, j, mem.get(h, np.array([j]))[0])
-            # incremental gather (absolute positions): per-layer buffers that keep the last selection;
-            # else one workspace shared by the layers, filled from the hot cache on every call
-            c.workspace = LayerBuffer(self, i) if getattr(c, "gatherer", None) is not None else self.workspace
-        self.prefetcher = Prefetcher(self) if config.prefetch else None
+        self.storage = TieredStorage(self)
+        self.prefetcher: Any = None
         self.closed = False
         self.resumed_time: float | None = None  # the stream time a resumed stream goes on from
         self._cleanup = weakref.finalize(self, _remove, None if self.keep else self.folder)
-        try:
-            if config.resume is not None:
-                from vrex_edge.runtime.kvstore.resume import restore
 
-                restore(self, session, Path(config.resume))
-                for c in self.caches:
-                    c.store.archive.check(c.store.nblk)
-                self.not_hot = np.array([sum(int(((c.store.start[h] >= 0) & (c.store.counts[h] > 0)).sum())
-                                             for h in range(self.kvh)) for c in self.caches], np.int64)
+    def bind(self, caches: list[Any], model: Any = None) -> None:
+        """The caches built over `storage` (one per layer); model: for the prefetcher's predictions
+        (None: no prefetch)."""
+        from vrex_edge.runtime.kvstore.prefetch import Prefetcher
+
+        if len(caches) != self.layers:
+            raise ValueError(f"{len(caches)} caches for {self.layers} layers")
+        self.caches, self.model = list(caches), model
+        try:
             for i in range(self.layers):
                 self.recount(i)
             self.ensure(0)
         except BaseException:
-            self.close(session, ok=False)
+            self.close(ok=False)
             raise
-        if self.prefetcher is not None:
-            self.model.lookahead = self.prefetcher
+        self.prefetcher = Prefetcher(self) if self.config.prefetch and model is not None else None
+
+    def restored(self) -> None:
+        """After a resume restored the caches' state: recount what lives only on disk."""
+        for c, arch in zip(self.caches, self.archives, strict=True):
+            arch.check(c.store.nblk)
+        self.not_hot = np.array([sum(int(((c.store.start[h] >= 0) & (c.store.counts[h] > 0)).sum())
+                                     for h in range(self.kvh)) for c in self.caches], np.int64)
+        for i in range(self.layers):
+            self.recount(i)
+        self.ensure(0)
 
     def _open_folder(self, config: TierConfig) -> Path:
         folder = config.folder
@@ -225,13 +257,10 @@ class TierManager:
     # ------------------------------------------------------------------ budget
 
     def recount(self, layer: int) -> None:
-        c = self.caches[layer]
-        r, st = c.ring, c.store
-        ring = r.k.nbytes + r.v.nbytes + (0 if r.aux is None else r.aux.nbytes)
-        rows = sum(x.nbytes() for x in st.pending + st.sealed)
-        if c.workspace is not self.workspace:  # a per-layer attention buffer (LayerBuffer)
-            rows += sum(0 if a is None else a.nbytes for a in (c.buf_k, c.buf_v, c.buf_pos))
-        self.fixed[layer] = c.sink_k.nbytes + c.sink_v.nbytes + ring + rows
+        if layer >= len(self.caches):  # not bound yet
+            return
+        c, buf = self.caches[layer], self.buffers[layer]
+        self.fixed[layer] = c.window_nbytes() + c.store.open_nbytes() + (0 if buf is None else buf.nbytes())
 
     def fixed_total(self) -> int:
         return int(self.fixed.sum()) + self.fixed_ws + self.scratch.nbytes + self.junk.nbytes
@@ -255,13 +284,9 @@ class TierManager:
         """Give the per-layer attention buffers up (those layers then share the workspace and gather
         from the hot cache) -> whether there was one. `keep`: the layer whose gather is in progress
         (its buffer is being filled; it goes at that layer's next reserve if still too big)."""
-        own = [i for i, c in enumerate(self.caches) if c.workspace is not self.workspace and i != keep]
-        for i in own:
-            c = self.caches[i]
-            c.buf_k = c.buf_v = c.buf_pos = None
-            c.gatherer = None
-            c.workspace = self.workspace
-            self.recount(i)
+        own = [b for i, b in enumerate(self.buffers) if isinstance(b, LayerBuffer) and b.keeps_rows and i != keep]
+        for b in own:
+            b.share()
         self.counters["demoted"] += len(own)
         return bool(own)
 
@@ -280,8 +305,8 @@ class TierManager:
                     "raise --kv-budget or lower tau/recent")
             self.peak = max(self.peak, self.fixed_total() + extra + self.hot.bytes)
 
-    def on_reserve(self, cache: Any) -> None:
-        layer = self.index[id(cache)]
+    def on_reserve(self, layer: int) -> None:
+        """Layer `layer` starts a call or a gather: its prefetch stops, the budget is made good."""
         if self.prefetcher is not None:
             self.prefetcher.wait(layer)
         if layer == 0 and self.hot.freed - self.trimmed > self.budget // 16:
@@ -374,12 +399,11 @@ class TierManager:
     def resident(self) -> dict[str, int]:
         """Resident bytes by part; 'kv' is what the budget bounds."""
         sink = sum(c.sink_k.nbytes + c.sink_v.nbytes for c in self.caches)
-        recent = sum(c.ring.k.nbytes + c.ring.v.nbytes + (0 if c.ring.aux is None else c.ring.aux.nbytes)
-                     for c in self.caches)
-        open_ = sum(x.nbytes() for c in self.caches for x in c.store.pending + c.store.sealed)
+        recent = sum(c.ring.nbytes() for c in self.caches)
+        open_ = sum(c.store.open_nbytes() for c in self.caches)
         tables = sum(c.store.table_nbytes() for c in self.caches)
-        ws = self.workspace.nbytes() + self.scratch.nbytes + self.junk.nbytes + sum(a.nbytes for c in self.caches if c.workspace is not self.workspace
-                                           for a in (c.buf_k, c.buf_v, c.buf_pos) if a is not None)
+        own = sum(b.nbytes() for b in self.buffers if b is not None)
+        ws = self.workspace.nbytes() + self.scratch.nbytes + self.junk.nbytes + own
         kv = sink + recent + open_ + ws + self.hot.bytes
         return {"sink": sink, "recent": recent, "open": open_, "workspace": ws,
                 "hot": self.hot.bytes, "kv": kv, "tables": tables}
@@ -389,45 +413,36 @@ class TierManager:
                                "folder": str(self.folder), "kept": self.keep,
                                "cold_bytes": sum(lg.written for lg in self.logs),
                                "hot_clusters": self.hot.count(), "evicted": self.hot.evicted}
-        out["own_buffers"] = sum(c.workspace is not self.workspace for c in self.caches)  # layers with a buffer
+        out["own_buffers"] = sum(b is not None and b.keeps_rows for b in self.buffers)  # layers with a buffer
         out.update(self.resident())
         out.update(self.counters)
         out["seconds"] = dict(self.seconds)
-        arch = [c.store.archive for c in self.caches if isinstance(c.store.archive, FileArchive)]
+        arch = self.archives
         out["retired"] = {"blocks": sum(int(c.store.nblk.sum()) for c in self.caches), "reads": sum(x.reads for x in arch),
                           "read_bytes": sum(x.read_bytes for x in arch), "seconds": sum(x.seconds for x in arch)}
         if self.prefetcher is not None:
             out["prefetch"] = self.prefetcher.report()
         return out
 
-    def close(self, session: Any, *, ok: bool = True, stream_time: float | None = None) -> None:
-        """Stop prefetching; save a kept store's state (when the stream ended cleanly), or delete the store."""
+    def close(self, *, ok: bool = True, save: Callable[[], None] | None = None) -> None:
+        """Stop prefetching; run `save` (a kept store's state, when the stream ended cleanly), then
+        close the files (a temporary store is deleted)."""
         if self.closed:
             return
         self.closed = True
         if self.prefetcher is not None:
             self.prefetcher.stop()
-            if getattr(self.model, "lookahead", None) is self.prefetcher:
-                self.model.lookahead = None
         try:
-            if self.keep and ok:
-                from vrex_edge.runtime.kvstore.resume import save
-
-                save(self, session, self.folder, stream_time=stream_time)
+            if self.keep and ok and save is not None:
+                save()
         finally:
             for log in self.logs:
                 log.close()
-            for c in self.caches:
-                if isinstance(c.store.archive, FileArchive):
-                    c.store.archive.close()
+            for a in self.archives:
+                a.close()
             self._cleanup()
 
 
 def _remove(folder: Path | None) -> None:
     if folder is not None:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def attach_tiers(session: Any, config: TierConfig, *, policy_options: dict[str, Any] | None = None) -> TierManager:
-    """Put a session's ReSV caches on tiers (and restore a kept stream when config.resume is set)."""
-    return TierManager(session, config, policy_options or {})

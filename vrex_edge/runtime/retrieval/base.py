@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -21,6 +22,7 @@ from vrex_edge.bundle import TextSpec
 from vrex_edge.errors import ConfigError
 from vrex_edge.runtime.attention import attend, attend_head
 from vrex_edge.runtime.kvcache import LayerStats, Phase
+from vrex_edge.runtime.retrieval.storage import AttentionBuffer
 from vrex_edge.runtime.rope import Rope
 
 POSITION_MODES = ("absolute", "compact")
@@ -42,6 +44,13 @@ class PhaseTotals:
         self.kept = st.kept.copy() if self.kept.size == 0 else self.kept + st.kept
         for k, v in st.seconds.items():
             self.seconds[k] = self.seconds.get(k, 0.0) + v
+
+    def state(self) -> dict[str, Any]:
+        return {"calls": self.calls, "history": self.history, "kept": self.kept, "seconds": dict(self.seconds)}
+
+    @classmethod
+    def from_state(cls, s: dict[str, Any]) -> PhaseTotals:
+        return cls(int(s["calls"]), int(s["history"]), np.asarray(s["kept"], np.int64), dict(s["seconds"]))
 
 
 class RopeTable:
@@ -102,6 +111,25 @@ class Ring:
         self.tag[e : e + m] = tag
         self.n += m
 
+    def state(self) -> dict[str, Any]:
+        sl = slice(self.s, self.s + self.n)
+        return {"k": self.k[:, sl], "v": self.v[:, sl], "aux": None if self.aux is None else self.aux[:, sl],
+                "pos": self.pos[sl], "tag": self.tag[sl]}
+
+    def restore(self, s: dict[str, Any]) -> None:
+        self.s = self.n = 0
+        if (s["aux"] is None) != (self.aux is None) or s["k"].shape[0] != self.kvh:
+            raise ValueError("the recent window has another layout")
+        self._make_room(s["k"].shape[1])
+        m = s["k"].shape[1]
+        self.k[:, :m], self.v[:, :m], self.pos[:m], self.tag[:m] = s["k"], s["v"], s["pos"], s["tag"]
+        if self.aux is not None:
+            self.aux[:, :m] = s["aux"]
+        self.n = m
+
+    def nbytes(self) -> int:
+        return self.k.nbytes + self.v.nbytes + (0 if self.aux is None else self.aux.nbytes)
+
     def pop(self, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
         """Remove the oldest m tokens -> copies of k, v, aux [KVH, m, hd], pos [m], tag [m]."""
         sl = slice(self.s, self.s + m)
@@ -113,12 +141,12 @@ class Ring:
 
 
 class WindowedCache:
-    """Base of the retrieval policies (see module docstring). Not a policy by itself."""
+    """Base of the retrieval policies (see module docstring). Not a policy by itself.
 
-    workspace = None  # kvstore.buffers.Workspace: buf_* shared across layers within a KV budget
+    buffer: where each call's attended set is laid out (its storage's AttentionBuffer)."""
 
     def __init__(self, text: TextSpec, rope: Rope, *, sink: int, recent: int, positions: str,
-                 table: RopeTable | None, aux: bool = False, absorb_batch: int = 1):
+                 table: RopeTable | None, buffer: AttentionBuffer, aux: bool = False, absorb_batch: int = 1):
         if positions not in POSITION_MODES:
             raise ConfigError(f"positions must be one of {', '.join(POSITION_MODES)} (got '{positions}')")
         if sink < 0 or recent < 0:
@@ -135,13 +163,23 @@ class WindowedCache:
         self.sink_pos = np.empty(sink, np.int64)
         self.sink_n = 0
         self.ring = Ring(self.kvh, self.hd, 2 * recent + 64, aux)
-        self.buf_k = np.empty((self.kvh, 0, self.hd), np.float32)  # [KVH, cap, hd] attended set per head
-        self.buf_v = np.empty_like(self.buf_k)
-        self.buf_pos = np.empty((self.kvh, 0), np.int64)
+        self.buffer = buffer  # k, v [KVH, cap, hd], pos [KVH, cap]: the attended set per head
         self.seen = 0
         self.phase: Phase = "prefill"  # of the call in progress
         self._stats = LayerStats()
         self.totals: dict[str, PhaseTotals] = {"prefill": PhaseTotals(), "decode": PhaseTotals()}
+
+    @property
+    def buf_k(self) -> np.ndarray:  # [KVH, cap, hd]
+        return self.buffer.k
+
+    @property
+    def buf_v(self) -> np.ndarray:  # [KVH, cap, hd]
+        return self.buffer.v
+
+    @property
+    def buf_pos(self) -> np.ndarray:  # [KVH, cap]
+        return self.buffer.pos
 
     # ------------------------------------------------------------------ subclass hooks
 
@@ -176,15 +214,7 @@ class WindowedCache:
 
     def reserve(self, retrieved: int) -> None:
         """Make buf_* hold sink + `retrieved` + recent tokens per head."""
-        need = self.sink_n + retrieved + self.ring.n
-        if self.workspace is not None:  # buffers shared by all layers, under a KV budget (kvstore)
-            self.workspace.reserve(self, need)
-            return
-        if need > self.buf_k.shape[1]:
-            cap = max(need, int(self.buf_k.shape[1] * 1.5), 256)
-            self.buf_k = np.empty((self.kvh, cap, self.hd), np.float32)
-            self.buf_v = np.empty_like(self.buf_k)
-            self.buf_pos = np.empty((self.kvh, cap), np.int64)
+        self.buffer.reserve(self.sink_n + retrieved + self.ring.n)
 
     # ------------------------------------------------------------------ LayerCache API
 
@@ -284,10 +314,38 @@ class WindowedCache:
     def length(self) -> int:
         return self.seen
 
+    def window_nbytes(self) -> int:
+        """The sink and the recent window (always resident)."""
+        return self.sink_k.nbytes + self.sink_v.nbytes + self.ring.nbytes()
+
     def nbytes(self) -> int:
-        arrays = (self.sink_k, self.sink_v, self.ring.k, self.ring.v, self.buf_k, self.buf_v)
-        extra = 0 if self.ring.aux is None else self.ring.aux.nbytes
-        return sum(a.nbytes for a in arrays) + extra + self._history_nbytes()
+        return self.window_nbytes() + self.buf_k.nbytes + self.buf_v.nbytes + self._history_nbytes()
 
     def stats(self) -> LayerStats:
         return self._stats
+
+    # ------------------------------------------------------------------ declared state
+
+    def state(self) -> dict[str, Any]:
+        """What a resumed stream needs of this layer: sink, recent window, counters, totals, and the
+        policy's history (`_history_state`). The attention buffer is scratch: it is not saved."""
+        s = self.sink_n
+        return {"sink_k": self.sink_k[:, :s], "sink_v": self.sink_v[:, :s], "sink_pos": self.sink_pos[:s],
+                "seen": self.seen, "ring": self.ring.state(),
+                "totals": {k: t.state() for k, t in self.totals.items()}, "history": self._history_state()}
+
+    def restore(self, s: dict[str, Any]) -> None:
+        n = s["sink_k"].shape[1]
+        if n > self.sink or s["sink_k"].shape[0] != self.kvh:
+            raise ValueError("the sink has another layout")
+        self.sink_k[:, :n], self.sink_v[:, :n], self.sink_pos[:n] = s["sink_k"], s["sink_v"], s["sink_pos"]
+        self.sink_n, self.seen = n, int(s["seen"])
+        self.ring.restore(s["ring"])
+        self.totals = {k: PhaseTotals.from_state(t) for k, t in s["totals"].items()}
+        self._restore_history(s["history"])
+
+    def _history_state(self) -> dict[str, Any]:
+        return {}
+
+    def _restore_history(self, s: dict[str, Any]) -> None:
+        """Subclasses that keep history restore it here."""

@@ -3,95 +3,40 @@
 Tokens leaving the recent window are hashed and assigned to clusters (through the retrieval
 backend). A cluster is *open* while it can still grow (among the `horizon` newest clusters of
 its head and below `max_size`); its tokens wait in a small open area. When it closes, its
-tokens are copied once into the sealed arena, contiguous, so a selected cluster is one slice
-(and a run of selected neighbours one bigger slice). The sealed arena is exactly what a cold
-tier writes out (issue 7); tables (codes, means, counts, offsets; running sums only while a cluster
-is open) stay resident.
+tokens are written once into the sealed arena (the storage's `Arena`: memory, or the KV tiers'
+cold log), contiguous, so a selected cluster is one slice and a run of selected neighbours one
+bigger slice. Tables (codes, means, counts, offsets; running sums only while a cluster is open)
+stay resident.
 
 On an endless stream the representatives (hd floats per cluster and head) are what grows, so with
 `fine` > 0 only the newest `fine` clusters of every head keep a resident representative; older
 clusters are retired in blocks of `block` consecutive ids: a block keeps one coarse representative
-(the mean of its tokens) and its token count, and its fine representatives go to an archive (memory,
-or a file of the cold tier). Selection is then two-level: WiCSum at `tau_coarse` over the blocks,
-then the usual WiCSum at tau over the fine clusters of the kept blocks and of the resident window.
+(the mean of its tokens) and its token count, and its fine representatives go to the storage's
+archive. Selection is then two-level: WiCSum at `tau_coarse` over the blocks, then the usual
+WiCSum at tau over the fine clusters of the kept blocks and of the resident window
+(docs/resv-spec.md, "Two-level tables").
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from vrex_edge.accel.backend import RetrievalBackend
+from vrex_edge.runtime.arrays import grow
+from vrex_edge.runtime.retrieval.storage import Arena, Rows, runs_to_index, take_rows
 
-
-def runs_to_index(runs: np.ndarray) -> np.ndarray:
-    """runs [r, 2] (start, stop) -> the token indices they cover, in order."""
-    lens = runs[:, 1] - runs[:, 0]
-    offs = np.cumsum(lens) - lens  # where each run starts in the output
-    return np.arange(int(lens.sum()), dtype=np.int64) + np.repeat(runs[:, 0] - offs, lens)
-
-
-class _Rows:
-    """Growable k, v [cap, hd] f32 and pos, owner [cap] i64 rows for one KV head."""
-
-    def __init__(self, hd: int, cap: int):
-        self.k = np.empty((cap, hd), np.float32)
-        self.v = np.empty((cap, hd), np.float32)
-        self.pos = np.empty(cap, np.int64)
-        self.owner = np.empty(cap, np.int64)
-        self.n = 0
-        self.dead = 0  # rows whose owner is -1 (open area only)
-
-    def reserve(self, need: int) -> None:
-        cap = self.k.shape[0]
-        if need <= cap:
-            return
-        cap = max(need, 2 * cap)
-        for name in ("k", "v", "pos", "owner"):
-            a = getattr(self, name)
-            b = np.empty((cap, *a.shape[1:]), a.dtype)
-            b[: self.n] = a[: self.n]
-            setattr(self, name, b)
-
-    def append(self, k: np.ndarray, v: np.ndarray, pos: np.ndarray, owner: np.ndarray) -> int:
-        m = k.shape[0]
-        self.reserve(self.n + m)
-        s = self.n
-        self.k[s : s + m], self.v[s : s + m], self.pos[s : s + m], self.owner[s : s + m] = k, v, pos, owner
-        self.n += m
-        return s
-
-    def nbytes(self) -> int:
-        return self.k.nbytes + self.v.nbytes + self.pos.nbytes + self.owner.nbytes
-
-
-class MemoryArchive:
-    """Fine representatives of retired blocks, in memory: block j of head h -> [block, hd] f32."""
-
-    def __init__(self, kvh: int, block: int, hd: int):
-        self.data = [np.zeros((0, block, hd), np.float32) for _ in range(kvh)]
-
-    def put(self, h: int, j: int, fine: np.ndarray) -> None:
-        d = self.data[h]
-        if j >= d.shape[0]:
-            grown = np.zeros((max(j + 1, 2 * d.shape[0], 16), *d.shape[1:]), np.float32)
-            grown[: d.shape[0]] = d
-            self.data[h] = d = grown
-        d[j] = fine
-
-    def get(self, h: int, blocks: np.ndarray) -> np.ndarray:
-        """-> [len(blocks), block, hd] fine representatives of head h."""
-        return self.data[h][blocks]
-
-    def nbytes(self) -> int:
-        return sum(d.nbytes for d in self.data)
+__all__ = ["ClusterStore", "runs_to_index"]
+TABLES = ("means_t", "codes", "counts", "start", "nclu", "lo", "nblk", "cmeans_t", "ccounts")
 
 
 class ClusterStore:
-    tier = None  # kvstore.tiers.LayerTier when the sealed arena lives on tiers (issue 7)
+    """Cluster tables of one layer (all KV heads) over the storage's open rows, arena and archive."""
 
-    def __init__(self, kvh: int, hd: int, *, planes: np.ndarray, backend: RetrievalBackend,
-                 threshold: int, max_size: int, horizon: int, capacity: int = 256,
-                 fine: int = 0, block: int = 16, tau_coarse: float = 0.99):
+    def __init__(self, kvh: int, hd: int, *, planes: np.ndarray, backend: RetrievalBackend, arena: Arena,
+                 open_rows: list[Rows], archive: Any, threshold: int, max_size: int, horizon: int,
+                 capacity: int = 256, fine: int = 0, block: int = 16, tau_coarse: float = 0.99):
         self.kvh, self.hd = kvh, hd
         self.planes = planes  # [KVH, bits, hd]
         self.backend = backend
@@ -107,15 +52,15 @@ class ClusterStore:
         # running f64 sums of the scoring keys, open clusters only ([len(open[h]), hd], aligned with open[h]):
         # a sealed cluster keeps just its f32 mean, so the tables cost ~280 bytes per cluster and head
         self.open_sums: list[np.ndarray] = [np.zeros((0, hd), np.float64) for _ in range(kvh)]
-        self.sealed = [_Rows(hd, 1024) for _ in range(kvh)]
-        self.pending = [_Rows(hd, 256) for _ in range(kvh)]  # open area: owner -1 = moved out
+        self.arena = arena  # sealed clusters, written once at seal
+        self.pending = open_rows  # per head, the open clusters' rows: owner -1 = moved out
         # two-level tables (fine > 0): ids < lo[h] of head h are retired, in nblk[h] blocks
         self.fine, self.block, self.tau_coarse = fine, block, tau_coarse
         self.lo = np.zeros(kvh, np.int64)
         self.nblk = np.zeros(kvh, np.int64)
         self.cmeans_t = np.zeros((kvh, hd, 0), np.float32)  # coarse representatives of the blocks
         self.ccounts = np.zeros((kvh, 0), np.int64)  # tokens per block
-        self.archive = MemoryArchive(kvh, block, hd)  # fine representatives of retired blocks
+        self.archive = archive  # fine representatives of retired blocks
 
     @property
     def means(self) -> np.ndarray:
@@ -130,26 +75,13 @@ class ClusterStore:
     def _grow(self, need: int, h: int) -> None:
         """Room for cluster ids < need of head h."""
         self._grow_window(need - int(self.lo[h]))
-        cap = self.counts.shape[1]
-        if need <= cap:
-            return
-        cap = max(need, cap + cap // 4, 256)  # x1.25: a smaller transient than doubling (old + new coexist)
-        for name, fill in (("counts", 0), ("start", -1)):
-            a = getattr(self, name)
-            b = np.full((self.kvh, cap, *a.shape[2:]), fill, a.dtype)
-            b[:, : a.shape[1]] = a
-            setattr(self, name, b)
+        # x1.25: a smaller transient than doubling (old and new coexist while copying)
+        self.counts = grow(self.counts, need, axis=1, fill=0, factor=1.25, minimum=256)
+        self.start = grow(self.start, need, axis=1, fill=-1, factor=1.25, minimum=256)
 
     def _grow_window(self, need: int) -> None:
-        cap = self.means_t.shape[2]
-        if need <= cap:
-            return
-        new = max(need, cap + cap // 4, 256)
-        mt = np.zeros((self.kvh, self.hd, new), np.float32)
-        mt[:, :, :cap] = self.means_t
-        cd = np.zeros((self.kvh, new, self.codes.shape[2]), np.uint64)
-        cd[:, :cap] = self.codes
-        self.means_t, self.codes = mt, cd
+        self.means_t = grow(self.means_t, need, axis=2, fill=0, factor=1.25, minimum=256)
+        self.codes = grow(self.codes, need, axis=1, fill=0, factor=1.25, minimum=256)
 
     def push(self, k: np.ndarray, v: np.ndarray, pos: np.ndarray, kc: np.ndarray, ks: np.ndarray) -> None:
         """k, v [KVH, m, hd] (storage form), pos [m]; kc, ks [KVH, m, hd]: the keys hashed for
@@ -206,13 +138,8 @@ class ClusterStore:
             cnt = self.counts[h, lo : lo + b]  # [b]
             fine = self.means_t[h, :, :b]  # [hd, b]
             self.archive.put(h, j, fine.T)
-            if j >= self.ccounts.shape[1]:
-                cap = max(j + 1, self.ccounts.shape[1] * 5 // 4, 64)
-                cm = np.zeros((self.kvh, self.hd, cap), np.float32)
-                cm[:, :, : self.cmeans_t.shape[2]] = self.cmeans_t
-                cc = np.zeros((self.kvh, cap), np.int64)
-                cc[:, : self.ccounts.shape[1]] = self.ccounts
-                self.cmeans_t, self.ccounts = cm, cc
+            self.cmeans_t = grow(self.cmeans_t, j + 1, axis=2, fill=0, factor=1.25, minimum=64)
+            self.ccounts = grow(self.ccounts, j + 1, axis=1, fill=0, factor=1.25, minimum=64)
             tot = int(cnt.sum())
             self.cmeans_t[h, :, j] = fine @ (cnt / max(tot, 1)).astype(np.float32)  # the mean of the block's tokens
             self.ccounts[h, j] = tot
@@ -229,14 +156,16 @@ class ClusterStore:
         for j in np.unique(ids[ids < self.lo[h]] // b).tolist():
             self.ccounts[h, j] = self.counts[h, j * b : (j + 1) * b].sum()
 
-    def score(self, q: np.ndarray, tau: float) -> tuple[np.ndarray, np.ndarray]:
+    def score(self, q: np.ndarray, tau: float, *, backend: RetrievalBackend | None = None) -> tuple[np.ndarray, np.ndarray]:
         """q [KVH, R, hd] scoring queries -> (keep [KVH, C] bool, mass [KVH, C] f32) over cluster ids
-        0..C-1 (C = the most clusters of any head); clusters that were not scored weigh 0."""
+        0..C-1 (C = the most clusters of any head); clusters that were not scored weigh 0.
+        backend: another backend than the store's (the prefetcher predicts on the host)."""
+        be = backend or self.backend
         c = int(self.nclu.max())
         if not self.nblk.any():  # one level: every representative is resident
-            return self.backend.score_select(q, self.means[:, :c], self.counts[:, :c], tau=tau)
+            return be.score_select(q, self.means[:, :c], self.counts[:, :c], tau=tau)
         nb = int(self.nblk.max())
-        bk, _ = self._select(q, self.cmeans_t[:, :, :nb].swapaxes(1, 2), self.ccounts[:, :nb], self.tau_coarse)
+        bk, _ = self._select(be, q, self.cmeans_t[:, :, :nb].swapaxes(1, 2), self.ccounts[:, :nb], self.tau_coarse)
         b = self.block
         blocks = [np.flatnonzero(bk[h]) for h in range(self.kvh)]
         win = self.nclu - self.lo  # resident clusters per head
@@ -251,7 +180,7 @@ class ClusterStore:
             reps[h, :, m : m + w] = self.means_t[h, :, :w]
             ids[h, m : m + w] = np.arange(lo, lo + w)
         cnt = np.where(ids >= 0, np.take_along_axis(self.counts[:, :c], np.maximum(ids, 0), 1), 0)
-        k2, m2 = self._select(q, reps.swapaxes(1, 2), cnt, tau)
+        k2, m2 = self._select(be, q, reps.swapaxes(1, 2), cnt, tau)
         keep = np.zeros((self.kvh, c), bool)
         mass = np.zeros((self.kvh, c), np.float32)
         for h in range(self.kvh):
@@ -260,31 +189,29 @@ class ClusterStore:
             mass[h, ids[h, ok]] = m2[h, ok]
         return keep, mass
 
-    def _select(self, q: np.ndarray, reps: np.ndarray, counts: np.ndarray, tau: float) -> tuple[np.ndarray, np.ndarray]:
+    def _select(self, be: RetrievalBackend, q: np.ndarray, reps: np.ndarray, counts: np.ndarray,
+                tau: float) -> tuple[np.ndarray, np.ndarray]:
         """The backend's score_select over the heads that have a candidate (a head may have no
         retired block yet, or have had all its blocks dropped)."""
         some = (counts > 0).any(1)
         if some.all():
-            return self.backend.score_select(q, reps, counts, tau=tau)
+            return be.score_select(q, reps, counts, tau=tau)
         keep = np.zeros(counts.shape, bool)
         mass = np.zeros(counts.shape, np.float32)
         if some.any():
-            keep[some], mass[some] = self.backend.score_select(q[some], reps[some], counts[some], tau=tau)
+            keep[some], mass[some] = be.score_select(q[some], reps[some], counts[some], tau=tau)
         return keep, mass
 
     def _seal(self, h: int, ids: np.ndarray) -> None:
         """Move the tokens of clusters `ids` from the open area into the sealed arena, contiguous."""
-        p, s = self.pending[h], self.sealed[h]
+        p = self.pending[h]
         owner = p.owner[: p.n]
         mark = np.zeros(int(self.nclu[h]) + 1, bool)  # the extra last entry answers owner -1
         mark[ids] = True
         slots = np.flatnonzero(mark[owner])
         slots = slots[np.argsort(owner[slots], kind="stable")]  # grouped by cluster, stream order inside
         o = owner[slots]
-        if self.tier is not None:  # cold tier (kvstore): written once, cluster-contiguous, not kept here
-            base = self.tier.write(h, p.k[slots], p.v[slots], p.pos[slots], o)
-        else:
-            base = s.append(p.k[slots], p.v[slots], p.pos[slots], o)
+        base = self.arena.write(h, p.k[slots], p.v[slots], p.pos[slots], o)
         uniq, first = np.unique(o, return_index=True)
         self.start[h, uniq] = base + first
         p.owner[slots] = -1
@@ -303,45 +230,18 @@ class ClusterStore:
         out_pos None skips positions (absolute mode needs none); out_owner gets each token's cluster id."""
         st = self.start[h, sel]
         sealed = sel[st >= 0]
-        s, p = self.sealed[h], self.pending[h]
-        w = 0
-        if sealed.size and self.tier is not None:  # through the hot cache / cold log (kvstore)
-            w = self.tier.gather(h, sealed, self.start[h], self.counts[h], out_k, out_v, out_pos, out_owner)
-        elif sealed.size:
-            runs = self.backend.layout(sealed, self.start[h], self.counts[h])  # [r, 2]
-            if runs.shape[0] <= 4:
-                for a, b in runs.tolist():
-                    m = b - a
-                    out_k[w : w + m], out_v[w : w + m] = s.k[a:b], s.v[a:b]
-                    if out_pos is not None:
-                        out_pos[w : w + m] = s.pos[a:b]
-                    if out_owner is not None:
-                        out_owner[w : w + m] = s.owner[a:b]
-                    w += m
-            else:
-                w = self._take(s, runs_to_index(runs), out_k, out_v, out_pos, 0, out_owner)
+        w = self.arena.gather(h, sealed, self.start[h], self.counts[h], out_k, out_v, out_pos, out_owner) if sealed.size else 0
         opened = sel[st < 0]
+        p = self.pending[h]
         if opened.size and p.n:
             mark = np.zeros(int(self.nclu[h]) + 1, bool)  # the extra last entry answers owner -1
             mark[opened] = True
-            w = self._take(p, np.flatnonzero(mark[p.owner[: p.n]]), out_k, out_v, out_pos, w, out_owner)
+            w = take_rows(p, np.flatnonzero(mark[p.owner[: p.n]]), out_k, out_v, out_pos, w, out_owner)
         return w
-
-    @staticmethod
-    def _take(rows: _Rows, idx: np.ndarray, out_k, out_v, out_pos, w: int, out_owner=None) -> int:
-        m = idx.size
-        # mode="clip" lets numpy write straight into `out` (indices are valid by construction)
-        np.take(rows.k, idx, axis=0, out=out_k[w : w + m], mode="clip")
-        np.take(rows.v, idx, axis=0, out=out_v[w : w + m], mode="clip")
-        if out_pos is not None:
-            np.take(rows.pos, idx, out=out_pos[w : w + m], mode="clip")
-        if out_owner is not None:
-            np.take(rows.owner, idx, out=out_owner[w : w + m], mode="clip")
-        return w + m
 
     def members(self, h: int) -> tuple[np.ndarray, np.ndarray]:
         """Every stored token of head h -> (positions [N], cluster id [N]) (for tests and tools)."""
-        s, p = self.sealed[h], self.pending[h]
+        s, p = self.arena.rows(h), self.pending[h]
         live = p.owner[: p.n] >= 0
         pos = np.concatenate([s.pos[: s.n], p.pos[: p.n][live]])
         return pos, np.concatenate([s.owner[: s.n], p.owner[: p.n][live]])
@@ -353,6 +253,27 @@ class ClusterStore:
                 + sum(s.nbytes for s in self.open_sums) + self.cmeans_t.nbytes + self.ccounts.nbytes
                 + self.archive.nbytes())
 
+    def open_nbytes(self) -> int:
+        """The open area's rows (all heads)."""
+        return sum(r.nbytes() for r in self.pending)
+
     def nbytes(self) -> int:
-        tables = self.table_nbytes()
-        return tables + sum(r.nbytes() for r in self.sealed + self.pending)
+        return self.table_nbytes() + self.open_nbytes() + self.arena.nbytes()
+
+    # ------------------------------------------------------------------ declared state
+
+    def state(self) -> dict[str, Any]:
+        """Everything a resumed stream needs (the arena and archive save their own state)."""
+        return {**{k: getattr(self, k) for k in TABLES}, "open": list(self.open), "open_sums": list(self.open_sums),
+                "pending": [r.state() for r in self.pending]}
+
+    def restore(self, s: dict[str, Any]) -> None:
+        for k in TABLES:
+            cur, new = getattr(self, k), s[k]
+            if new.dtype != cur.dtype or new.ndim != cur.ndim or new.shape[:1] != cur.shape[:1]:
+                raise ValueError(f"cluster table {k} has the wrong type or shape")
+            setattr(self, k, new.copy())
+        self.open = [np.asarray(x, np.int64) for x in s["open"]]
+        self.open_sums = [np.asarray(x, np.float64) for x in s["open_sums"]]
+        for r, x in zip(self.pending, s["pending"], strict=True):
+            r.restore(x)

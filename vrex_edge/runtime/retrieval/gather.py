@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from vrex_edge.runtime.arrays import grow
+
 if TYPE_CHECKING:
     from vrex_edge.runtime.retrieval.resv import ReSVCache
 
@@ -26,33 +28,32 @@ class BufferedGather:
         self.n = np.zeros(kvh, np.int64)  # cached rows per head (after the sink)
         self.owner = [np.empty(0, np.int64) for _ in range(kvh)]  # [cap] cluster id of each cached row
         self.cached = [np.zeros(0, bool) for _ in range(kvh)]  # [clusters] held in the buffer
-        self.buf: np.ndarray | None = None  # the buffer the rows live in (a reallocation empties it)
+        self.generation = -1  # of the buffer when the rows were cached (a reallocation empties it)
         self.sink = -1  # sink rows when the rows were cached (they sit after the sink)
+
+    def holds(self) -> list[np.ndarray] | None:
+        """Per head, which clusters the buffer holds now ([clusters] bool), or None when it holds none."""
+        b = self.cache.buffer
+        return self.cached if b.keeps_rows and self.generation == b.generation else None
 
     def _reset(self) -> None:
         c = self.cache
         self.n[:] = 0
         for h in range(c.kvh):
             self.cached[h][:] = False
-        self.buf, self.sink = c.buf_k, c.sink_n
+        self.generation, self.sink = c.buffer.generation, c.sink_n
 
     def gather(self, sels: list[np.ndarray]) -> None:
         """Make buf_k/buf_v[h, sink : sink + r_h] hold the tokens of clusters sels[h] (r_h = their counts)."""
         c, st = self.cache, self.cache.store
-        if self.buf is not c.buf_k or self.sink != c.sink_n:
+        if self.generation != c.buffer.generation or self.sink != c.sink_n:
             self._reset()
         s = c.sink_n
         for h in range(c.kvh):
             k, v = c.buf_k[h, s:], c.buf_v[h, s:]  # [cap, hd] rows after the sink
             nclu = int(st.nclu[h])
-            if self.cached[h].size < nclu:
-                grown = np.zeros(max(nclu, 2 * self.cached[h].size), bool)
-                grown[: self.cached[h].size] = self.cached[h]
-                self.cached[h] = grown
-            if self.owner[h].size < k.shape[0]:
-                grown = np.empty(k.shape[0], np.int64)
-                grown[: self.owner[h].size] = self.owner[h]
-                self.owner[h] = grown
+            self.cached[h] = grow(self.cached[h], nclu, fill=False)
+            self.owner[h] = grow(self.owner[h], k.shape[0], factor=1.0)
             sel = sels[h]
             is_sealed = st.start[h, sel] >= 0
             want = np.zeros(nclu + 1, bool)

@@ -1,78 +1,103 @@
-"""`resv`: hash-bit clustered KV with WiCSum selection per layer and KV head (resv.md section 3).
+"""`resv`: hash-bit clustered KV with WiCSum selection per layer and KV head (docs/resv-spec.md).
 
 The chunk attends exactly to sink + the tokens of the selected clusters + recent + itself.
 Selection runs per (layer, KV head) on the averaged, softmax-consistent cluster masses of the
 chunk's queries and the KV head's GQA query heads, so kept counts differ per head and frame.
-
-Options (defaults in DEFAULTS): tau (WiCSum fraction), bits (hash bits), hamming (threshold),
-horizon (candidate clusters: the newest open ones), max_cluster, sink, recent, keys (hash
-post- or pre-RoPE keys), score_keys (representatives; default = keys), positions
-(absolute | compact), accel (retrieval backend), seed (hyperplanes), cluster_batch (tokens
-leave the window in groups of at least this many), reselect (reuse a selection for this many
-calls of a phase, adding clusters opened since), dense_below (while fewer history tokens are
-cached, attend to all of them and skip scoring: exact at small caches; 0 = off, the default,
-because it measured no faster than selecting, see results/retrieval_micro.md), incremental (absolute positions: keep the sealed clusters gathered for the
-last call in the attention buffer and copy only the difference; 0 = gather everything each call),
-max_kept (at most this many retrieved tokens per KV head, heaviest clusters first; 0 = no cap:
-WiCSum keeps a fraction of a history that never stops growing, so on an endless stream the cap
-is what bounds a frame's work and the attention buffers), fine (0 = every cluster keeps a resident
-representative; else only the newest `fine` of each head do, older ones are retired in blocks of
-`block` clusters with one coarse representative each, their fine ones archived, and selection is
-two-level: WiCSum at tau_coarse over the blocks, then at tau over the kept blocks' clusters and the
-resident ones. On an endless stream this is what keeps the resident tables bounded, issue 7).
-keys=post, tau=0.9 measured best on real text (benchmarks/bench_policies.py); cluster_batch/
-reselect > 1 trade fidelity for time; dense_below and incremental change no output.
+Why the defaults are what they are: docs/policies.md and benchmarks/results/.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from vrex_edge.accel import get_backend, hyperplanes
+from vrex_edge.accel import backend_names, hyperplanes
 from vrex_edge.bundle import TextSpec
-from vrex_edge.errors import ConfigError
-from vrex_edge.runtime.kvcache import CacheFactory, register_policy
-from vrex_edge.runtime.retrieval.base import RopeTable, WindowedCache
+from vrex_edge.errors import AccelError
+from vrex_edge.runtime.retrieval.base import POSITION_MODES, WindowedCache
 from vrex_edge.runtime.retrieval.clusters import ClusterStore
 from vrex_edge.runtime.retrieval.gather import BufferedGather
-from vrex_edge.runtime.retrieval.options import check_options, table_cache
+from vrex_edge.runtime.retrieval.options import Options, opt
+from vrex_edge.runtime.retrieval.policy import Policy, PolicySpec
+from vrex_edge.runtime.retrieval.storage import KVStorage
 from vrex_edge.runtime.rope import Rope
 
 KEY_MODES = ("post", "pre")
-DENSE_BELOW = 0  # off: measured never cheaper than selecting (per-frame clustering dominates small caches; results/retrieval_micro.md)
-DEFAULTS = dict(tau=0.9, bits=64, hamming=2, horizon=128, max_cluster=32, sink=32, recent=128,
-                keys="post", score_keys=None, positions="absolute", accel="host", seed=0,
-                cluster_batch=1, reselect=1, dense_below=DENSE_BELOW, incremental=1, max_kept=0,
-                fine=0, block=16, tau_coarse=0.99)
+
+
+@dataclass(frozen=True)
+class ReSVOptions(Options):
+    """ReSV's options (docs/policies.md describes each and how the defaults were chosen)."""
+
+    policy = "resv"
+    tau: float = opt(0.9, lo=0, hi=1, lo_open=True, help="WiCSum fraction of the cluster mass kept")
+    bits: int = opt(64, lo=1, help="hash bits per key")
+    hamming: int = opt(2, lo=0, help="Hamming threshold for joining a cluster")
+    horizon: int = opt(128, lo=1, help="open clusters a token may join (the newest ones)")
+    max_cluster: int = opt(32, lo=1, help="tokens per cluster at most")
+    sink: int = opt(32, lo=0, help="first tokens always attended")
+    recent: int = opt(128, lo=0, help="last tokens always attended")
+    keys: str = opt("post", choices=KEY_MODES, help="hash post- or pre-RoPE keys")
+    score_keys: str | None = opt(None, choices=KEY_MODES, help="representatives' key form (default: keys)")
+    positions: str = opt("absolute", choices=POSITION_MODES, help="absolute stream positions or compact 0..L-1")
+    accel: str = opt("host", help="retrieval backend (vrex-edge accel list)")
+    seed: int = opt(0, lo=0, help="seed of the hash hyperplanes")
+    cluster_batch: int = opt(1, lo=1, help="tokens leave the window in groups of at least this many")
+    reselect: int = opt(1, lo=1, help="reuse a selection for this many calls of a phase")
+    dense_below: int = opt(0, lo=0, help="attend to all history while it is shorter (0: off)")
+    incremental: bool = opt(True, affects=False, help="absolute positions: copy only newly selected clusters")
+    max_kept: int = opt(0, lo=0, help="retrieved tokens per KV head at most, heaviest clusters first (0: no cap)")
+    fine: int = opt(0, lo=0, help="resident fine representatives per head (0: all; else two-level tables)")
+    block: int = opt(16, lo=1, help="clusters per retired block (two-level tables)")
+    tau_coarse: float = opt(0.99, lo=0, hi=1, lo_open=True, help="WiCSum fraction over retired blocks")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.score_keys is None:
+            object.__setattr__(self, "score_keys", self.keys)
+        if self.accel not in backend_names():
+            raise AccelError(f"unknown retrieval backend '{self.accel}' (available: {', '.join(backend_names())})")
 
 
 class ReSVCache(WindowedCache):
-    def __init__(self, layer: int, text: TextSpec, rope: Rope, *, table: RopeTable | None, tau: float, bits: int,
-                 hamming: int, horizon: int, max_cluster: int, sink: int, recent: int, keys: str,
-                 score_keys: str, positions: str, accel: str, seed: int, cluster_batch: int, reselect: int,
-                 dense_below: int = DENSE_BELOW, incremental: bool = True, max_kept: int = 0,
-                 fine: int = 0, block: int = 16, tau_coarse: float = 0.99):
-        self.post = keys == "post"  # hash codes from rotated (absolute positions) or un-rotated keys
-        self.score_post = score_keys == "post"  # representatives (and queries) rotated or not
-        compact = positions == "compact"  # storage form: un-rotated when compact, rotated when absolute
-        super().__init__(text, rope, sink=sink, recent=recent, positions=positions, table=table,
-                         aux=(self.post == compact) or (self.score_post == compact), absorb_batch=cluster_batch)
-        self.reselect = reselect  # reuse a selection for this many calls of the same phase
-        self.tau = tau
-        self.backend = get_backend(accel)
-        planes = hyperplanes(layer, self.kvh, bits, self.hd, seed=seed)
-        self.store = ClusterStore(self.kvh, self.hd, planes=planes, backend=self.backend, threshold=hamming,
-                                  max_size=max_cluster, horizon=horizon, fine=fine, block=block,
-                                  tau_coarse=tau_coarse)
+    def __init__(self, layer: int, text: TextSpec, rope: Rope, o: ReSVOptions, *, policy: Policy,
+                 storage: KVStorage):
+        """One layer's ReSV cache: options `o`, the session's backend and RoPE table from `policy`,
+        its arrays from `storage`."""
+        self.post = o.keys == "post"  # hash codes from rotated (absolute positions) or un-rotated keys
+        self.score_post = o.score_keys == "post"  # representatives (and queries) rotated or not
+        compact = o.positions == "compact"  # storage form: un-rotated when compact, rotated when absolute
+        kvh, hd = text.num_kv_heads, text.head_dim
+        incremental = o.incremental and not compact
+        super().__init__(text, rope, sink=o.sink, recent=o.recent, positions=o.positions,
+                         table=policy.rope_table(rope, text) if compact else None,
+                         buffer=storage.buffer(layer, kvh, hd, keeps_rows=incremental,
+                                               max_rows=text.max_positions if compact else None),
+                         aux=(self.post == compact) or (self.score_post == compact), absorb_batch=o.cluster_batch)
+        self.reselect = o.reselect  # reuse a selection for this many calls of the same phase
+        self.tau = o.tau
+        self.backend = policy.backend
+        planes = hyperplanes(layer, kvh, o.bits, hd, seed=o.seed)
+        self.store = ClusterStore(kvh, hd, planes=planes, backend=self.backend,
+                                  arena=storage.arena(layer, kvh, hd, self.backend.layout),
+                                  open_rows=storage.open_rows(layer, kvh, hd),
+                                  archive=storage.archive(layer, kvh, o.block, hd), threshold=o.hamming,
+                                  max_size=o.max_cluster, horizon=o.horizon, fine=o.fine, block=o.block,
+                                  tau_coarse=o.tau_coarse)
         self.last_mass: np.ndarray | None = None  # [KVH, C] of the last selection (tools, tests)
         self.last_nsel = np.zeros(self.kvh, np.int64)
         self.last_sel: list[np.ndarray] = []
         self._reuse: tuple[str, int, np.ndarray] | None = None  # (phase, calls left, nclu at selection)
-        self.dense_below = dense_below
-        self.max_kept = max_kept  # at most this many retrieved tokens per head (0: no cap)
-        self.gatherer = BufferedGather(self) if incremental and not self.compact else None
+        self.dense_below = o.dense_below
+        self.max_kept = o.max_kept  # at most this many retrieved tokens per head (0: no cap)
+        self.gatherer = BufferedGather(self) if incremental else None
+
+    def set_tau(self, tau: float) -> None:
+        """Select with another WiCSum fraction from the next call on (benchmarks sweep it over one fill)."""
+        self.tau = tau
 
     def _aux(self, k: np.ndarray, k_abs: np.ndarray) -> np.ndarray | None:
         """The key form that is not the storage form, when clustering or scoring needs it."""
@@ -91,6 +116,18 @@ class ReSVCache(WindowedCache):
 
     def _history_nbytes(self) -> int:
         return self.store.nbytes()
+
+    def _history_state(self) -> dict[str, Any]:
+        reuse = None if self._reuse is None else {"phase": self._reuse[0], "left": self._reuse[1], "then": self._reuse[2]}
+        return {"store": self.store.state(), "last_mass": self.last_mass, "last_sel": list(self.last_sel),
+                "last_nsel": self.last_nsel, "reuse": reuse}
+
+    def _restore_history(self, s: dict[str, Any]) -> None:
+        self.store.restore(s["store"])
+        self.last_mass, self.last_nsel = s["last_mass"], np.asarray(s["last_nsel"], np.int64)
+        self.last_sel = [np.asarray(x, np.int64) for x in s["last_sel"]]
+        r = s["reuse"]
+        self._reuse = None if r is None else (str(r["phase"]), int(r["left"]), np.asarray(r["then"], np.int64))
 
     def retrieve_budget(self, n: int) -> int:
         budget = super().retrieve_budget(n)
@@ -128,7 +165,7 @@ class ReSVCache(WindowedCache):
         sec["select"] += t1 - t0
         self.reserve(int(r.max()))
         s = self.sink_n
-        if self.gatherer is not None:
+        if self.gatherer is not None and self.buffer.keeps_rows:
             self.gatherer.gather(sels)
         else:
             for h in range(self.kvh):
@@ -147,37 +184,10 @@ def heaviest(sel: np.ndarray, mass: np.ndarray, counts: np.ndarray, budget: int)
     return order[: int(np.searchsorted(tok, budget, side="right"))]
 
 
-def make_resv(**options: object) -> CacheFactory:
-    o = check_options("resv", DEFAULTS, options)
-    for name in ("tau", "tau_coarse"):
-        if not 0.0 < float(o[name]) <= 1.0:
-            raise ConfigError(f"resv: {name} must be in (0, 1] (got {o[name]})")
-    if o["score_keys"] is None:
-        o["score_keys"] = o["keys"]
-    for name in ("keys", "score_keys"):
-        if o[name] not in KEY_MODES:
-            raise ConfigError(f"resv: {name} must be one of {', '.join(KEY_MODES)} (got '{o[name]}')")
-    for name in ("dense_below", "incremental", "max_kept", "fine"):
-        if int(o[name]) < 0:
-            raise ConfigError(f"resv: {name} must be >= 0 (got {o[name]})")
-    for name in ("bits", "max_cluster", "horizon", "cluster_batch", "reselect", "block"):
-        if int(o[name]) < 1:
-            raise ConfigError(f"resv: {name} must be >= 1 (got {o[name]})")
-    get_backend(str(o["accel"]))  # fail early with the list of backends
-    tables = table_cache()
-
-    def factory(layer: int, text: TextSpec, rope: Rope) -> ReSVCache:
-        table = tables(rope, text) if o["positions"] == "compact" else None
-        return ReSVCache(layer, text, rope, table=table, tau=float(o["tau"]), bits=int(o["bits"]),
-                         hamming=int(o["hamming"]), horizon=int(o["horizon"]), max_cluster=int(o["max_cluster"]),
-                         sink=int(o["sink"]), recent=int(o["recent"]), keys=str(o["keys"]),
-                         score_keys=str(o["score_keys"]), positions=str(o["positions"]), accel=str(o["accel"]), seed=int(o["seed"]),
-                         cluster_batch=int(o["cluster_batch"]), reselect=int(o["reselect"]),
-                         dense_below=int(o["dense_below"]), incremental=bool(int(o["incremental"])),
-                         max_kept=int(o["max_kept"]), fine=int(o["fine"]), block=int(o["block"]),
-                         tau_coarse=float(o["tau_coarse"]))
-
-    return factory
+def _build(policy: Policy, layer: int, text: TextSpec, rope: Rope, storage: KVStorage) -> ReSVCache:
+    assert isinstance(policy.options, ReSVOptions)
+    return ReSVCache(layer, text, rope, policy.options, policy=policy, storage=storage)
 
 
-register_policy("resv", make_resv)
+SPEC = PolicySpec("resv", ReSVOptions, _build, "hash-bit clusters of keys, WiCSum selection per layer and head",
+                  tiers=True)

@@ -1,4 +1,4 @@
-"""`topk`: ReKV-style block retrieval, the fixed-budget baseline (resv.md section 7).
+"""`topk`: ReKV-style block retrieval, the fixed-budget baseline (docs/resv-spec.md, "Baselines").
 
 One block per prefill chunk (a frame); consecutive decode tokens share a block of up to
 `decode_block` tokens. A block's representative is the mean pre-RoPE key over its tokens and
@@ -11,37 +11,64 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from vrex_edge.accel import get_backend
+from vrex_edge.accel import backend_names
 from vrex_edge.bundle import TextSpec
-from vrex_edge.errors import ConfigError
-from vrex_edge.runtime.kvcache import CacheFactory, Phase, register_policy
-from vrex_edge.runtime.retrieval.base import RopeTable, WindowedCache
-from vrex_edge.runtime.retrieval.clusters import runs_to_index
-from vrex_edge.runtime.retrieval.options import check_options, table_cache
+from vrex_edge.errors import AccelError, ConfigError
+from vrex_edge.runtime.arrays import grow
+from vrex_edge.runtime.kvcache import Phase
+from vrex_edge.runtime.retrieval.base import POSITION_MODES, WindowedCache
+from vrex_edge.runtime.retrieval.options import Options, opt
+from vrex_edge.runtime.retrieval.policy import Policy, PolicySpec
+from vrex_edge.runtime.retrieval.storage import KVStorage, runs_to_index
 from vrex_edge.runtime.rope import Rope
 
-DEFAULTS = dict(k=0.2, sink=32, recent=128, decode_block=10, positions="absolute", accel="host")
+BLOCK_TABLES = ("bstart", "bcount", "bsum", "btag")
+
+
+@dataclass(frozen=True)
+class TopKOptions(Options):
+    policy = "topk"
+    k: int | float = opt(0.2, lo=0, lo_open=True, help="blocks kept: a count (64) or a fraction of them (0.2)")
+    sink: int = opt(32, lo=0, help="first tokens always attended")
+    recent: int = opt(128, lo=0, help="last tokens always attended")
+    decode_block: int = opt(10, lo=1, help="decode tokens per block")
+    positions: str = opt("absolute", choices=POSITION_MODES, help="absolute stream positions or compact 0..L-1")
+    accel: str = opt("host", help="retrieval backend for the layout (vrex-edge accel list)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.k, float) and self.k > 1:
+            raise ConfigError(f"topk: option k must be a block count >= 1 or a fraction in (0, 1.0], got {self.k!r}")
+        if self.accel not in backend_names():
+            raise AccelError(f"unknown retrieval backend '{self.accel}' (available: {', '.join(backend_names())})")
 
 
 class TopKCache(WindowedCache):
-    def __init__(self, text: TextSpec, rope: Rope, *, table: RopeTable | None, k: int | float, sink: int,
-                 recent: int, decode_block: int, positions: str, accel: str):
-        super().__init__(text, rope, sink=sink, recent=recent, positions=positions, table=table,
-                         aux=positions == "absolute")  # the pre-RoPE keys beside rotated storage
-        self.k_opt = k
-        self.decode_block = decode_block
-        self.backend = get_backend(accel)
+    def __init__(self, layer: int, text: TextSpec, rope: Rope, o: TopKOptions, *, policy: Policy,
+                 storage: KVStorage):
+        compact = o.positions == "compact"
+        super().__init__(text, rope, sink=o.sink, recent=o.recent, positions=o.positions,
+                         table=policy.rope_table(rope, text) if compact else None,
+                         buffer=storage.buffer(layer, text.num_kv_heads, text.head_dim, keeps_rows=False),
+                         aux=not compact)  # the pre-RoPE keys beside rotated storage
+        self.k_opt = o.k
+        self.decode_block = o.decode_block
+        self.backend = policy.backend
         self.ak = np.empty((self.kvh, 1024, self.hd), np.float32)  # [KVH, cap, hd] history, stream order
         self.av = np.empty_like(self.ak)
         self.apos = np.empty(1024, np.int64)
         self.an = 0
-        self.bstart = np.zeros(0, np.int64)  # [B] per block: first arena row, token count, key sum, tag
-        self.bcount = np.zeros(0, np.int64)
-        self.bsum = np.zeros((0, self.hd), np.float64)
-        self.btag = np.zeros(0, np.int64)
+        # per block (the first nb entries): first arena row, token count, key sum [hd], tag
+        self.bstart = np.zeros(64, np.int64)
+        self.bcount = np.zeros(64, np.int64)
+        self.bsum = np.zeros((64, self.hd), np.float64)
+        self.btag = np.zeros(64, np.int64)
+        self.nb = 0
         self._next_tag, self._decode_fill = 0, 0
 
     def _aux(self, k: np.ndarray, k_abs: np.ndarray) -> np.ndarray | None:
@@ -57,36 +84,53 @@ class TopKCache(WindowedCache):
 
     def _absorb(self, k, v, aux, pos, tag) -> None:
         m = k.shape[1]
-        if self.an + m > self.ak.shape[1]:
-            cap = max(2 * self.ak.shape[1], self.an + m)
-            for name in ("ak", "av"):
-                b = np.empty((self.kvh, cap, self.hd), np.float32)
-                b[:, : self.an] = getattr(self, name)[:, : self.an]
-                setattr(self, name, b)
-            p = np.empty(cap, np.int64)
-            p[: self.an] = self.apos[: self.an]
-            self.apos = p
         s = self.an
-        self.ak[:, s : s + m], self.av[:, s : s + m], self.apos[s : s + m] = k, v, pos
-        self.an += m
+        self._absorb_rows(k, v, pos)
         keys = (k if aux is None else aux).sum(0, dtype=np.float64)  # [m, hd] summed over KV heads
         tags, first = np.unique(tag, return_index=True)  # tags are non-decreasing
         counts = np.diff(np.append(first, m))
         sums = np.add.reduceat(keys, first, axis=0)  # [t, hd]
-        if self.btag.size and tags[0] == self.btag[-1]:  # the last block continues
-            self.bcount[-1] += counts[0]
-            self.bsum[-1] += sums[0]
+        nb = self.nb
+        if nb and tags[0] == self.btag[nb - 1]:  # the last block continues
+            self.bcount[nb - 1] += counts[0]
+            self.bsum[nb - 1] += sums[0]
             tags, first, counts, sums = tags[1:], first[1:], counts[1:], sums[1:]
-        self.bstart = np.append(self.bstart, s + first)
-        self.bcount = np.append(self.bcount, counts)
-        self.bsum = np.concatenate([self.bsum, sums])
-        self.btag = np.append(self.btag, tags)
+        e = nb + tags.size
+        for name in BLOCK_TABLES:  # amortised: doubling, not one reallocation per absorb
+            setattr(self, name, grow(getattr(self, name), e, used=nb, fill=0))
+        self.bstart[nb:e], self.bcount[nb:e], self.bsum[nb:e], self.btag[nb:e] = s + first, counts, sums, tags
+        self.nb = e
 
     def _history_nbytes(self) -> int:
         return self.ak.nbytes + self.av.nbytes + self.apos.nbytes + self.bsum.nbytes
 
+    def _history_state(self) -> dict[str, Any]:
+        n, nb = self.an, self.nb
+        return {"ak": self.ak[:, :n], "av": self.av[:, :n], "apos": self.apos[:n],
+                **{name: getattr(self, name)[:nb] for name in BLOCK_TABLES},
+                "next_tag": self._next_tag, "decode_fill": self._decode_fill}
+
+    def _restore_history(self, s: dict[str, Any]) -> None:
+        self.an = 0
+        self._absorb_rows(s["ak"], s["av"], s["apos"])
+        self.nb = 0
+        nb = s["bcount"].shape[0]
+        for name in BLOCK_TABLES:
+            setattr(self, name, grow(getattr(self, name), nb, used=0, fill=0))
+            getattr(self, name)[:nb] = s[name]
+        self.nb = nb
+        self._next_tag, self._decode_fill = int(s["next_tag"]), int(s["decode_fill"])
+
+    def _absorb_rows(self, k: np.ndarray, v: np.ndarray, pos: np.ndarray) -> None:
+        m = k.shape[1]
+        self.ak = grow(self.ak, self.an + m, axis=1, used=self.an)
+        self.av = grow(self.av, self.an + m, axis=1, used=self.an)
+        self.apos = grow(self.apos, self.an + m, used=self.an)
+        self.ak[:, self.an : self.an + m], self.av[:, self.an : self.an + m], self.apos[self.an : self.an + m] = k, v, pos
+        self.an += m
+
     def _retrieve(self, q: np.ndarray, q_abs: np.ndarray, budget: int, sec: dict[str, float]) -> np.ndarray:
-        nb = self.bcount.size
+        nb = self.nb
         if nb == 0:
             return np.zeros(self.kvh, np.int64)
         t0 = time.perf_counter()
@@ -95,7 +139,7 @@ class TopKCache(WindowedCache):
         if kb >= nb:
             top = np.arange(nb)
         else:
-            reps = self.bsum / (self.bcount[:, None] * self.kvh)  # [B, hd]
+            reps = self.bsum[:nb] / (self.bcount[:nb, None] * self.kvh)  # [B, hd]
             score = reps @ q.reshape(-1, self.hd).mean(0, dtype=np.float64)  # [B]
             top = np.argpartition(-score, kb - 1)[:kb]
             top = top[np.argsort(-score[top], kind="stable")]
@@ -118,22 +162,9 @@ class TopKCache(WindowedCache):
         return np.full(self.kvh, r, np.int64)
 
 
-def make_topk(**options: object) -> CacheFactory:
-    o = check_options("topk", DEFAULTS, options)
-    k = o["k"]
-    if isinstance(k, str):  # from a CLI: "0.2" is a fraction, "64" a count
-        k = float(k) if "." in k else int(k)
-    if isinstance(k, bool) or not isinstance(k, int | float) or k <= 0 or (isinstance(k, float) and k > 1):
-        raise ConfigError(f"topk: k must be a block count >= 1 or a fraction in (0, 1.0] (got {o['k']!r})")
-    tables = table_cache()
-    get_backend(str(o["accel"]))
-
-    def factory(layer: int, text: TextSpec, rope: Rope) -> TopKCache:
-        table = tables(rope, text) if o["positions"] == "compact" else None
-        return TopKCache(text, rope, table=table, k=k, sink=int(o["sink"]), recent=int(o["recent"]),
-                         decode_block=int(o["decode_block"]), positions=str(o["positions"]), accel=str(o["accel"]))
-
-    return factory
+def _build(policy: Policy, layer: int, text: TextSpec, rope: Rope, storage: KVStorage) -> TopKCache:
+    assert isinstance(policy.options, TopKOptions)
+    return TopKCache(layer, text, rope, policy.options, policy=policy, storage=storage)
 
 
-register_policy("topk", make_topk)
+SPEC = PolicySpec("topk", TopKOptions, _build, "top-k frame blocks by mean key (ReKV-style, fixed budget)")

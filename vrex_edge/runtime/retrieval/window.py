@@ -2,29 +2,35 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from vrex_edge.bundle import TextSpec
-from vrex_edge.runtime.kvcache import CacheFactory, register_policy
-from vrex_edge.runtime.retrieval.base import WindowedCache
-from vrex_edge.runtime.retrieval.options import check_options, table_cache
+from vrex_edge.runtime.retrieval.base import POSITION_MODES, WindowedCache
+from vrex_edge.runtime.retrieval.options import Options, opt
+from vrex_edge.runtime.retrieval.policy import Policy, PolicySpec
+from vrex_edge.runtime.retrieval.storage import KVStorage
 from vrex_edge.runtime.rope import Rope
 
-DEFAULTS = dict(sink=32, recent=1024, positions="absolute")
+
+@dataclass(frozen=True)
+class WindowOptions(Options):
+    policy = "window"
+    sink: int = opt(32, lo=0, help="first tokens always attended")
+    recent: int = opt(1024, lo=0, help="last tokens attended")
+    positions: str = opt("absolute", choices=POSITION_MODES, help="absolute stream positions or compact 0..L-1")
 
 
 class WindowCache(WindowedCache):
     """Attends to sink + recent + chunk; `_absorb` (the base's) forgets the tokens leaving the window."""
 
 
-def make_window(**options: object) -> CacheFactory:
-    o = check_options("window", DEFAULTS, options)
-    tables = table_cache()
-
-    def factory(layer: int, text: TextSpec, rope: Rope) -> WindowCache:
-        table = tables(rope, text) if o["positions"] == "compact" else None
-        return WindowCache(text, rope, sink=int(o["sink"]), recent=int(o["recent"]), positions=str(o["positions"]),
-                           table=table)
-
-    return factory
+def _build(policy: Policy, layer: int, text: TextSpec, rope: Rope, storage: KVStorage) -> WindowCache:
+    o = policy.options
+    assert isinstance(o, WindowOptions)
+    compact = o.positions == "compact"
+    return WindowCache(text, rope, sink=o.sink, recent=o.recent, positions=o.positions,
+                       table=policy.rope_table(rope, text) if compact else None,
+                       buffer=storage.buffer(layer, text.num_kv_heads, text.head_dim, keeps_rows=False))
 
 
-register_policy("window", make_window)
+SPEC = PolicySpec("window", WindowOptions, _build, "sink + recent window (StreamingLLM)")

@@ -1,4 +1,4 @@
-"""`oracle`: a benchmark-only policy that keeps the tokens with the most exact attention mass.
+"""`oracle`: a reference policy for benchmarks that keeps the tokens with the most exact attention mass.
 
 Per layer and KV head it computes the chunk's exact softmax over every history token (between
 the sink and the recent window), averages the normalised distributions over the chunk's
@@ -10,35 +10,43 @@ reference, not a fast policy (it scores every token). Absolute positions only.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
 from vrex_edge.bundle import TextSpec
-from vrex_edge.errors import ConfigError
-from vrex_edge.runtime.kvcache import CacheFactory
+from vrex_edge.runtime.arrays import grow
 from vrex_edge.runtime.retrieval.base import WindowedCache
-from vrex_edge.runtime.retrieval.options import check_options
+from vrex_edge.runtime.retrieval.options import Options, opt
+from vrex_edge.runtime.retrieval.policy import Policy, PolicySpec
+from vrex_edge.runtime.retrieval.storage import AttentionBuffer, KVStorage
 from vrex_edge.runtime.rope import Rope
 
-DEFAULTS = dict(tau=0.9, sink=32, recent=128)
+
+@dataclass(frozen=True)
+class OracleOptions(Options):
+    policy = "oracle"
+    tau: float = opt(0.9, lo=0, hi=1, lo_open=True, help="fraction of the exact attention mass kept")
+    sink: int = opt(32, lo=0, help="first tokens always attended")
+    recent: int = opt(128, lo=0, help="last tokens always attended")
 
 
 class OracleCache(WindowedCache):
-    def __init__(self, text: TextSpec, rope: Rope, *, tau: float, sink: int, recent: int):
-        super().__init__(text, rope, sink=sink, recent=recent, positions="absolute", table=None)
-        self.tau = tau
+    def __init__(self, text: TextSpec, rope: Rope, o: OracleOptions, *, buffer: AttentionBuffer):
+        super().__init__(text, rope, sink=o.sink, recent=o.recent, positions="absolute", table=None, buffer=buffer)
+        self.tau = o.tau
         self.hk = np.empty((self.kvh, 1024, self.hd), np.float32)  # [KVH, cap, hd] rotated history keys
         self.hv = np.empty_like(self.hk)
         self.hn = 0
 
+    def set_tau(self, tau: float) -> None:
+        """Select with another WiCSum fraction from the next call on (benchmarks sweep it over one fill)."""
+        self.tau = tau
+
     def _absorb(self, k, v, aux, pos, tag) -> None:
         m = k.shape[1]
-        if self.hn + m > self.hk.shape[1]:
-            cap = max(2 * self.hk.shape[1], self.hn + m)
-            for name in ("hk", "hv"):
-                b = np.empty((self.kvh, cap, self.hd), np.float32)
-                b[:, : self.hn] = getattr(self, name)[:, : self.hn]
-                setattr(self, name, b)
+        self.hk = grow(self.hk, self.hn + m, axis=1, used=self.hn)
+        self.hv = grow(self.hv, self.hn + m, axis=1, used=self.hn)
         self.hk[:, self.hn : self.hn + m], self.hv[:, self.hn : self.hn + m] = k, v
         self.hn += m
 
@@ -72,12 +80,10 @@ class OracleCache(WindowedCache):
         return r
 
 
-def make_oracle(**options: object) -> CacheFactory:
-    o = check_options("oracle", DEFAULTS, options)
-    if not 0.0 < float(o["tau"]) <= 1.0:
-        raise ConfigError(f"oracle: tau must be in (0, 1] (got {o['tau']})")
+def _build(policy: Policy, layer: int, text: TextSpec, rope: Rope, storage: KVStorage) -> OracleCache:
+    assert isinstance(policy.options, OracleOptions)
+    buffer = storage.buffer(layer, text.num_kv_heads, text.head_dim, keeps_rows=False)
+    return OracleCache(text, rope, policy.options, buffer=buffer)
 
-    def factory(layer: int, text: TextSpec, rope: Rope) -> OracleCache:
-        return OracleCache(text, rope, tau=float(o["tau"]), sink=int(o["sink"]), recent=int(o["recent"]))
 
-    return factory
+SPEC = PolicySpec("oracle", OracleOptions, _build, "exact attention mass per token (benchmark reference, slow)")

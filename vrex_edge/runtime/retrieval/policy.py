@@ -1,0 +1,75 @@
+"""A configured retrieval policy: its typed options, the layer caches it builds, the backend it owns.
+
+A `PolicySpec` says what a policy is (name, options dataclass, how to build one layer's cache);
+the registry (retrieval/registry.py) lists every spec. A `Policy` is one session's instance: it
+builds the layer caches over a `KVStorage`, opens the retrieval backend once for all of them
+(policies that use one), and closes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from vrex_edge.bundle import TextSpec
+from vrex_edge.runtime.retrieval.options import Options
+from vrex_edge.runtime.retrieval.storage import RESIDENT, KVStorage
+from vrex_edge.runtime.rope import Rope
+
+if TYPE_CHECKING:
+    from vrex_edge.accel.backend import RetrievalBackend
+    from vrex_edge.runtime.kvcache import LayerCache
+    from vrex_edge.runtime.retrieval.base import RopeTable
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """name: what --policy takes; options: its Options dataclass; build(policy, layer, text, rope,
+    storage) -> the layer's cache; tiers: its history can live on the KV tiers (--kv-budget)."""
+
+    name: str
+    options: type[Options]
+    build: Callable[[Policy, int, TextSpec, Rope, KVStorage], LayerCache]
+    summary: str
+    tiers: bool = False
+
+
+class Policy:
+    """One session's policy: `policy(layer, text, rope, storage)` builds that layer's cache."""
+
+    def __init__(self, spec: PolicySpec, options: Options):
+        self.spec, self.options = spec, options
+        self._backend: RetrievalBackend | None = None
+        self._tables: dict[int, tuple[Rope, RopeTable]] = {}
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def __call__(self, layer: int, text: TextSpec, rope: Rope, storage: KVStorage = RESIDENT) -> LayerCache:
+        return self.spec.build(self, layer, text, rope, storage)
+
+    @property
+    def backend(self) -> RetrievalBackend:
+        """The retrieval backend named by the `accel` option, opened once for every layer."""
+        if self._backend is None:
+            from vrex_edge.accel import get_backend
+
+            self._backend = get_backend(str(getattr(self.options, "accel", "host")))
+        return self._backend
+
+    def rope_table(self, rope: Rope, text: TextSpec) -> RopeTable:
+        """One compact-position cos/sin table per Rope, shared by the layers."""
+        from vrex_edge.runtime.retrieval.base import RopeTable
+
+        if id(rope) not in self._tables:
+            self._tables[id(rope)] = (rope, RopeTable(rope, text.max_positions))
+        return self._tables[id(rope)][1]
+
+    def close(self) -> None:
+        """Close the backend (a device driver's handles); the caches built stay readable."""
+        close: Any = getattr(self._backend, "close", None)
+        self._backend = None
+        if close is not None:
+            close()
