@@ -44,6 +44,7 @@ STATIC = {"/app.js": ("app.js", "text/javascript; charset=utf-8"), "/style.css":
 API = {"/stream.mjpg": "GET", "/frame.jpg": "GET", "/events": "GET", "/ask": "POST"}
 BOUNDARY = b"vrexframe"
 KEEPALIVE_S = 15.0
+STREAM_SNDBUF = 256 * 1024  # bytes the kernel holds for one video viewer: a stalled one blocks (and times out) soon
 
 
 def load_static(token: str | None) -> dict[str, tuple[bytes, str]]:
@@ -238,6 +239,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(503, {"error": "too many viewers"}, {"Retry-After": "5"})
             return
         try:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SNDBUF)
             self._start_stream(f"multipart/x-mixed-replace; boundary={BOUNDARY.decode()}")
             self.wfile.write(b"--" + BOUNDARY + b"\r\n")
             hub, sent, next_at = self.server.hub, 0, 0.0
