@@ -94,6 +94,24 @@ def sse_events(view: WebView, path: str = "/events", *, until: str, timeout: flo
     return out
 
 
+def sse_for(view: WebView, seconds: float) -> list[str]:
+    """The event names a viewer receives in `seconds`."""
+    sock = socket.create_connection(("127.0.0.1", view.port), timeout=seconds)
+    sock.sendall(b"GET /events HTTP/1.0\r\n\r\n")
+    data, deadline = b"", time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(1 << 16)
+        except TimeoutError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    sock.close()
+    return re.findall(r"^event: (\w+)$", data.decode(), flags=re.M)
+
+
 # ---------------------------------------------------------------------------- --web values
 
 
@@ -212,6 +230,23 @@ def test_records_travel_as_json_and_cannot_inject_events(serve) -> None:
     assert sse_events(view, until="status")[1][1]["text"] == nasty, "a new viewer gets the history"
 
 
+def test_status_reaches_a_viewer_at_most_status_hz(serve) -> None:
+    view, _ = serve(status_hz=4)
+    got: list[list[str]] = []
+    reader = threading.Thread(target=lambda: got.append(sse_for(view, 1.5)))
+    reader.start()
+    time.sleep(0.2)
+    for i in range(200):  # 200 updates/s for a second, a caption every 0.1 s
+        view.hub.update(frame_ms=float(i))
+        if i % 20 == 0:
+            view.record(i / 200, f"caption {i}", None)
+        time.sleep(0.005)
+    reader.join()
+    events = got[0]
+    assert events[0] == "hello" and events.count("record") == 10, "records are sent as they come"
+    assert 2 <= events.count("status") <= 7, events.count("status")
+
+
 def test_question_limits(serve) -> None:
     view, questions = serve(question_chars=30, body_bytes=256, question_burst=2, question_every_s=60, pending_questions=3)
     assert ask(view, "  where is\tthe\nred\x00square ?\u202e ") == (202, {"question": "where is the red square ?"})
@@ -240,6 +275,30 @@ def test_clean_question_and_public_name() -> None:
     assert clean_question("a\r\nb\u200bc\x1b[31m") == "a b c [31m"
     assert public_name("rtsp://admin:hunter2@10.0.0.2:554/h264?auth=x") == "rtsp://10.0.0.2:554/h264"
     assert public_name("samples/world_demo.mp4") == "samples/world_demo.mp4"
+
+
+def test_publish_calls_fill_the_status_and_read_stats_sparingly(serve) -> None:
+    from vrex_edge.runtime.events import FrameProcessed, Stats
+    from vrex_edge.runtime.live import CaptureStatus, LiveStatus
+
+    view, _ = serve(status_hz=4)
+    calls = []
+
+    def stats() -> Stats:
+        calls.append(1)
+        return Stats(frames=1, tokens=20, frame_ms_mean=1, frame_ms_median=1, frame_ms_p95=1, fps=1, cache_bytes=2048,
+                     retrieval={"prefill_kept_fraction": 0.25, "decode_kept_fraction": 0.5})
+
+    for i in range(50):
+        view.frame(FrameProcessed(i, i / 2, {"total": 12.5}, 10 * i, False, None), stats)
+    view.status(LiveStatus(CaptureStatus(captured=40, sampled=40, dropped=3, state="stalled", message="retrying"),
+                           processed=20, elapsed=10.0, lag_ms=250.0))
+    assert len(calls) == 1, "session.stats runs at most status_hz times a second, not per frame"
+    _, status = view.hub.status()
+    assert status["frame_ms"] == 12.5 and status["cache_tokens"] == 490 and status["cache_bytes"] == 2048
+    assert status["kept_prefill"] == 0.25 and status["frame_t"] is None
+    assert (status["captured_fps"], status["processed_fps"], status["dropped"], status["lag_ms"]) == (4.0, 2.0, 3, 250.0)
+    assert (status["state"], status["message"]) == ("stalled", "retrying")
 
 
 # ---------------------------------------------------------------------------- viewers that stall

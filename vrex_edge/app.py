@@ -214,7 +214,7 @@ def live_stream(
                     last_t = event.t
                     view.frame(event)
                     if web_view is not None:
-                        web_view.frame(event, session.stats())
+                        web_view.frame(event, session.stats)
                 elif isinstance(event, LiveStatus):
                     final_status = event
                     view.status(event)

@@ -1,8 +1,9 @@
 """The web view's shared state: written by the live loop, read by the HTTP threads.
 
 A publish call takes one short lock, replaces a value and notifies; it never waits on a viewer.
-Viewers keep only cursors (the last frame and record they sent) and wait on the condition, so
-a slow viewer skips frames instead of queueing them. The newest frame is JPEG-encoded once, by
+Viewers keep only cursors (the last frame and record they sent) and wait on conditions, so a
+slow viewer skips frames instead of queueing them. There is one condition per kind of news, so
+a publish call wakes only the viewers that will send something (every wake-up costs the GIL). The newest frame is JPEG-encoded once, by
 whichever viewer thread wants it first (OpenCV releases the GIL while it encodes).
 """
 
@@ -40,10 +41,14 @@ class Jpeg:
 
 
 class Hub:
-    """Latest frame, the last `history` records, the latest status; a condition to wait on."""
+    """Latest frame, the last `history` records, the latest status; conditions to wait on."""
 
     def __init__(self, *, history: int = 200, jpeg_quality: int = 80, max_side: int = 960):
-        self.cond = threading.Condition()
+        self.lock = threading.Lock()
+        self._frames = threading.Condition(self.lock)  # notified by frame() and close()
+        self._records_cv = threading.Condition(self.lock)  # record() and close()
+        self._news = threading.Condition(self.lock)  # record(), update() and close()
+        self._closing = threading.Condition(self.lock)  # close()
         self.jpeg_quality, self.max_side = jpeg_quality, max_side
         self.closed = False
         self.frame_seq = 0
@@ -60,64 +65,67 @@ class Hub:
 
     def frame(self, t: float, bgr: np.ndarray) -> None:
         """Publish a BGR uint8 frame [h, w, 3]. Kept by reference: the caller must not modify it later."""
-        with self.cond:
+        with self.lock:
             self.frame_seq += 1
             self.frame_t, self._frame = float(t), bgr
-            self.cond.notify_all()
+            self._frames.notify_all()
 
     def record(self, t: float, text: str, question: str | None) -> None:
-        with self.cond:
+        with self.lock:
             self.record_id += 1
             self._records.append(Record(self.record_id, float(t), text, question))
-            self.cond.notify_all()
+            self._records_cv.notify_all()
+            self._news.notify_all()
 
     def update(self, **fields: Any) -> None:
         """Merge JSON-able fields into the status."""
-        with self.cond:
+        with self.lock:
             self._status.update(fields)
             self.status_seq += 1
-            self.cond.notify_all()
+            self._news.notify_all()
 
     def close(self) -> None:
-        with self.cond:
+        with self.lock:
             self.closed = True
-            self.cond.notify_all()
+            for cv in (self._frames, self._records_cv, self._news, self._closing):
+                cv.notify_all()
 
     # ------------------------------------------------------------------ viewer side
 
     def wait_frame(self, after: int, timeout: float) -> bool:
         """Wait for a frame newer than seq `after` (or the close); False on timeout."""
-        with self.cond:
-            return self.cond.wait_for(lambda: self.closed or self.frame_seq > after, timeout)
+        with self.lock:
+            return self._frames.wait_for(lambda: self.closed or self.frame_seq > after, timeout)
 
     def wait_news(self, record_id: int, status_seq: int, status_due: float, timeout: float) -> bool:
-        """Wait for a record newer than `record_id`, or a status newer than `status_seq` once the
-        monotonic clock reaches `status_due` (or the close); False on timeout."""
-
-        def news() -> bool:
-            return (self.closed or self.record_id > record_id
-                    or (self.status_seq > status_seq and time.monotonic() >= status_due))
-
-        with self.cond:
-            return self.cond.wait_for(news, timeout)
+        """Wait for a record newer than `record_id`, or a status newer than `status_seq` (or the close);
+        before the monotonic time `status_due` only a record wakes the caller, and it returns at
+        status_due at the latest. False when nothing came."""
+        now = time.monotonic()
+        with self.lock:
+            if now < status_due:
+                return self._records_cv.wait_for(lambda: self.closed or self.record_id > record_id,
+                                                 min(timeout, status_due - now))
+            return self._news.wait_for(lambda: self.closed or self.record_id > record_id or self.status_seq > status_seq,
+                                       timeout)
 
     def sleep(self, seconds: float) -> bool:
         """Sleep unless the hub closes first; True if it closed."""
-        with self.cond:
-            return self.cond.wait_for(lambda: self.closed, seconds)
+        with self.lock:
+            return self._closing.wait_for(lambda: self.closed, seconds)
 
     def records_after(self, record_id: int) -> list[Record]:
-        with self.cond:
+        with self.lock:
             return [r for r in self._records if r.id > record_id]
 
     def status(self) -> tuple[int, dict[str, Any]]:
-        with self.cond:
+        with self.lock:
             return self.status_seq, {**self._status, "frame_t": self.frame_t if self.frame_seq else None}
 
     def jpeg(self) -> Jpeg | None:
         """The newest frame as JPEG (encoded once per frame, shared by all viewers); None before the first."""
         with self._encode_lock:
-            with self.cond:
+            with self.lock:
                 seq, t, frame = self.frame_seq, self.frame_t, self._frame
             if frame is None:
                 return None

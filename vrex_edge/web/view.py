@@ -2,7 +2,7 @@
 
     web = WebView(parse_web("8080"), questions, title=reader.name).start()
     web.image(t, bgr)              # on_frame: the frame the model takes next
-    web.frame(event, stats)        # FrameProcessed (+ session stats for the cache and kept fraction)
+    web.frame(event, session.stats)  # FrameProcessed (+ stats, for the cache bytes and kept fraction)
     web.record(t, text, question)  # a caption (question None) or an answer
     web.status(live_status)        # LiveStatus: rates, dropped frames, lag, source state
     web.close()                    # viewers get "end", connections are cut, the thread joins
@@ -15,6 +15,8 @@ from __future__ import annotations
 import queue
 import socket
 import threading
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -39,6 +41,7 @@ class WebView:
         self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="vrex-web", daemon=True)
         self._closed = False
+        self._stats_due = 0.0
 
     def start(self) -> WebView:
         self._thread.start()
@@ -75,12 +78,17 @@ class WebView:
         """The frame at stream time t, BGR uint8 [h, w, 3]; kept by reference (do not modify it)."""
         self.hub.frame(t, bgr)
 
-    def frame(self, event: FrameProcessed, stats: Stats | None = None) -> None:
+    def frame(self, event: FrameProcessed, stats: Callable[[], Stats] | None = None) -> None:
+        """A processed frame; `stats` (e.g. session.stats, for the cache bytes and kept fraction) is
+        called at most status_hz times a second, on the caller's thread."""
         fields: dict[str, object] = {"frame_ms": event.timings_ms.get("total", 0.0), "cache_tokens": event.cache_tokens}
-        if stats is not None:
-            fields["cache_bytes"] = stats.cache_bytes
-            fields["kept_prefill"] = stats.retrieval.get("prefill_kept_fraction")
-            fields["kept_decode"] = stats.retrieval.get("decode_kept_fraction")
+        now = time.monotonic()
+        if stats is not None and now >= self._stats_due:
+            self._stats_due = now + 1.0 / self.config.limits.status_hz
+            st = stats()
+            fields["cache_bytes"] = st.cache_bytes
+            fields["kept_prefill"] = st.retrieval.get("prefill_kept_fraction")
+            fields["kept_decode"] = st.retrieval.get("decode_kept_fraction")
         self.hub.update(**fields)
 
     def record(self, t: float, text: str, question: str | None = None) -> None:
