@@ -25,6 +25,8 @@ from typer.testing import CliRunner
 from tests.browser import CHROMIUM, Browser
 from vrex_edge.cli import app
 from vrex_edge.errors import ConfigError
+from vrex_edge.runtime.events import FrameProcessed, Stats
+from vrex_edge.runtime.live import CaptureStatus, LiveStatus
 from vrex_edge.web import TOKEN_ENV, WebConfig, WebLimits, WebView, parse_web
 from vrex_edge.web.server import clean_question, public_name
 
@@ -278,9 +280,6 @@ def test_clean_question_and_public_name() -> None:
 
 
 def test_publish_calls_fill_the_status_and_read_stats_sparingly(serve) -> None:
-    from vrex_edge.runtime.events import FrameProcessed, Stats
-    from vrex_edge.runtime.live import CaptureStatus, LiveStatus
-
     view, _ = serve(status_hz=4)
     calls = []
 
@@ -442,3 +441,31 @@ def test_page_in_headless_chromium(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"headless Chromium not installed at {CHROMIUM} (apt-get install chromium)")
+def test_page_with_a_token_shows_markup_as_text(serve) -> None:
+    """A token-protected server fed by the test: the page carries the token on every request (the
+    assets, the video, the events, the question) and shows model output with markup as text."""
+    view, questions = serve(token=TOKEN)
+    with Browser() as b:
+        b.open(f"http://127.0.0.1:{view.port}/?token={TOKEN}")
+        b.wait_for("document.getElementById('conn').textContent === 'live'")
+        assert b.eval("getComputedStyle(document.body).backgroundColor") == "rgb(17, 20, 24)", "style.css loaded"
+        for i in range(3):
+            view.image(0.5 * i, np.full((32, 32, 3), 80 * i, np.uint8))
+            time.sleep(0.2)
+        b.wait_for("document.getElementById('frame').naturalWidth === 32")
+        view.record(1.0, '<img src=x onerror="document.title=1">caption', None)
+        view.status(LiveStatus(CaptureStatus(captured=4, sampled=4, dropped=1, state="running"), 2, 2.0, 12.0))
+        text = b.wait_for("document.querySelector('#records li .text')?.textContent")
+        assert text == '<img src=x onerror="document.title=1">caption'
+        assert b.eval("document.querySelectorAll('#records img').length") == 0 and b.eval("document.title") != "1"
+        b.wait_for("document.getElementById('s-dropped').textContent === '1'")
+        assert b.eval("document.getElementById('frame-time').textContent") == "00:00:01.000"
+        b.eval("document.getElementById('question').focus()")
+        b.type("where is the red square ?")
+        assert questions.get(timeout=5) == "where is the red square ?"
+        b.wait_for("document.getElementById('ask-status').textContent.startsWith('asked')")
+        view.record(1.2, "top left", "where is the red square ?")
+        assert b.wait_for("document.querySelector('#records li.answer .a')?.textContent") == "top left"
