@@ -90,6 +90,7 @@ KVBudgetOpt = Annotated[str | None, typer.Option("--kv-budget", help="Resident K
 KeepKVOpt = Annotated[Path | None, typer.Option("--keep-kv", help="Keep the KV disk store (and a resume state) in this folder.")]
 ResumeOpt = Annotated[Path | None, typer.Option("--resume", help="Continue the stream kept by --keep-kv in this folder.")]
 KVFullOpt = Annotated[str, typer.Option("--kv-on-full", help="When the KV store's disk is full: error or drop-oldest.")]
+WebOpt = Annotated[str | None, typer.Option("--web", metavar="[HOST:]PORT", help="Also serve a web view here (host 127.0.0.1 unless given; any other host needs a token).")]
 
 
 @app.command()
@@ -173,6 +174,7 @@ def live(
     keep_kv: KeepKVOpt = None,
     resume: ResumeOpt = None,
     kv_on_full: KVFullOpt = "error",
+    web: WebOpt = None,
 ) -> None:
     """Narrate a camera or stream in real time; type a question and press Enter to ask it."""
     from vrex_edge.app import kv_config, live_stream
@@ -182,6 +184,7 @@ def live(
             camera=camera, source=source, model=model or default_model(), fps=fps, policy=policy,
             policy_options=with_accel(parse_policy_options(opt), accel), output=output, fmt=fmt, show=show, retry_s=retry,
             providers=provider or None, threads=threads, kv=kv_config(kv_budget, keep_kv, resume, kv_on_full),
+            web=web, notice=lambda line: typer.echo(line, err=True),
         )
 
 

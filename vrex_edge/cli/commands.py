@@ -7,7 +7,7 @@ event to the output writer (the data) and the UI (progress and summary on stderr
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +149,10 @@ def live_stream(
     providers: Sequence[str] | None,
     threads: int | None,
     kv: Any = None,
+    web: str | None = None,
+    notice: Callable[[str], None] | None = None,
 ) -> None:
+    """web: also serve a web view at [HOST:]PORT (vrex_edge.web); notice: where its address is said."""
     import queue
     import signal
     import threading
@@ -163,10 +166,12 @@ def live_stream(
         raise ConfigError(f"unknown output format '{fmt}' (choose from: jsonl, srt, text)")
     if not (fps > 0 and math.isfinite(fps)):
         raise ConfigError(f"--fps must be a positive number, got {fps}")
+    web_config = _web_config(web)  # a bad --web fails before the model loads
     session = open_session(model, policy=policy, policy_options=policy_options, providers=providers, threads=threads, kv=kv)
     reader = open_live_reader(camera, source)
     window = FrameWindow.open() if show else None
     questions: queue.Queue[str] = queue.Queue()
+    web_view = _open_web(web_config, questions, reader.name, notice)
     stop = threading.Event()
     capture = CaptureThread(reader, fps=fps, retry_s=retry_s)
     offset = (session.tiers.resumed_time or 0.0) if session.tiers is not None else 0.0  # --resume: time goes on
@@ -194,10 +199,13 @@ def live_stream(
         with QuestionInput(questions, view) as typing_, view.running(interactive=typing_.interactive):
             capture.start()
             for event in live_events(session, clock, questions, stop=stop,
-                                     on_frame=window.show if window is not None else None):
+                                     on_frame=_fan_out(window.show if window is not None else None,
+                                                       web_view.image if web_view is not None else None)):
                 if isinstance(event, Caption | Answer):
                     question = event.question if isinstance(event, Answer) else None
                     view.record(event.t, event.text, question)
+                    if web_view is not None:
+                        web_view.record(event.t, event.text, question)
                     if window is not None:
                         window.caption = event.text
                     if writer is not None:
@@ -205,9 +213,13 @@ def live_stream(
                 elif isinstance(event, FrameProcessed):
                     last_t = event.t
                     view.frame(event)
+                    if web_view is not None:
+                        web_view.frame(event, session.stats)
                 elif isinstance(event, LiveStatus):
                     final_status = event
                     view.status(event)
+                    if web_view is not None:
+                        web_view.status(event)
                 elif isinstance(event, Stats):
                     pass
         clean = True
@@ -218,6 +230,8 @@ def live_stream(
             signal.signal(signal.SIGINT, old_handler)
         stop.set()
         capture.stop()
+        if web_view is not None:
+            web_view.close()  # viewers get "end"; before session.close, which may take a while saving a kept store
         session.close(ok=clean, stream_time=last_t + 1 / fps)  # a kept KV store is saved only after a clean end
         if window is not None:
             window.close()
@@ -255,3 +269,42 @@ class _ShiftedCapture:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.capture, name)
+
+
+# ---------------------------------------------------------------------------- --web
+
+
+def _web_config(value: str | None) -> Any:
+    """--web [HOST:]PORT -> a vrex_edge.web.WebConfig (ConfigError if malformed), or None."""
+    if value is None:
+        return None
+    from vrex_edge.web import parse_web
+
+    return parse_web(value)
+
+
+def _open_web(config: Any, questions: Any, title: str, notice: Callable[[str], None] | None) -> Any:
+    """Bind and start the web view (ConfigError for a port in use); say where it is through `notice`."""
+    if config is None:
+        return None
+    from vrex_edge.web import WebView
+
+    web = WebView(config, questions, title=title).start()
+    if notice is not None:
+        notice(web.banner)
+    return web
+
+
+def _fan_out(*callbacks: Callable[[float, Any], None] | None) -> Callable[[float, Any], None] | None:
+    """One on_frame callback that calls each given one in turn; None when none is given."""
+    given = [c for c in callbacks if c is not None]
+    if not given:
+        return None
+    if len(given) == 1:
+        return given[0]
+
+    def call(t: float, frame: Any) -> None:
+        for c in given:
+            c(t, frame)
+
+    return call
