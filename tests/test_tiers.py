@@ -351,6 +351,41 @@ def test_session_tiers_and_prefetch_change_nothing(model, tmp_path: Path):
     assert not any(tmp_path.iterdir())
 
 
+def test_a_failing_prefetch_is_reported_and_changes_nothing(model, tmp_path: Path, monkeypatch):
+    from vrex_edge.runtime.kvstore.prefetch import Prefetcher
+
+    ev = list(frames(model, FRAMES))
+    _, ref = run_stream(model, None, ev, ask_at=(12,))
+
+    def broken(self, layer, hidden, positions):
+        raise RuntimeError("prediction failed")
+
+    monkeypatch.setattr(Prefetcher, "_predict_fetch", broken)
+    s, got = run_stream(model, TierConfig(budget=MODEL_BUDGET, root=tmp_path, prefetch=True), ev, ask_at=(12,))
+    same(ref, got)  # the exact path read on demand what the prefetch did not
+    pf = s.stats().retrieval["tiers"]["prefetch"]
+    assert pf["failure"] == "RuntimeError: prediction failed" and pf["errors"] == 1  # stopped after the first
+    s.close()
+
+
+def test_one_backend_per_session_opened_and_closed(model, monkeypatch):
+    from vrex_edge.accel import backend
+    from vrex_edge.accel.host import HostBackend
+
+    made: list = []
+
+    class Counting(HostBackend):
+        closed = 0
+
+        def close(self) -> None:
+            self.closed += 1
+
+    monkeypatch.setitem(backend._BACKENDS, "counting", lambda: made.append(Counting()) or made[-1])
+    s, _ = run_stream(model, None, list(frames(model, 8)), accel="counting")
+    s.close()
+    assert len(made) == 1 and made[0].closed == 1  # not one per layer, and closed with the session
+
+
 def test_session_per_layer_buffers_with_prefetch(model, tmp_path: Path):
     """incremental=1: per-layer attention buffers keep the last selection; the same answers."""
     ev = list(frames(model, FRAMES))
@@ -383,7 +418,7 @@ def test_keep_and_resume_equal_no_break(model, tmp_path: Path, opts):
         assert any(keep.glob("L000.h0.reps")) and s1.tiers.report()["retired"]["blocks"] > 0
     s2, part2 = run_stream(model, TierConfig(budget=MODEL_BUDGET, resume=keep), ev[14:], start=14, ask_at=(20,),
                            **opts)
-    assert s2.tiers.resumed_time == 9.0
+    assert s2.resumed_time == 9.0
     s2.close()
     same(ref, part1 + part2)
     assert (keep / "state.json").is_file()  # a resumed store stays kept

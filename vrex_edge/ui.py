@@ -245,6 +245,10 @@ class FrameWindow:
     def __init__(self) -> None:
         self.caption = ""
 
+    def show_caption(self, text: str) -> None:
+        """Draw `text` under the frames shown from now on."""
+        self.caption = text
+
     @classmethod
     def open(cls) -> FrameWindow | None:
         import os

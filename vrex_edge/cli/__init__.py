@@ -5,15 +5,14 @@ from __future__ import annotations
 import os
 import shlex
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from vrex_edge.accel.commands import accel_app
-from vrex_edge.errors import ConfigError, VrexError
+from vrex_edge.cli.accel import accel_app
+from vrex_edge.cli.errors import user_errors
+from vrex_edge.errors import ConfigError
 
 app = typer.Typer(
     add_completion=False,
@@ -32,20 +31,7 @@ def default_model() -> Path:
     env = os.environ.get("VREX_EDGE_MODEL")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "models" / DEFAULT_MODEL_NAME
-
-
-@contextmanager
-def user_errors() -> Iterator[None]:
-    """VrexError -> one line on stderr + non-zero exit; Ctrl-C -> exit 130 without a traceback."""
-    try:
-        yield
-    except VrexError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(e.exit_code) from None
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        raise typer.Exit(130) from None
+    return Path(__file__).resolve().parents[2] / "models" / DEFAULT_MODEL_NAME
 
 
 def parse_ask(values: list[str]) -> list[tuple[float, str]]:
@@ -68,16 +54,13 @@ def parse_ask(values: list[str]) -> list[tuple[float, str]]:
     return sorted(out, key=lambda x: x[0])
 
 
-def parse_policy_options(values: list[str]) -> dict[str, object]:
-    """'key=value' pairs for the retrieval policy; numbers are parsed, the rest stay strings."""
-    from vrex_edge.runtime.retrieval.options import parse_pairs
+def session_config(*, model: Path | None, policy: str, opt: list[str], accel: str | None, provider: list[str],
+                   threads: int | None, fps: float, kv: object) -> object:
+    """The flags shared by caption and live -> one SessionConfig (validated before anything loads)."""
+    from vrex_edge.runtime.config import SessionConfig
 
-    return parse_pairs(values)
-
-
-def with_accel(options: dict[str, object], accel: str | None) -> dict[str, object]:
-    """--accel NAME is the resv option accel=NAME."""
-    return {**options, "accel": accel} if accel else options
+    return SessionConfig.from_cli(model=model or default_model(), policy=policy, opts=opt, accel=accel,
+                                  providers=provider, threads=threads, kv=kv, fps=fps)
 
 
 ModelOpt = Annotated[Path | None, typer.Option("--model", "-m", help="Bundle folder (default: the embedded vrex-tiny).")]
@@ -144,15 +127,13 @@ def caption(
     kv_on_full: KVFullOpt = "error",
 ) -> None:
     """Narrate a video file as it streams; answer questions asked at given times."""
-    from vrex_edge.app import caption_video, kv_config
+    from vrex_edge.cli.commands import caption_video, kv_config
 
     with user_errors():
         questions = parse_ask(ask)
-        caption_video(
-            video, model=model or default_model(), fps=fps, policy=policy, policy_options=with_accel(parse_policy_options(opt), accel),
-            fmt=fmt, output=output, questions=questions, providers=provider or None, threads=threads, quiet=quiet,
-            kv=kv_config(kv_budget, keep_kv, resume, kv_on_full),
-        )
+        config = session_config(model=model, policy=policy, opt=opt, accel=accel, provider=provider, threads=threads,
+                                fps=fps, kv=kv_config(kv_budget, keep_kv, resume, kv_on_full))
+        caption_video(video, config, fmt=fmt, output=output, questions=questions, quiet=quiet)
 
 
 @app.command()
@@ -177,15 +158,13 @@ def live(
     web: WebOpt = None,
 ) -> None:
     """Narrate a camera or stream in real time; type a question and press Enter to ask it."""
-    from vrex_edge.app import kv_config, live_stream
+    from vrex_edge.cli.commands import kv_config, live_stream
 
     with user_errors():
-        live_stream(
-            camera=camera, source=source, model=model or default_model(), fps=fps, policy=policy,
-            policy_options=with_accel(parse_policy_options(opt), accel), output=output, fmt=fmt, show=show, retry_s=retry,
-            providers=provider or None, threads=threads, kv=kv_config(kv_budget, keep_kv, resume, kv_on_full),
-            web=web, notice=lambda line: typer.echo(line, err=True),
-        )
+        config = session_config(model=model, policy=policy, opt=opt, accel=accel, provider=provider, threads=threads,
+                                fps=fps, kv=kv_config(kv_budget, keep_kv, resume, kv_on_full))
+        live_stream(config, camera=camera, source=source, output=output, fmt=fmt, show=show, retry_s=retry, web=web,
+                    notice=lambda line: typer.echo(line, err=True))
 
 
 @app.command()
@@ -203,6 +182,7 @@ def bench(
 ) -> None:
     """Benchmark the retrieval policies side by side: latency, kept fraction and fidelity vs full."""
     from vrex_edge.bench import run
+    from vrex_edge.runtime.retrieval.options import parse_pairs
 
     with user_errors():
         try:
@@ -215,7 +195,7 @@ def bench(
                 str(frames), "--gen", str(gen), "--probes", str(probes), *(["--model", str(model)] if model else []),
                 *(["--out", str(out)] if out else [])]
         line = "vrex-edge bench " + shlex.join(argv)  # the run, reproducible (written at the top of the table)
-        report = run(workload=workload, sizes=size_list, policies=variants, options=parse_policy_options(opt), accels=accel,
+        report = run(workload=workload, sizes=size_list, policies=variants, options=parse_pairs(opt), accels=accel,
                      frames=frames, gen=gen, probes=probes, out=out, bundle=model, command=line,
                      progress=lambda msg: typer.echo(msg, err=True))
         typer.echo(report.markdown)

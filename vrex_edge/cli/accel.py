@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from vrex_edge.cli.errors import user_errors
 from vrex_edge.errors import AccelError
 
 accel_app = typer.Typer(help="Retrieval backends: host reference, DRE emulator, FPGA card.", no_args_is_help=True)
@@ -33,8 +34,6 @@ def availability() -> list[tuple[str, bool, str]]:
 @accel_app.command("list")
 def list_backends() -> None:
     """List the registered backends and whether each can be used on this machine."""
-    from vrex_edge.cli import user_errors
-
     with user_errors():
         _list()
 
@@ -51,8 +50,6 @@ def probe(
                                                          "or $VREX_XDMA_PREFIX).")] = "",
 ) -> None:
     """Show the details of one backend: the cycle model, or the device nodes looked for."""
-    from vrex_edge.cli import user_errors
-
     with user_errors():
         _probe(name, prefix)
 

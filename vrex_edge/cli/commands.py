@@ -1,18 +1,18 @@
 """Command bodies: wire a frame source, a model, a session, a writer and the UI together.
 
-The CLI parses options and calls these; the runtime yields events; this module routes each
-event to the output writer (the data) and the UI (progress and summary on stderr).
+The CLI parses its flags into a SessionConfig and calls these; the runtime yields events; this
+module routes each event to the output writer (the data) and the UI (progress and summary on stderr).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from vrex_edge.errors import ConfigError
 from vrex_edge.outputs import FORMATS, RecordWriter, SafeOutput
+from vrex_edge.runtime.config import SessionConfig, open_session
 
 
 def kv_config(budget: str | None, keep: Path | None, resume: Path | None, on_full: str = "error") -> Any:
@@ -22,17 +22,6 @@ def kv_config(budget: str | None, keep: Path | None, resume: Path | None, on_ful
     from vrex_edge.runtime.kvstore import TierConfig, parse_bytes
 
     return TierConfig(budget=None if budget is None else parse_bytes(budget), keep=keep, resume=resume, on_full=on_full)
-
-
-def open_session(model_dir: Path, *, policy: str, policy_options: dict[str, Any],
-                 providers: Sequence[str] | None, threads: int | None, kv: Any = None) -> Any:
-    from vrex_edge.runtime.engine import DEFAULT_PROVIDERS, load_model
-    from vrex_edge.runtime.session import StreamSession
-
-    model = load_model(model_dir, providers=list(providers) if providers else DEFAULT_PROVIDERS, threads=threads)
-    if not model.has_vision:
-        raise ConfigError(f"{model_dir} is a text-only bundle ({model.manifest.family}); captioning needs a video model")
-    return StreamSession(model, policy=policy, policy_options=policy_options, kv=kv)
 
 
 def stats_rows(stats: Any) -> list[tuple[str, str]]:
@@ -59,38 +48,28 @@ def stats_rows(stats: Any) -> list[tuple[str, str]]:
                                  + (f", prefetch recall {100 * pf:.0f}%" if pf is not None else "")
                                  + (f", {tiers['retired']['blocks']} blocks of representatives retired to disk"
                                     if (tiers.get("retired") or {}).get("blocks") else "")))
+    failure = ((tiers or {}).get("prefetch") or {}).get("failure")
+    if failure:
+        rows.append(("warning", f"KV prefetch stopped after an error ({failure}); clusters were read on demand"))
     timing = retrieval.get("seconds") or {}
     if timing:
         rows.append(("retrieval time", ", ".join(f"{k} {1000 * v:.0f} ms" for k, v in sorted(timing.items()))))
     return rows
 
 
-def caption_video(
-    video: Path,
-    *,
-    model: Path,
-    fps: float,
-    policy: str,
-    policy_options: dict[str, Any],
-    fmt: str,
-    output: Path | None,
-    questions: list[tuple[float, str]],
-    providers: Sequence[str] | None,
-    threads: int | None,
-    quiet: bool,
-    kv: Any = None,
-) -> None:
+def caption_video(video: Path, config: SessionConfig, *, fmt: str, output: Path | None,
+                  questions: list[tuple[float, str]], quiet: bool) -> None:
+    """Narrate `video` at config.fps; answer `questions` (t, text); write records to `output` or stdout."""
     from vrex_edge.runtime.capture import open_video
     from vrex_edge.runtime.events import Answer, Caption, FrameProcessed, Stats
     from vrex_edge.ui import StreamProgress, print_table
 
     if fmt not in FORMATS:
         raise ConfigError(f"unknown output format '{fmt}' (choose from: {', '.join(FORMATS)})")
-    if not (fps > 0 and math.isfinite(fps)):
-        raise ConfigError(f"--fps must be a positive number, got {fps}")
+    fps = config.fps
     source = open_video(video, fps=fps)  # fails early on a missing / unreadable video
-    session = open_session(model, policy=policy, policy_options=policy_options, providers=providers, threads=threads, kv=kv)
-    offset = (session.tiers.resumed_time or 0.0) if session.tiers is not None else 0.0  # --resume: time goes on
+    session = open_session(config)
+    offset = session.resumed_time or 0.0  # --resume: time goes on
     frames = ((t + offset, f) for t, f in source) if offset else source
     questions = [(t + offset, q) for t, q in questions]
     last_t, ok = offset - 1 / fps, False
@@ -134,25 +113,10 @@ def open_live_reader(camera: int | None, source: str | None) -> Any:
     return OpenCVReader(source, paced=is_file)
 
 
-def live_stream(
-    *,
-    camera: int | None,
-    source: str | None,
-    model: Path,
-    fps: float,
-    policy: str,
-    policy_options: dict[str, Any],
-    output: Path | None,
-    fmt: str,
-    show: bool,
-    retry_s: float,
-    providers: Sequence[str] | None,
-    threads: int | None,
-    kv: Any = None,
-    web: str | None = None,
-    notice: Callable[[str], None] | None = None,
-) -> None:
-    """web: also serve a web view at [HOST:]PORT (vrex_edge.web); notice: where its address is said."""
+def live_stream(config: SessionConfig, *, camera: int | None, source: str | None, output: Path | None, fmt: str,
+                show: bool, retry_s: float, web: str | None = None, notice: Callable[[str], None] | None = None) -> None:
+    """Narrate a camera or stream in real time at config.fps; typed questions are answered in the stream.
+    web: also serve a web view at [HOST:]PORT (vrex_edge.web); notice: where its address is said."""
     import queue
     import signal
     import threading
@@ -164,17 +128,16 @@ def live_stream(
 
     if fmt not in ("jsonl", "srt", "text"):
         raise ConfigError(f"unknown output format '{fmt}' (choose from: jsonl, srt, text)")
-    if not (fps > 0 and math.isfinite(fps)):
-        raise ConfigError(f"--fps must be a positive number, got {fps}")
+    fps = config.fps
     web_config = _web_config(web)  # a bad --web fails before the model loads
-    session = open_session(model, policy=policy, policy_options=policy_options, providers=providers, threads=threads, kv=kv)
+    session = open_session(config)
     reader = open_live_reader(camera, source)
     window = FrameWindow.open() if show else None
     questions: queue.Queue[str] = queue.Queue()
     web_view = _open_web(web_config, questions, reader.name, notice)
     stop = threading.Event()
     capture = CaptureThread(reader, fps=fps, retry_s=retry_s)
-    offset = (session.tiers.resumed_time or 0.0) if session.tiers is not None else 0.0  # --resume: time goes on
+    offset = session.resumed_time or 0.0  # --resume: time goes on
     clock = _ShiftedCapture(capture, offset) if offset else capture
     final_status: LiveStatus | None = None
     out_cm = AppendOutput(output) if output is not None else None
@@ -207,7 +170,7 @@ def live_stream(
                     if web_view is not None:
                         web_view.record(event.t, event.text, question)
                     if window is not None:
-                        window.caption = event.text
+                        window.show_caption(event.text)
                     if writer is not None:
                         writer.write(t=event.t, kind="answer" if question else "caption", text=event.text, question=question)
                 elif isinstance(event, FrameProcessed):

@@ -98,11 +98,12 @@ class StreamSession:
         self._stage_s: dict[str, float] = {}
         self._kept = {"prefill": [0, 0], "decode": [0, 0]}  # phase -> [history tokens kept, history tokens]
         self._policy_s: dict[str, float] = {}
+        self.resumed_time: float | None = None  # --resume: the stream time the kept stream goes on from
         if kv is not None and kv.resume is not None:  # last: a resumed stream overwrites the state set above
             from vrex_edge.runtime.kvstore.resume import restore
 
             try:
-                restore(self.tiers, self, kv.resume)
+                self.resumed_time = restore(self.tiers, self, kv.resume)
             except BaseException:
                 self._abort()
                 raise

@@ -125,8 +125,9 @@ def _check_meta(folder: Path, meta: dict[str, Any], want: dict[str, Any], result
                            f"{k}={kept.get(k)}, now {now[k]}, which changes results); resume with --opt {k}={kept.get(k)}")
 
 
-def restore(mgr: Any, session: Any, folder: Path) -> None:
-    """Restore the stream kept in `folder` into `session` (built with the same model and options)."""
+def restore(mgr: Any, session: Any, folder: Path) -> float | None:
+    """Restore the stream kept in `folder` into `session` (built with the same model and options)
+    -> the stream time it goes on from (None if the first run did not say)."""
     path = folder / STATE
     if not path.is_file():
         hint = " (it was kept by an older vrex-edge: start a new stream)" if (folder / "state.pkl").is_file() else ""
@@ -148,7 +149,7 @@ def restore(mgr: Any, session: Any, folder: Path) -> None:
             c.restore(decode(s["cache"], arrays))
             log.restore(s["log"])
         session.restore(decode(doc["session"], arrays))
-        mgr.resumed_time = None if doc.get("stream_time") is None else float(doc["stream_time"])
+        resumed = None if doc.get("stream_time") is None else float(doc["stream_time"])
         ws = int(doc["workspace"])
     except KVStoreError:
         raise
@@ -157,3 +158,4 @@ def restore(mgr: Any, session: Any, folder: Path) -> None:
                            f"({type(e).__name__}: {e})") from None
     mgr.workspace.grow(ws)
     mgr.restored()
+    return resumed

@@ -161,7 +161,7 @@ class TieredStorage:
         # else one workspace shared by the layers, filled from the hot cache on every call
         mgr = self.mgr
         buf = LayerBuffer(mgr, layer, kvh, hd) if keeps_rows else SharedBuffer(mgr.workspace, layer, max_rows)
-        mgr.buffers[layer] = buf
+        mgr.add_buffer(layer, buf)
         return buf
 
     def open_rows(self, layer: int, kvh: int, hd: int) -> list[WatchedRows]:
@@ -209,8 +209,10 @@ class TierManager:
         self.storage = TieredStorage(self)
         self.prefetcher: Any = None
         self.closed = False
-        self.resumed_time: float | None = None  # the stream time a resumed stream goes on from
         self._cleanup = weakref.finalize(self, _remove, None if self.keep else self.folder)
+
+    def add_buffer(self, layer: int, buf: LayerBuffer | SharedBuffer) -> None:
+        self.buffers[layer] = buf
 
     def bind(self, caches: list[Any], model: Any = None) -> None:
         """The caches built over `storage` (one per layer); model: for the prefetcher's predictions

@@ -214,14 +214,7 @@ class ClusterStore:
         base = self.arena.write(h, p.k[slots], p.v[slots], p.pos[slots], o)
         uniq, first = np.unique(o, return_index=True)
         self.start[h, uniq] = base + first
-        p.owner[slots] = -1
-        p.dead += slots.size
-        if p.dead * 2 >= p.n:  # compact the open area once half of it is dead
-            live = np.flatnonzero(p.owner[: p.n] >= 0)
-            m = live.size
-            p.dead = 0
-            p.k[:m], p.v[:m], p.pos[:m], p.owner[:m] = p.k[live], p.v[live], p.pos[live], p.owner[live]
-            p.n = m
+        p.release(slots)
 
     def gather(self, h: int, sel: np.ndarray, out_k: np.ndarray, out_v: np.ndarray,
                out_pos: np.ndarray | None, out_owner: np.ndarray | None = None) -> int:

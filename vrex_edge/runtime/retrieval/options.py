@@ -134,9 +134,10 @@ class Options:
         values = dict(values or {})
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
+        if unknown and not known:
+            raise ConfigError(f"{cls.policy}: unknown option(s) {', '.join(unknown)}: the {cls.policy} policy takes no options")
         if unknown:
-            listed = ", ".join(sorted(known)) if known else "none"
-            raise ConfigError(f"{cls.policy}: unknown option(s) {', '.join(unknown)} (known: {listed})")
+            raise ConfigError(f"{cls.policy}: unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
         return cls(**values)
 
     def resolved(self) -> dict[str, Any]:

@@ -54,6 +54,16 @@ class Rows:
     def nbytes(self) -> int:
         return self.k.nbytes + self.v.nbytes + self.pos.nbytes + self.owner.nbytes
 
+    def release(self, slots: np.ndarray) -> None:
+        """Rows `slots` moved out (owner -1); the rows are compacted once half of them are dead."""
+        self.owner[slots] = -1
+        self.dead += slots.size
+        if self.dead * 2 >= self.n:
+            live = np.flatnonzero(self.owner[: self.n] >= 0)
+            m = live.size
+            self.k[:m], self.v[:m], self.pos[:m], self.owner[:m] = self.k[live], self.v[live], self.pos[live], self.owner[live]
+            self.n, self.dead = m, 0
+
     def state(self) -> dict[str, Any]:
         n = self.n
         return {"k": self.k[:n], "v": self.v[:n], "pos": self.pos[:n], "owner": self.owner[:n], "dead": self.dead}
