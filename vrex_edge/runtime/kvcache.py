@@ -16,7 +16,7 @@ import numpy as np
 
 from vrex_edge.bundle import TextSpec
 from vrex_edge.errors import ConfigError
-from vrex_edge.runtime.attention import attend
+from vrex_edge.runtime import kernels
 from vrex_edge.runtime.rope import Rope
 
 Phase = Literal["prefill", "decode"]
@@ -75,9 +75,10 @@ class GrowingArray:
 class FullKV:
     """The reference policy: attend to every cached token at its absolute position."""
 
-    def __init__(self, text: TextSpec, rope: Rope):
+    def __init__(self, text: TextSpec, rope: Rope, *, engine: kernels.AttentionEngine | None = None):
         self.h, self.kvh, self.hd = text.num_heads, text.num_kv_heads, text.head_dim
         self.rope = rope
+        self.engine = engine or kernels.default_engine()  # runtime/kernels: chosen once, not per call
         self.k = GrowingArray(self.kvh, self.hd)  # rotated keys at absolute positions
         self.v = GrowingArray(self.kvh, self.hd)
         self._stats = LayerStats()
@@ -87,7 +88,8 @@ class FullKV:
         q = self.rope.apply(q, positions)  # [H, n, hd]
         k = self.rope.apply(k, positions)  # [KVH, n, hd]
         hist = self.k.n
-        out = attend(q.reshape(self.kvh, -1, n, self.hd), self.k.view, self.v.view, k, v)  # [KVH, G, n, hd]
+        segs = [kernels.Segment(self.k.view, self.v.view)]  # every cached token, [KVH, hist, hd]
+        out = self.engine.attend(q.reshape(self.kvh, -1, n, self.hd), segs, k, v)  # [KVH, G, n, hd]
         self.k.append(k)
         self.v.append(v)
         self._stats = LayerStats(history=hist, kept=np.full(self.kvh, hist, dtype=np.int64))

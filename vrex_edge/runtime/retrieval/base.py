@@ -19,7 +19,8 @@ import numpy as np
 
 from vrex_edge.bundle import TextSpec
 from vrex_edge.errors import ConfigError
-from vrex_edge.runtime.attention import attend, attend_head
+from vrex_edge.runtime import kernels
+from vrex_edge.runtime.attention import attend_head
 from vrex_edge.runtime.kvcache import LayerStats, Phase
 from vrex_edge.runtime.rope import Rope
 
@@ -118,7 +119,8 @@ class WindowedCache:
     workspace = None  # kvstore.buffers.Workspace: buf_* shared across layers within a KV budget
 
     def __init__(self, text: TextSpec, rope: Rope, *, sink: int, recent: int, positions: str,
-                 table: RopeTable | None, aux: bool = False, absorb_batch: int = 1):
+                 table: RopeTable | None, aux: bool = False, absorb_batch: int = 1,
+                 engine: kernels.AttentionEngine | None = None):
         if positions not in POSITION_MODES:
             raise ConfigError(f"positions must be one of {', '.join(POSITION_MODES)} (got '{positions}')")
         if sink < 0 or recent < 0:
@@ -127,6 +129,7 @@ class WindowedCache:
         self.g = self.h // self.kvh
         self.max_positions = text.max_positions
         self.rope, self.table = rope, table
+        self.engine = engine or kernels.default_engine()  # runtime/kernels: chosen once, not per call
         self.compact = positions == "compact"
         self.sink, self.recent = sink, recent
         self.absorb_batch = max(1, absorb_batch)  # tokens leave the window in groups of at least this many
@@ -236,9 +239,9 @@ class WindowedCache:
 
     def _attention(self, q, q_abs, k, k_abs, v, lens) -> np.ndarray:
         n = q.shape[1]
-        if not self.compact and (lens == lens[0]).all():  # one batched call
-            L = int(lens[0])
-            o = attend(q_abs.reshape(self.kvh, self.g, n, self.hd), self.buf_k[:, :L], self.buf_v[:, :L], k_abs, v)
+        if not self.compact:  # one kernel call; head h attends to buf_k[h, :lens[h]]
+            segs = [kernels.Segment(self.buf_k, self.buf_v, lens)]
+            o = self.engine.attend(q_abs.reshape(self.kvh, self.g, n, self.hd), segs, k_abs, v)
         else:
             o = np.empty((self.kvh, self.g, n, self.hd), np.float32)
             qg = (q if self.compact else q_abs).reshape(self.kvh, self.g, n, self.hd)
