@@ -215,7 +215,8 @@ def variants(q, kbuf, vbuf, L: int, k_new, v_new, with_torch: bool) -> dict[str,
     K, V = kbuf[:, :L], vbuf[:, :L]  # [KVH, L, hd] views with spare capacity behind them
     seg = [Segment(K, V)]
     fp32 = K.nbytes + V.nbytes
-    npk, o1, o2 = NumpyEngine(), OrtEngine(threads=1), OrtEngine(threads=2)
+    npk = NumpyEngine()
+    o1, o2 = OrtEngine(threads=1, numpy_below=1), OrtEngine(threads=2, numpy_below=1)  # the graph for every head
 
     def np_2threads():
         limit_blas_threads(2)

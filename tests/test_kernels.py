@@ -13,6 +13,7 @@ from vrex_edge.runtime import kernels
 from vrex_edge.runtime.attention import attend as attend_old
 from vrex_edge.runtime.kernels import Segment
 from vrex_edge.runtime.kernels.numpy_engine import NumpyEngine
+from vrex_edge.runtime.kernels.ort_engine import OrtEngine
 from vrex_edge.runtime.kernels.reference import attend_reference
 
 ATOL = 2e-5
@@ -29,6 +30,8 @@ def _chunk(rng, kvh=3, g=3, n=10, hd=64):
 
 @pytest.fixture(params=ENGINES)
 def engine(request):
+    if request.param == "ort-cpu":
+        return OrtEngine(numpy_below=1)  # every non-empty head run through the graph
     return kernels.make_engine(request.param)
 
 
@@ -77,12 +80,13 @@ def test_numpy_blocks_and_engines_agree():
     rng = np.random.default_rng(3)
     q, kn, vn = _chunk(rng, kvh=2, g=4, n=3, hd=32)
     buf_k, buf_v = _rand(rng, 2, 2500, 32), _rand(rng, 2, 2500, 32)
-    segs = [Segment(buf_k, buf_v, np.array([2500, 1033])), Segment(buf_k[:, :5], buf_v[:, :5])]
+    segs = [Segment(buf_k, buf_v, np.array([2500, 1000])), Segment(buf_k[:, :5], buf_v[:, :5])]
     ref = attend_reference(q, segs, kn, vn)
     small = NumpyEngine(block=256).attend(q, segs, kn, vn)
     np.testing.assert_allclose(small, ref, atol=ATOL, rtol=0)
-    ort = kernels.make_engine("ort-cpu").attend(q, segs, kn, vn)
+    ort = kernels.make_engine("ort-cpu").attend(q, segs, kn, vn)  # head 0 by the graph, the rest by numpy
     np.testing.assert_allclose(ort, small, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(OrtEngine(numpy_below=1).attend(q, segs, kn, vn), small, atol=ATOL, rtol=0)
 
 
 def test_fp16_storage_is_converted_per_block():
@@ -108,3 +112,11 @@ def test_interface():
         kernels.make_engine("nope")
     with pytest.raises(ConfigError, match="threads"):
         kernels.make_engine("ort-cpu", threads=0)
+
+
+def test_copied_caches_share_the_engine():
+    import copy
+
+    for name in ENGINES:
+        eng = kernels.make_engine(name)
+        assert copy.deepcopy([eng])[0] is eng

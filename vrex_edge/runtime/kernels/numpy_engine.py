@@ -51,6 +51,9 @@ class NumpyEngine:
         self._scores = np.empty(0, np.float32)  # scratch: [KVH * G * n * block]
         self._kv = np.empty(0, np.float32)  # scratch for blocks stored in another dtype
 
+    def __deepcopy__(self, memo: dict) -> NumpyEngine:
+        return self  # a copied cache keeps its session's engine
+
     def attend(self, q: np.ndarray, segments: Sequence[Segment], k_new: np.ndarray, v_new: np.ndarray) -> np.ndarray:
         """q [KVH, G, n, hd] rotated queries, segments (see Segment), k_new/v_new [KVH, n, hd] the chunk
         (causal among itself) -> [KVH, G, n, hd] float32."""
@@ -58,16 +61,19 @@ class NumpyEngine:
         qs = (q * np.float32(1.0 / np.sqrt(hd))).reshape(kvh, g * n, hd)  # [KVH, G*n, hd]
         m, den, acc = start_with_chunk(qs, k_new, v_new, g)  # [KVH, G*n, 1] x2, [KVH, G*n, hd]
         for seg in segments:
-            lens = segment_lens(seg, kvh)  # [KVH]
-            common = int(lens.min()) if kvh else 0
-            self._scan(qs, seg.k, seg.v, 0, common, m, den, acc)
-            for h in np.flatnonzero(lens > common):  # the longer heads' tails, one head at a time
-                hs = slice(h, h + 1)
-                self._scan(qs[hs], seg.k[hs], seg.v[hs], common, int(lens[h]), m[hs], den[hs], acc[hs])
+            self.fold(qs, seg.k, seg.v, segment_lens(seg, kvh), m, den, acc)
         acc /= den
         return acc.reshape(kvh, g, n, hd)
 
-    def _scan(self, qs, k, v, start: int, end: int, m, den, acc) -> None:
+    def fold(self, qs, k, v, lens: np.ndarray, m, den, acc) -> None:
+        """Fold head h's k/v[h, :lens[h]] ([k, cap, hd]) into the running m, den, acc ([k, rows, .]) in place."""
+        common = int(lens.min()) if lens.size else 0
+        self.scan(qs, k, v, 0, common, m, den, acc)  # every head at once over the tokens all heads have
+        for h in np.flatnonzero(lens > common):  # the longer heads' tails, one head at a time
+            hs = slice(h, h + 1)
+            self.scan(qs[hs], k[hs], v[hs], common, int(lens[h]), m[hs], den[hs], acc[hs])
+
+    def scan(self, qs, k, v, start: int, end: int, m, den, acc) -> None:
         """Fold tokens start..end of k/v [k, cap, hd] into the running m, den, acc (views, updated in place)."""
         heads, rows, hd = qs.shape
         for s0 in range(start, end, self.block):

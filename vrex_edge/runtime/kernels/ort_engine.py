@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from vrex_edge.runtime.kernels.numpy_engine import merge_partial, start_with_chunk
+from vrex_edge.runtime.kernels.numpy_engine import NumpyEngine, merge_partial, start_with_chunk
 from vrex_edge.runtime.kernels.segments import Segment, segment_lens
 
 
@@ -53,10 +53,17 @@ class OrtEngine:
     name = "ort-cpu"
     device = "cpu"  # where bound inputs live (a CUDA engine binds device pointers instead)
 
-    def __init__(self, *, threads: int = 1, providers: Sequence[str] = ("CPUExecutionProvider",)):
-        self.threads, self.providers = threads, list(providers)
+    def __init__(self, *, threads: int = 1, providers: Sequence[str] = ("CPUExecutionProvider",),
+                 numpy_below: int = 1024):
+        """numpy_below: head runs shorter than this go through the numpy kernel (a graph run costs
+        ~40 us; at 1K tokens the two engines are even, benchmarks/results/attention.md)."""
+        self.threads, self.providers, self.numpy_below = threads, list(providers), numpy_below
+        self.host = NumpyEngine()
         self._heads: dict[int, tuple[Any, Any]] = {}  # hd -> (session, its io binding)
         self._out: tuple[tuple[int, int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
+
+    def __deepcopy__(self, memo: dict) -> OrtEngine:
+        return self  # a copied cache keeps its session's engine (sessions cannot be copied)
 
     def _session(self, hd: int) -> tuple[Any, Any]:
         if hd not in self._heads:
@@ -81,8 +88,13 @@ class OrtEngine:
         o_acc, o_m, o_den = self._outputs(io, g * n, hd)  # [G*n, hd], [G*n, 1], [G*n, 1]
         for seg in segments:
             lens = segment_lens(seg, kvh)  # [KVH]
+            if (lens < self.numpy_below).all():
+                self.host.fold(qs, seg.k, seg.v, lens, m, den, acc)
+                continue
             for h in range(kvh):
-                if lens[h] == 0:
+                if lens[h] < self.numpy_below:
+                    hs = slice(h, h + 1)
+                    self.host.scan(qs[hs], seg.k[hs], seg.v[hs], 0, int(lens[h]), m[hs], den[hs], acc[hs])
                     continue
                 self._bind(io, "q", qs[h], (g * n, hd))
                 self._bind(io, "k", _row(seg.k, h), (int(lens[h]), hd))

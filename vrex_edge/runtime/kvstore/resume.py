@@ -29,7 +29,7 @@ from vrex_edge.runtime.retrieval.base import PhaseTotals, Ring
 
 FORMAT = 2
 STATE = "state.json"
-SKIP_CACHE = {"rope", "table", "backend", "store", "buf_k", "buf_v", "buf_pos", "workspace", "gatherer"}
+SKIP_CACHE = {"rope", "table", "backend", "store", "buf_k", "buf_v", "buf_pos", "workspace", "gatherer", "engine"}
 SKIP_STORE = {"backend", "tier", "planes", "sealed", "pending", "archive"}
 SESSION = ("position", "_pending", "_last_hidden", "_prev_silent", "_started", "_counts", "_kept")
 OBJECTS: dict[str, type] = {"Ring": Ring, "LayerStats": LayerStats, "PhaseTotals": PhaseTotals}
