@@ -6,8 +6,9 @@ capacity (as FullKV's GrowingArray holds them, so a head's tokens are contiguous
 not). Engines: the old `runtime.attention.attend`, the kernels' numpy online softmax, onnxruntime
 (the kernels' partial-softmax graph, inputs bound by pointer) with 1 and 2 intra-op threads,
 torch's scaled_dot_product_attention where torch is installed (a reference, not a runtime
-candidate), and fp16 / int8 (per-token scale) KV storage. All variants run round-robin on the
-same data in one process; each cell is the median of --repeats calls. Read bandwidth: numpy sum
+candidate), and fp16 / int8 (per-token scale) KV storage. All variants run round-robin in one
+process over the same layer copies (enough that K+V is read from memory, not from a warm cache;
+--working-set); each cell is the median of --repeats calls. Read bandwidth: numpy sum
 over a 256 MiB float32 array, median of 7, measured before and after. Efficiency = bytes of K+V
 as stored / time / bandwidth. Error columns: max |out - fp32 kernel| and relative L2, random data.
 
@@ -210,70 +211,80 @@ def torch_sdpa(threads: int) -> Callable | None:
 # ---------------------------------------------------------------------------- one size
 
 
-def variants(q, kbuf, vbuf, L: int, k_new, v_new, with_torch: bool) -> dict[str, tuple[Callable, int]]:
-    """name -> (call, bytes of K+V it reads)."""
-    K, V = kbuf[:, :L], vbuf[:, :L]  # [KVH, L, hd] views with spare capacity behind them
-    seg = [Segment(K, V)]
-    fp32 = K.nbytes + V.nbytes
+def make_layer(L: int, rng) -> dict:
+    """One layer's KV in every storage form: [KVH, cap, hd] buffers with spare capacity (as GrowingArray)."""
+    cap = L + L // 2 + 16
+    kbuf = rng.standard_normal((KVH, cap, HD), dtype=np.float32)  # [KVH, cap, hd]
+    vbuf = rng.standard_normal((KVH, cap, HD), dtype=np.float32)
+    K, V = kbuf[:, :L], vbuf[:, :L]  # [KVH, L, hd] views
+    K16, V16 = K.astype(np.float16), V.astype(np.float16)
+    (k8, ks), (v8, vs) = quant8(K), quant8(V)
+    return {"kbuf": kbuf, "vbuf": vbuf, "L": L, "seg": [Segment(K, V)], "seg16": [Segment(K16, V16)],
+            "i8": (k8, ks, v8, vs), "h16": [{"k": K16[h], "v": V16[h]} for h in range(KVH)],
+            "h8": [{"k": k8[h], "ks": ks[h], "v": v8[h], "vs": vs[h]} for h in range(KVH)],
+            "bytes": {"fp32": K.nbytes + V.nbytes, "fp16": K16.nbytes + V16.nbytes,
+                      "int8": k8.nbytes + v8.nbytes + ks.nbytes + vs.nbytes}}
+
+
+def variants(q, k_new, v_new, with_torch: bool) -> dict[str, tuple[Callable, str]]:
+    """name -> (call on a layer from make_layer, the storage form it reads)."""
     npk = NumpyEngine()
     o1, o2 = OrtEngine(threads=1, numpy_below=1), OrtEngine(threads=2, numpy_below=1)  # the graph for every head
 
-    def np_2threads():
+    def np_2threads(lay):
         limit_blas_threads(2)
         try:
-            return npk.attend(q, seg, k_new, v_new)
+            return npk.attend(q, lay["seg"], k_new, v_new)
         finally:
             limit_blas_threads(1)
 
-    K16, V16 = K.astype(np.float16), V.astype(np.float16)
-    (k8, ks), (v8, vs) = quant8(K), quant8(V)
     f16, i8 = ort_stored("fp16"), ort_stored("int8")
-    h16 = [{"k": K16[h], "v": V16[h]} for h in range(KVH)]
-    h8 = [{"k": k8[h], "ks": ks[h], "v": v8[h], "vs": vs[h]} for h in range(KVH)]
-    b16, b8 = fp32 // 2, fp32 // 4 + ks.nbytes + vs.nbytes
-    out: dict[str, tuple[Callable, int]] = {
-        "numpy attend (old)": (lambda: attend_old(q, K, V, k_new, v_new), fp32),
-        "numpy kernel": (lambda: npk.attend(q, seg, k_new, v_new), fp32),
-        "numpy kernel, 2 BLAS threads": (np_2threads, fp32),
-        "ort-cpu 1 thread": (lambda: o1.attend(q, seg, k_new, v_new), fp32),
-        "ort-cpu 2 threads": (lambda: o2.attend(q, seg, k_new, v_new), fp32),
-        "numpy kernel, fp16 KV": (lambda: npk.attend(q, [Segment(K16, V16)], k_new, v_new), b16),
-        "numpy kernel, int8 KV": (lambda: numpy_int8(q, k8, ks, v8, vs, k_new, v_new), b8),
-        "ort-cpu 1 thread, fp16 KV": (lambda: f16(q, h16, k_new, v_new), b16),
-        "ort-cpu 1 thread, int8 KV": (lambda: i8(q, h8, k_new, v_new), b8),
+    out: dict[str, tuple[Callable, str]] = {
+        "numpy attend (old)": (lambda lay: attend_old(q, lay["seg"][0].k, lay["seg"][0].v, k_new, v_new), "fp32"),
+        "numpy kernel": (lambda lay: npk.attend(q, lay["seg"], k_new, v_new), "fp32"),
+        "numpy kernel, 2 BLAS threads": (np_2threads, "fp32"),
+        "ort-cpu 1 thread": (lambda lay: o1.attend(q, lay["seg"], k_new, v_new), "fp32"),
+        "ort-cpu 2 threads": (lambda lay: o2.attend(q, lay["seg"], k_new, v_new), "fp32"),
+        "numpy kernel, fp16 KV": (lambda lay: npk.attend(q, lay["seg16"], k_new, v_new), "fp16"),
+        "numpy kernel, int8 KV": (lambda lay: numpy_int8(q, *lay["i8"], k_new, v_new), "int8"),
+        "ort-cpu 1 thread, fp16 KV": (lambda lay: f16(q, lay["h16"], k_new, v_new), "fp16"),
+        "ort-cpu 1 thread, int8 KV": (lambda lay: i8(q, lay["h8"], k_new, v_new), "int8"),
     }
     if with_torch:
         for t in (1, 2):
             f = torch_sdpa(t)
             if f is not None:
                 out[f"torch sdpa {t} thread{'s' * (t > 1)} (reference)"] = (
-                    lambda f=f: f(q, kbuf, vbuf, L, k_new, v_new), fp32)
+                    lambda lay, f=f: f(q, lay["kbuf"], lay["vbuf"], lay["L"], k_new, v_new), "fp32")
     return out
 
 
-def bench_size(L: int, n: int, repeats: int, with_torch: bool, rng) -> list[dict]:
-    cap = L + L // 2 + 16
-    kbuf = rng.standard_normal((KVH, cap, HD)).astype(np.float32)  # [KVH, cap, hd]
-    vbuf = rng.standard_normal((KVH, cap, HD)).astype(np.float32)
-    q = rng.standard_normal((KVH, G, n, HD)).astype(np.float32)  # [KVH, G, n, hd]
-    k_new = rng.standard_normal((KVH, n, HD)).astype(np.float32)  # [KVH, n, hd]
-    v_new = rng.standard_normal((KVH, n, HD)).astype(np.float32)
-    vs = variants(q, kbuf, vbuf, L, k_new, v_new, with_torch)
-    ref = NumpyEngine().attend(q, [Segment(kbuf[:, :L], vbuf[:, :L])], k_new, v_new)  # [KVH, G, n, hd]
+def bench_size(L: int, n: int, repeats: int, with_torch: bool, rng, working_set: int) -> list[dict]:
+    """Calls cycle through `copies` layers of KV (about `working_set` bytes of fp32 K+V, at most 30 layers as
+    SmolLM2 has), so each call reads KV that is not in cache, as a frame walking the layers does."""
+    copies = int(min(30, max(2, -(-working_set // (2 * KVH * L * HD * 4 or 1)))))
+    layers = [make_layer(L, rng) for _ in range(copies)]
+    q = rng.standard_normal((KVH, G, n, HD), dtype=np.float32)  # [KVH, G, n, hd]
+    k_new = rng.standard_normal((KVH, n, HD), dtype=np.float32)  # [KVH, n, hd]
+    v_new = rng.standard_normal((KVH, n, HD), dtype=np.float32)
+    vs = variants(q, k_new, v_new, with_torch)
+    ref = NumpyEngine().attend(q, layers[0]["seg"], k_new, v_new)  # [KVH, G, n, hd]
     times: dict[str, list[float]] = {k: [] for k in vs}
     err: dict[str, tuple[float, float]] = {}
     for name, (f, _) in vs.items():  # warm-up (sessions, scratch) and the error vs the fp32 kernel
-        o = f()
+        o = f(layers[0])
         err[name] = (float(np.abs(o - ref).max()), float(np.linalg.norm(o - ref) / np.linalg.norm(ref)))
-    names = list(vs)
+    names, calls = list(vs), 0
     for r in range(repeats):
         for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate the order each round
+            lay = layers[calls % copies]
+            calls += 1
             t0 = time.perf_counter()
-            vs[name][0]()
+            vs[name][0](lay)
             times[name].append(time.perf_counter() - t0)
     flops = 2 * 2 * KVH * G * n * L * HD  # QK^T and PV
-    return [{"L": L, "n": n, "name": k, "s": statistics.median(times[k]), "bytes": vs[k][1], "flops": flops,
-             "err": err[k]} for k in names]
+    return [{"L": L, "n": n, "name": k, "s": statistics.median(times[k]), "bytes": layers[0]["bytes"][vs[k][1]],
+             "flops": flops, "err": err[k], "copies": copies} for k in names]
 
 
 def table(rows: list[dict], bw: float) -> list[str]:
@@ -294,6 +305,7 @@ def main() -> None:
     ap.add_argument("--decode-sizes", type=int, nargs="*", default=[8000, 40000], help="history sizes for n=1")
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--no-torch", action="store_true", help="skip the torch reference rows")
+    ap.add_argument("--working-set", type=int, default=512, help="MiB of fp32 K+V the calls cycle through per size")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
@@ -303,18 +315,20 @@ def main() -> None:
     rows = []
     for n, sizes in ((10, args.sizes), (1, args.decode_sizes)):
         for L in sizes:
-            rows += bench_size(L, n, args.repeats, not args.no_torch, rng)
+            rows += bench_size(L, n, args.repeats, not args.no_torch, rng, args.working_set * 2**20)
     bw1, after = read_bandwidth(), busy()
     bw = (bw0 + bw1) / 2
     lines = ["# Host attention engines (SmolLM2 shapes: 9 query heads, 3 KV heads, head_dim 64)", "",
              "    " + "PYTHONPATH=$PWD python3 benchmarks/bench_attention.py " + " ".join(
                  f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-                 for k, v in vars(args).items() if k in ("sizes", "decode_sizes", "repeats")), "",
+                 for k, v in vars(args).items() if k in ("sizes", "decode_sizes", "repeats", "working_set")), "",
              *machine(),
              f"- read bandwidth (numpy sum, 256 MiB f32): {bw0:.1f} GB/s before, {bw1:.1f} GB/s after; "
              f"efficiency uses their mean, {bw:.1f} GB/s",
              f"- before: {before}", f"- after: {after}", "",
-             f"Median of {args.repeats} calls per cell, all variants round-robin in one process. "
+             f"Median of {args.repeats} calls per cell, all variants round-robin in one process, each call on the next "
+             f"of {', '.join(f'{L:,}: {c}' for L, c in dict((r['L'], r['copies']) for r in rows).items())} layer copies "
+             f"(history: copies), so K+V is read from memory, not from a warm cache. "
              "K+V GB/s counts the bytes as stored (fp16: half, int8: a quarter plus fp32 per-token scales). "
              "Errors: against the fp32 numpy kernel on the same random data (N(0,1) q, k, v).", "",
              *table(rows, bw)]

@@ -120,3 +120,20 @@ def test_copied_caches_share_the_engine():
     for name in ENGINES:
         eng = kernels.make_engine(name)
         assert copy.deepcopy([eng])[0] is eng
+
+
+def test_ort_engine_reads_ortvalue_buffers_in_place():
+    """The buffers may be OrtValues (the form a device engine keeps its KV in); bound by address, not copied."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(11)
+    q, kn, vn = _chunk(rng, n=3)
+    k, v = _rand(rng, 3, 80, 64), _rand(rng, 3, 80, 64)
+    lens = np.array([80, 41, 0])
+    ref = attend_reference(q, [Segment(k, v, lens)], kn, vn)
+    ko, vo = ort.OrtValue.ortvalue_from_numpy(k), ort.OrtValue.ortvalue_from_numpy(v)
+    eng = OrtEngine(numpy_below=1)
+    np.testing.assert_allclose(eng.attend(q, [Segment(ko, vo, lens)], kn, vn), ref, atol=ATOL, rtol=0)
+    k[1] = 0.0  # the OrtValue shares the array's memory: the engine sees the change
+    changed = attend_reference(q, [Segment(k, v, lens)], kn, vn)
+    np.testing.assert_allclose(eng.attend(q, [Segment(ko, vo, lens)], kn, vn), changed, atol=ATOL, rtol=0)

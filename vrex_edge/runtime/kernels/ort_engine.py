@@ -80,7 +80,8 @@ class OrtEngine:
         return self._heads[hd]
 
     def attend(self, q: np.ndarray, segments: Sequence[Segment], k_new: np.ndarray, v_new: np.ndarray) -> np.ndarray:
-        """Same contract as NumpyEngine.attend (segments: host buffers whose rows are contiguous)."""
+        """Same contract as NumpyEngine.attend. Segment buffers: numpy arrays whose heads' rows are contiguous,
+        or OrtValues in the provider's memory (then every head run must reach `numpy_below`, or set it to 1)."""
         kvh, g, n, hd = q.shape
         sess, io = self._session(hd)
         qs = np.ascontiguousarray((q * np.float32(1.0 / np.sqrt(hd))).reshape(kvh, g * n, hd))  # [KVH, G*n, hd]
@@ -92,20 +93,22 @@ class OrtEngine:
                 self.host.fold(qs, seg.k, seg.v, lens, m, den, acc)
                 continue
             for h in range(kvh):
+                if lens[h] == 0:
+                    continue
                 if lens[h] < self.numpy_below:
                     hs = slice(h, h + 1)
                     self.host.scan(qs[hs], seg.k[hs], seg.v[hs], 0, int(lens[h]), m[hs], den[hs], acc[hs])
                     continue
-                self._bind(io, "q", qs[h], (g * n, hd))
-                self._bind(io, "k", _row(seg.k, h), (int(lens[h]), hd))
-                self._bind(io, "v", _row(seg.v, h), (int(lens[h]), hd))
+                self._bind(io, "q", qs[h].ctypes.data, (g * n, hd))
+                self._bind(io, "k", _head_ptr(seg.k, h), (int(lens[h]), hd))
+                self._bind(io, "v", _head_ptr(seg.v, h), (int(lens[h]), hd))
                 sess.run_with_iobinding(io)
                 merge_partial(m[h], den[h], acc[h], o_m, o_den, o_acc)
         acc /= den
         return acc.reshape(kvh, g, n, hd)
 
-    def _bind(self, io: Any, name: str, x: np.ndarray, shape: tuple[int, int]) -> None:
-        io.bind_input(name, self.device, 0, np.float32, list(shape), x.ctypes.data)
+    def _bind(self, io: Any, name: str, ptr: int, shape: tuple[int, int]) -> None:
+        io.bind_input(name, self.device, 0, np.float32, list(shape), ptr)
 
     def _outputs(self, io: Any, rows: int, hd: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Preallocated outputs [rows, hd], [rows, 1], [rows, 1], bound to `io` (rebound when the shape changes)."""
@@ -118,8 +121,12 @@ class OrtEngine:
         return self._out[1]
 
 
-def _row(buf: np.ndarray, h: int) -> np.ndarray:
-    """Head h's run of a [KVH, cap, hd] host buffer; its tokens must be contiguous."""
-    x = buf[h]  # [cap, hd]
-    assert x.dtype == np.float32 and x.strides == (4 * x.shape[1], 4), "a head's KV rows must be contiguous float32"
-    return x
+def _head_ptr(buf: Any, h: int) -> int:
+    """Address of head h's first token in a [KVH, cap, hd] float32 buffer: a numpy array (or view) whose
+    heads' rows are contiguous, or an OrtValue (host or device memory, C-contiguous)."""
+    if isinstance(buf, np.ndarray):
+        x = buf[h]  # [cap, hd]
+        assert x.dtype == np.float32 and x.strides == (4 * x.shape[1], 4), "a head's KV rows must be contiguous f32"
+        return x.ctypes.data
+    kvh, cap, hd = buf.shape()  # an OrtValue
+    return buf.data_ptr() + h * cap * hd * 4

@@ -18,10 +18,17 @@ class Segment(NamedTuple):
     lens: np.ndarray | None = None
 
 
+def capacity(buf: Any) -> int:
+    """Tokens per head that a [KVH, cap, hd] buffer holds (numpy arrays, or OrtValues whose shape is a method)."""
+    shape = buf.shape() if callable(buf.shape) else buf.shape
+    return int(shape[1])
+
+
 def segment_lens(seg: Segment, kvh: int) -> np.ndarray:
     """-> [KVH] int64 tokens each head reads from `seg`."""
+    cap = capacity(seg.k)
     if seg.lens is None:
-        return np.full(kvh, seg.k.shape[1], np.int64)
+        return np.full(kvh, cap, np.int64)
     lens = np.asarray(seg.lens, np.int64).reshape(kvh)  # [KVH]
-    assert (lens >= 0).all() and (lens <= seg.k.shape[1]).all(), "segment lengths outside the buffer"
+    assert (lens >= 0).all() and (lens <= cap).all(), "segment lengths outside the buffer"
     return lens
