@@ -259,7 +259,8 @@ def variants(q, k_new, v_new, with_torch: bool) -> dict[str, tuple[Callable, str
     return out
 
 
-def bench_size(L: int, n: int, repeats: int, with_torch: bool, rng, working_set: int) -> list[dict]:
+def bench_size(L: int, n: int, repeats: int, with_torch: bool, rng, working_set: int,
+               clock: Callable[[], float] = time.perf_counter) -> list[dict]:
     """Calls cycle through `copies` layers of KV (about `working_set` bytes of fp32 K+V, at most 30 layers as
     SmolLM2 has), so each call reads KV that is not in cache, as a frame walking the layers does."""
     copies = int(min(30, max(2, -(-working_set // (2 * KVH * L * HD * 4 or 1)))))
@@ -279,16 +280,17 @@ def bench_size(L: int, n: int, repeats: int, with_torch: bool, rng, working_set:
         for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate the order each round
             lay = layers[calls % copies]
             calls += 1
-            t0 = time.perf_counter()
+            t0 = clock()
             vs[name][0](lay)
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(clock() - t0)
     flops = 2 * 2 * KVH * G * n * L * HD  # QK^T and PV
     return [{"L": L, "n": n, "name": k, "s": statistics.median(times[k]), "bytes": layers[0]["bytes"][vs[k][1]],
              "flops": flops, "err": err[k], "copies": copies} for k in names]
 
 
 def table(rows: list[dict], bw: float) -> list[str]:
-    out = ["| history | new tokens | engine | ms | vs old | K+V GB/s | efficiency | GFLOP/s | max abs err | rel. L2 err |",
+    out = ["| history | new tokens | engine | ms | vs old | K+V GB/s | efficiency | GFLOP/s | max abs err "
+           "| rel. L2 err |",
            "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     old = {(r["L"], r["n"]): r["s"] for r in rows if r["name"] == "numpy attend (old)"}
     for r in rows:
@@ -305,6 +307,9 @@ def main() -> None:
     ap.add_argument("--decode-sizes", type=int, nargs="*", default=[8000, 40000], help="history sizes for n=1")
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--no-torch", action="store_true", help="skip the torch reference rows")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="cpu: process CPU time (all threads), so that other processes on a shared machine do not "
+                         "show up as latency; multi-thread rows then count CPU-seconds, not latency")
     ap.add_argument("--working-set", type=int, default=512, help="MiB of fp32 K+V the calls cycle through per size")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -315,20 +320,23 @@ def main() -> None:
     rows = []
     for n, sizes in ((10, args.sizes), (1, args.decode_sizes)):
         for L in sizes:
-            rows += bench_size(L, n, args.repeats, not args.no_torch, rng, args.working_set * 2**20)
+            rows += bench_size(L, n, args.repeats, not args.no_torch, rng, args.working_set * 2**20,
+                               time.process_time if args.clock == "cpu" else time.perf_counter)
     bw1, after = read_bandwidth(), busy()
     bw = (bw0 + bw1) / 2
+    shown = ("sizes", "decode_sizes", "repeats", "working_set", "clock")
+    flags = " ".join(f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+                     for k, v in vars(args).items() if k in shown)
+    copies = ", ".join(f"{L:,}: {c}" for L, c in dict((r["L"], r["copies"]) for r in rows).items())
     lines = ["# Host attention engines (SmolLM2 shapes: 9 query heads, 3 KV heads, head_dim 64)", "",
-             "    " + "PYTHONPATH=$PWD python3 benchmarks/bench_attention.py " + " ".join(
-                 f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-                 for k, v in vars(args).items() if k in ("sizes", "decode_sizes", "repeats", "working_set")), "",
+             f"    PYTHONPATH=$PWD python3 benchmarks/bench_attention.py {flags}", "",
              *machine(),
              f"- read bandwidth (numpy sum, 256 MiB f32): {bw0:.1f} GB/s before, {bw1:.1f} GB/s after; "
              f"efficiency uses their mean, {bw:.1f} GB/s",
              f"- before: {before}", f"- after: {after}", "",
-             f"Median of {args.repeats} calls per cell, all variants round-robin in one process, each call on the next "
-             f"of {', '.join(f'{L:,}: {c}' for L, c in dict((r['L'], r['copies']) for r in rows).items())} layer copies "
-             f"(history: copies), so K+V is read from memory, not from a warm cache. "
+             f"Clock: {args.clock}. Median of {args.repeats} calls per cell, all variants round-robin in one process, "
+             f"each call on the next of the layer copies (history: copies; {copies}), so K+V is read from memory, "
+             "not from a warm cache. "
              "K+V GB/s counts the bytes as stored (fp16: half, int8: a quarter plus fp32 per-token scales). "
              "Errors: against the fp32 numpy kernel on the same random data (N(0,1) q, k, v).", "",
              *table(rows, bw)]
