@@ -80,7 +80,8 @@ def machine() -> list[str]:
     lines = [f"- CPU: {cpu} ({platform.machine()}), {os.cpu_count()} cores, this process on cores "
              f"{sorted(os.sched_getaffinity(0))}",
              f"- numpy {np.__version__}, onnxruntime {onnxruntime.__version__}; BLAS: {blas_info()}; "
-             f"numpy's BLAS pool set to 1 thread except where a row says 2",
+             f"numpy's BLAS pool set to 1 thread (2 threads are not measured: OpenBLAS's pool spins after a call "
+             f"and slowed whatever ran next 2.3x)",
              f"- OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}, "
              f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', '(unset)')}"]
     return lines
@@ -231,18 +232,10 @@ def variants(q, k_new, v_new, with_torch: bool) -> dict[str, tuple[Callable, str
     npk = NumpyEngine()
     o1, o2 = OrtEngine(threads=1, numpy_below=1), OrtEngine(threads=2, numpy_below=1)  # the graph for every head
 
-    def np_2threads(lay):
-        limit_blas_threads(2)
-        try:
-            return npk.attend(q, lay["seg"], k_new, v_new)
-        finally:
-            limit_blas_threads(1)
-
     f16, i8 = ort_stored("fp16"), ort_stored("int8")
     out: dict[str, tuple[Callable, str]] = {
         "numpy attend (old)": (lambda lay: attend_old(q, lay["seg"][0].k, lay["seg"][0].v, k_new, v_new), "fp32"),
         "numpy kernel": (lambda lay: npk.attend(q, lay["seg"], k_new, v_new), "fp32"),
-        "numpy kernel, 2 BLAS threads": (np_2threads, "fp32"),
         "ort-cpu 1 thread": (lambda lay: o1.attend(q, lay["seg"], k_new, v_new), "fp32"),
         "ort-cpu 2 threads": (lambda lay: o2.attend(q, lay["seg"], k_new, v_new), "fp32"),
         "numpy kernel, fp16 KV": (lambda lay: npk.attend(q, lay["seg16"], k_new, v_new), "fp16"),
