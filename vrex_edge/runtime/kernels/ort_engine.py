@@ -4,8 +4,10 @@ The graph (built in-process) is q [M, hd] (scaled) x k, v [L, hd] -> acc = exp(q
 m = rowmax(q k^T), den = rowsum(exp(q k^T - m)): a partial softmax that the host folds into the
 chunk's own (causal, computed in numpy: it is n x n) with a log-sum-exp merge. Inputs are bound by
 pointer (IOBinding), so a head's contiguous [L, hd] run in a [KVH, cap, hd] buffer is read where
-it lies: no copy of the history. Outputs go to preallocated numpy arrays. A device variant binds
-the same graph's inputs to device pointers (CUDA provider) instead of host ones.
+it lies: no copy of the history. Outputs go to preallocated numpy arrays. A device variant (issue 16)
+is this class with the CUDA provider and `device = "cuda"`: k/v are then device OrtValues bound by
+address, while q and the partial outputs (a few KB per head) stay host arrays that ORT copies.
+Not run on a GPU yet.
 """
 
 from __future__ import annotations
@@ -99,24 +101,24 @@ class OrtEngine:
                     hs = slice(h, h + 1)
                     self.host.scan(qs[hs], seg.k[hs], seg.v[hs], 0, int(lens[h]), m[hs], den[hs], acc[hs])
                     continue
-                self._bind(io, "q", qs[h].ctypes.data, (g * n, hd))
-                self._bind(io, "k", _head_ptr(seg.k, h), (int(lens[h]), hd))
-                self._bind(io, "v", _head_ptr(seg.v, h), (int(lens[h]), hd))
+                self._bind(io, "q", qs[h].ctypes.data, (g * n, hd), "cpu")  # small: ORT copies it where needed
+                self._bind(io, "k", _head_ptr(seg.k, h), (int(lens[h]), hd), self.device)  # read where it lies
+                self._bind(io, "v", _head_ptr(seg.v, h), (int(lens[h]), hd), self.device)
                 sess.run_with_iobinding(io)
                 merge_partial(m[h], den[h], acc[h], o_m, o_den, o_acc)
         acc /= den
         return acc.reshape(kvh, g, n, hd)
 
-    def _bind(self, io: Any, name: str, ptr: int, shape: tuple[int, int]) -> None:
-        io.bind_input(name, self.device, 0, np.float32, list(shape), ptr)
+    def _bind(self, io: Any, name: str, ptr: int, shape: tuple[int, int], device: str) -> None:
+        io.bind_input(name, device, 0, np.float32, list(shape), ptr)
 
     def _outputs(self, io: Any, rows: int, hd: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Preallocated outputs [rows, hd], [rows, 1], [rows, 1], bound to `io` (rebound when the shape changes)."""
         key = (rows, hd, id(io))
         if self._out is None or self._out[0] != key:
             out = (np.empty((rows, hd), np.float32), np.empty((rows, 1), np.float32), np.empty((rows, 1), np.float32))
-            for name, a in zip(("acc", "m", "den"), out, strict=True):
-                io.bind_output(name, self.device, 0, np.float32, list(a.shape), a.ctypes.data)
+            for name, a in zip(("acc", "m", "den"), out, strict=True):  # host arrays (small) on any provider
+                io.bind_output(name, "cpu", 0, np.float32, list(a.shape), a.ctypes.data)
             self._out = (key, out)
         return self._out[1]
 
