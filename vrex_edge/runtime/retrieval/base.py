@@ -20,7 +20,8 @@ import numpy as np
 
 from vrex_edge.bundle import TextSpec
 from vrex_edge.errors import ConfigError
-from vrex_edge.runtime.attention import attend, attend_head
+from vrex_edge.runtime import kernels
+from vrex_edge.runtime.attention import attend_head
 from vrex_edge.runtime.kvcache import LayerStats, Phase
 from vrex_edge.runtime.retrieval.storage import AttentionBuffer
 from vrex_edge.runtime.rope import Rope
@@ -146,7 +147,8 @@ class WindowedCache:
     buffer: where each call's attended set is laid out (its storage's AttentionBuffer)."""
 
     def __init__(self, text: TextSpec, rope: Rope, *, sink: int, recent: int, positions: str,
-                 table: RopeTable | None, buffer: AttentionBuffer, aux: bool = False, absorb_batch: int = 1):
+                 table: RopeTable | None, buffer: AttentionBuffer, aux: bool = False, absorb_batch: int = 1,
+                 engine: kernels.AttentionEngine | None = None):
         if positions not in POSITION_MODES:
             raise ConfigError(f"positions must be one of {', '.join(POSITION_MODES)} (got '{positions}')")
         if sink < 0 or recent < 0:
@@ -155,6 +157,7 @@ class WindowedCache:
         self.g = self.h // self.kvh
         self.max_positions = text.max_positions
         self.rope, self.table = rope, table
+        self.engine = engine or kernels.default_engine()  # runtime/kernels: chosen once, not per call
         self.compact = positions == "compact"
         self.sink, self.recent = sink, recent
         self.absorb_batch = max(1, absorb_batch)  # tokens leave the window in groups of at least this many
@@ -266,20 +269,16 @@ class WindowedCache:
 
     def _attention(self, q, q_abs, k, k_abs, v, lens) -> np.ndarray:
         n = q.shape[1]
-        if not self.compact and (lens == lens[0]).all():  # one batched call
-            L = int(lens[0])
-            o = attend(q_abs.reshape(self.kvh, self.g, n, self.hd), self.buf_k[:, :L], self.buf_v[:, :L], k_abs, v)
-        else:
+        if not self.compact:  # one kernel call; head h attends to buf_k[h, :lens[h]]
+            segs = [kernels.Segment(self.buf_k, self.buf_v, lens)]
+            o = self.engine.attend(q_abs.reshape(self.kvh, self.g, n, self.hd), segs, k_abs, v)
+        else:  # compact: the attended set and the chunk at positions 0..L+n-1, per head
             o = np.empty((self.kvh, self.g, n, self.hd), np.float32)
-            qg = (q if self.compact else q_abs).reshape(self.kvh, self.g, n, self.hd)
+            qg = q.reshape(self.kvh, self.g, n, self.hd)
             for h in range(self.kvh):
                 L = int(lens[h])
-                if self.compact:  # the attended set and the chunk at positions 0..L+n-1
-                    kh = self.table.rotate(self.buf_k[h, :L], 0)
-                    o[h] = attend_head(self.table.rotate(qg[h], L), kh, self.buf_v[h, :L],
-                                       self.table.rotate(k[h], L), v[h])
-                else:
-                    o[h] = attend_head(qg[h], self.buf_k[h, :L], self.buf_v[h, :L], k_abs[h], v[h])
+                kh = self.table.rotate(self.buf_k[h, :L], 0)
+                o[h] = attend_head(self.table.rotate(qg[h], L), kh, self.buf_v[h, :L], self.table.rotate(k[h], L), v[h])
         return o.reshape(self.h, n, self.hd).transpose(1, 0, 2).reshape(n, self.h * self.hd)
 
     def _push(self, k: np.ndarray, v: np.ndarray, aux: np.ndarray | None, pos: np.ndarray, tag: int) -> None:

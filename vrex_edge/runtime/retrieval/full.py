@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from vrex_edge.bundle import TextSpec
-from vrex_edge.runtime.attention import attend
+from vrex_edge.runtime import kernels
 from vrex_edge.runtime.kvcache import GrowingArray, LayerStats, Phase
 from vrex_edge.runtime.retrieval.options import NoOptions
 from vrex_edge.runtime.retrieval.policy import Policy, PolicySpec
@@ -24,9 +24,10 @@ class FullOptions(NoOptions):
 class FullKV:
     """Attend to every cached token at its absolute position."""
 
-    def __init__(self, text: TextSpec, rope: Rope):
+    def __init__(self, text: TextSpec, rope: Rope, *, engine: kernels.AttentionEngine | None = None):
         self.h, self.kvh, self.hd = text.num_heads, text.num_kv_heads, text.head_dim
         self.rope = rope
+        self.engine = engine or kernels.default_engine()  # runtime/kernels: chosen once, not per call
         self.k = GrowingArray(self.kvh, self.hd)  # rotated keys at absolute positions
         self.v = GrowingArray(self.kvh, self.hd)
         self._stats = LayerStats()
@@ -36,7 +37,8 @@ class FullKV:
         q = self.rope.apply(q, positions)  # [H, n, hd]
         k = self.rope.apply(k, positions)  # [KVH, n, hd]
         hist = self.k.n
-        out = attend(q.reshape(self.kvh, -1, n, self.hd), self.k.view, self.v.view, k, v)  # [KVH, G, n, hd]
+        segs = [kernels.Segment(self.k.view, self.v.view)]  # every cached token, [KVH, hist, hd]
+        out = self.engine.attend(q.reshape(self.kvh, -1, n, self.hd), segs, k, v)  # [KVH, G, n, hd]
         self.k.append(k)
         self.v.append(v)
         self._stats = LayerStats(history=hist, kept=np.full(self.kvh, hist, dtype=np.int64))
@@ -62,7 +64,7 @@ class FullKV:
 
 
 def _build(policy: Policy, layer: int, text: TextSpec, rope: Rope, storage: KVStorage) -> FullKV:
-    return FullKV(text, rope)
+    return FullKV(text, rope, engine=policy.engine)
 
 
 SPEC = PolicySpec("full", FullOptions, _build, "every cached token (the reference)")

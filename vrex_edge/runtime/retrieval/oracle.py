@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -32,8 +33,9 @@ class OracleOptions(Options):
 
 
 class OracleCache(WindowedCache):
-    def __init__(self, text: TextSpec, rope: Rope, o: OracleOptions, *, buffer: AttentionBuffer):
-        super().__init__(text, rope, sink=o.sink, recent=o.recent, positions="absolute", table=None, buffer=buffer)
+    def __init__(self, text: TextSpec, rope: Rope, o: OracleOptions, *, buffer: AttentionBuffer, engine: Any = None):
+        super().__init__(text, rope, sink=o.sink, recent=o.recent, positions="absolute", table=None, buffer=buffer,
+                         engine=engine)
         self.tau = o.tau
         self.hk = np.empty((self.kvh, 1024, self.hd), np.float32)  # [KVH, cap, hd] rotated history keys
         self.hv = np.empty_like(self.hk)
@@ -83,7 +85,7 @@ class OracleCache(WindowedCache):
 def _build(policy: Policy, layer: int, text: TextSpec, rope: Rope, storage: KVStorage) -> OracleCache:
     assert isinstance(policy.options, OracleOptions)
     buffer = storage.buffer(layer, text.num_kv_heads, text.head_dim, keeps_rows=False)
-    return OracleCache(text, rope, policy.options, buffer=buffer)
+    return OracleCache(text, rope, policy.options, buffer=buffer, engine=policy.engine)
 
 
 SPEC = PolicySpec("oracle", OracleOptions, _build, "exact attention mass per token (benchmark reference, slow)")

@@ -19,6 +19,7 @@ from vrex_edge.runtime.rope import Rope
 
 if TYPE_CHECKING:
     from vrex_edge.accel.backend import RetrievalBackend
+    from vrex_edge.runtime.kernels import AttentionEngine
     from vrex_edge.runtime.kvcache import LayerCache
     from vrex_edge.runtime.retrieval.base import RopeTable
 
@@ -41,6 +42,7 @@ class Policy:
     def __init__(self, spec: PolicySpec, options: Options):
         self.spec, self.options = spec, options
         self._backend: RetrievalBackend | None = None
+        self._engine: AttentionEngine | None = None
         self._tables: dict[int, tuple[Rope, RopeTable]] = {}
 
     @property
@@ -49,6 +51,15 @@ class Policy:
 
     def __call__(self, layer: int, text: TextSpec, rope: Rope, storage: KVStorage = RESIDENT) -> LayerCache:
         return self.spec.build(self, layer, text, rope, storage)
+
+    @property
+    def engine(self) -> AttentionEngine:
+        """The attention kernel engine (runtime/kernels), made once for every layer."""
+        if self._engine is None:
+            from vrex_edge.runtime import kernels
+
+            self._engine = kernels.make_engine(kernels.DEFAULT_ENGINE)
+        return self._engine
 
     @property
     def backend(self) -> RetrievalBackend:

@@ -76,7 +76,8 @@ class ReSVCache(WindowedCache):
                          table=policy.rope_table(rope, text) if compact else None,
                          buffer=storage.buffer(layer, kvh, hd, keeps_rows=incremental,
                                                max_rows=text.max_positions if compact else None),
-                         aux=(self.post == compact) or (self.score_post == compact), absorb_batch=o.cluster_batch)
+                         aux=(self.post == compact) or (self.score_post == compact), absorb_batch=o.cluster_batch,
+                         engine=policy.engine)
         self.reselect = o.reselect  # reuse a selection for this many calls of the same phase
         self.tau = o.tau
         self.backend = policy.backend

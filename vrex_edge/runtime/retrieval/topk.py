@@ -55,7 +55,7 @@ class TopKCache(WindowedCache):
         super().__init__(text, rope, sink=o.sink, recent=o.recent, positions=o.positions,
                          table=policy.rope_table(rope, text) if compact else None,
                          buffer=storage.buffer(layer, text.num_kv_heads, text.head_dim, keeps_rows=False),
-                         aux=not compact)  # the pre-RoPE keys beside rotated storage
+                         aux=not compact, engine=policy.engine)  # aux: the pre-RoPE keys beside rotated storage
         self.k_opt = o.k
         self.decode_block = o.decode_block
         self.backend = policy.backend
