@@ -31,3 +31,7 @@ class AccelError(VrexError):
 
 class KVStoreError(VrexError):
     """The on-disk KV store failed (disk full, write error) or a kept store cannot be resumed."""
+
+
+class OutputError(VrexError):
+    """An output file cannot be created or written (permissions, read-only or full disk)."""
