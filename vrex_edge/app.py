@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from vrex_edge.errors import ConfigError
-from vrex_edge.outputs import FORMATS, RecordWriter, SafeOutput
+from vrex_edge.outputs import FORMATS, RecordWriter, SafeOutput, clock
 
 
 def kv_config(budget: str | None, keep: Path | None, resume: Path | None, on_full: str = "error") -> Any:
@@ -89,6 +89,9 @@ def caption_video(
     if not (fps > 0 and math.isfinite(fps)):
         raise ConfigError(f"--fps must be a positive number, got {fps}")
     source = open_video(video, fps=fps)  # fails early on a missing / unreadable video
+    late = [t for t, _ in questions if 0 < source.info.duration < t]
+    if late:  # would be answered after the stream, at a time the video never reaches
+        raise ConfigError(f"--ask at {clock(late[0])} is after the end of {video} ({clock(source.info.duration)})")
     session = open_session(model, policy=policy, policy_options=policy_options, providers=providers, threads=threads, kv=kv)
     offset = (session.tiers.resumed_time or 0.0) if session.tiers is not None else 0.0  # --resume: time goes on
     frames = ((t + offset, f) for t, f in source) if offset else source

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -277,6 +278,11 @@ def manifest_from_dict(m: dict[str, Any]) -> Manifest:
 
 def _check_consistency(m: Manifest) -> None:
     t = m.text
+    for key in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim", "vocab_size", "max_positions"):
+        if getattr(t, key) < 1:
+            raise BundleError(f"manifest: text.{key} must be a positive integer, got {getattr(t, key)}")
+    if m.vision is not None:
+        _check_vision(m.vision)
     if len(m.stages.layers) != t.num_layers:
         raise BundleError(f"manifest: {len(m.stages.layers)} layer stages for {t.num_layers} layers")
     if t.num_heads % t.num_kv_heads:
@@ -292,6 +298,20 @@ def _check_consistency(m: Manifest) -> None:
             raise BundleError(f"manifest: stage file '{stage_file}' has no sha256 in 'files'")
     if m.tokenizer not in m.files:
         raise BundleError(f"manifest: tokenizer '{m.tokenizer}' has no sha256 in 'files'")
+
+
+def _check_vision(v: VisionSpec) -> None:
+    if len(v.image_size) != 2 or min(v.image_size) < 1:
+        raise BundleError(f"manifest: vision.image_size must be [height, width] of positive integers, got {list(v.image_size)}")
+    if len(v.mean) != 3 or len(v.std) != 3 or not all(math.isfinite(x) for x in v.mean + v.std) or min(v.std) <= 0:
+        raise BundleError(f"manifest: vision.mean and vision.std must be 3 finite numbers, std > 0 "
+                          f"(got {list(v.mean)} and {list(v.std)})")
+    if v.tokens_per_frame < 1:
+        raise BundleError(f"manifest: vision.tokens_per_frame must be >= 1, got {v.tokens_per_frame}")
+    if v.resize not in ("pad", "stretch"):
+        raise BundleError(f"manifest: vision.resize must be 'pad' or 'stretch', got {v.resize!r}")
+    if not (math.isfinite(v.rescale) and v.rescale > 0):
+        raise BundleError(f"manifest: vision.rescale must be a positive number, got {v.rescale}")
 
 
 def stage_files(m: Manifest) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shlex
 import sys
@@ -55,15 +56,16 @@ def parse_ask(values: list[str]) -> list[tuple[float, str]]:
         t_str, sep, question = v.partition("=")
         if not sep or not question.strip():
             raise ConfigError(f"--ask expects 'TIME=question', got {v!r}")
+        fields = t_str.strip().split(":")
         try:
-            parts = [float(p) for p in t_str.strip().split(":")]
+            parts = [float(p) if i == len(fields) - 1 else int(p) for i, p in enumerate(fields)]
         except ValueError:
-            raise ConfigError(f"--ask time must be seconds or mm:ss, got {t_str!r}") from None
+            raise ConfigError(f"--ask time must be seconds or [hh:]mm:ss, got {t_str!r}") from None
+        if len(parts) > 3 or not all(math.isfinite(p) and p >= 0 for p in parts) or any(p >= 60 for p in parts[1:]):
+            raise ConfigError(f"--ask time out of range: {t_str!r} (seconds >= 0, or [hh:]mm:ss with mm and ss below 60)")
         t = 0.0
         for p in parts:
             t = t * 60 + p
-        if t < 0 or len(parts) > 3:
-            raise ConfigError(f"--ask time out of range: {t_str!r}")
         out.append((t, question.strip()))
     return sorted(out, key=lambda x: x[0])
 
