@@ -13,6 +13,7 @@ from typing import Any
 
 from vrex_edge.errors import ConfigError
 from vrex_edge.outputs import FORMATS, RecordWriter, SafeOutput, clock
+from vrex_edge.signals import StopOnSignal
 
 
 def kv_config(budget: str | None, keep: Path | None, resume: Path | None, on_full: str = "error") -> Any:
@@ -100,11 +101,12 @@ def caption_video(
     duration = source.info.duration
     total = int(duration * fps) + 1 if duration > 0 else None
     final: Stats | None = None
+    stops = StopOnSignal()  # SIGINT/SIGTERM/SIGHUP: stop at the next frame; a second one at once
     try:
-        with SafeOutput(output) as stream, StreamProgress(total, enabled=not quiet) as progress:
+        with stops, SafeOutput(output) as stream, StreamProgress(total, enabled=not quiet) as progress:
             writer = RecordWriter(stream, fmt)
             done, busy_ms = 0, 0.0
-            for event in session.run(frames, questions):
+            for event in session.run(stops.frames(frames), questions):
                 if isinstance(event, FrameProcessed):
                     last_t = event.t
                     done, busy_ms = done + 1, busy_ms + event.timings_ms.get("total", 0.0)
@@ -115,9 +117,11 @@ def caption_video(
                     writer.write(t=event.t, kind="answer", text=event.text, question=event.question)
                 elif isinstance(event, Stats):
                     final = event
+            # stopped by a signal: the output is incomplete, so the user's file is left as it was
+            stops.check(f"at {clock(last_t)} of the stream" + (f"; {output} left as it was" if output else ""))
         ok = True
-    finally:  # removes a temporary KV store; saves a kept one (only after a clean end)
-        session.close(ok=ok, stream_time=last_t + 1 / fps)
+    finally:  # removes a temporary KV store; saves a kept one (after a clean end or a stop at a frame boundary)
+        session.close(ok=ok or stops.clean_stop, stream_time=last_t + 1 / fps)
     if final is not None and not quiet:
         print_table("stream summary", stats_rows(final))
 
@@ -154,8 +158,6 @@ def live_stream(
     kv: Any = None,
 ) -> None:
     import queue
-    import signal
-    import threading
 
     from vrex_edge.outputs import AppendOutput
     from vrex_edge.runtime.events import Answer, Caption, FrameProcessed, Stats
@@ -170,7 +172,8 @@ def live_stream(
     reader = open_live_reader(camera, source)
     window = FrameWindow.open() if show else None
     questions: queue.Queue[str] = queue.Queue()
-    stop = threading.Event()
+    stops = StopOnSignal()  # SIGINT/SIGTERM/SIGHUP end the stream cleanly (a kept KV store is saved); a second one at once
+    stop = stops.event
     capture = CaptureThread(reader, fps=fps, retry_s=retry_s)
     offset = (session.tiers.resumed_time or 0.0) if session.tiers is not None else 0.0  # --resume: time goes on
     clock = _ShiftedCapture(capture, offset) if offset else capture
@@ -182,17 +185,7 @@ def live_stream(
     interrupted = clean = False
     last_t = offset - 1 / fps
 
-    def on_sigint(signum: int, frame: Any) -> None:
-        # the first Ctrl-C stops at the next frame boundary (the stream ends cleanly: a kept KV
-        # store is saved for --resume); a second one interrupts at once
-        nonlocal interrupted
-        if stop.is_set():
-            raise KeyboardInterrupt
-        interrupted = True
-        stop.set()
-
-    main = threading.current_thread() is threading.main_thread()
-    old_handler = signal.signal(signal.SIGINT, on_sigint) if main else None
+    stops.__enter__()
     try:
         with QuestionInput(questions, view) as typing_, view.running(interactive=typing_.interactive):
             capture.start()
@@ -217,8 +210,8 @@ def live_stream(
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        if main:
-            signal.signal(signal.SIGINT, old_handler)
+        stops.__exit__()
+        interrupted = interrupted or stops.stopped
         stop.set()
         capture.stop()
         session.close(ok=clean, stream_time=last_t + 1 / fps)  # a kept KV store is saved only after a clean end
@@ -233,7 +226,7 @@ def live_stream(
                                f"{status.dropped} dropped while the model was busy"))
     if final_status is not None and final_status.lag_ms is not None:
         rows.insert(2, ("lag", f"{final_status.lag_ms:.0f} ms capture -> last reply"))
-    rows.append(("ended", "Ctrl-C" if interrupted else status.message or status.state))
+    rows.append(("ended", (stops.name or "Ctrl-C") if interrupted else status.message or status.state))
     if clean and session.tiers is not None and session.tiers.keep:
         rows.append(("KV store", f"kept in {session.tiers.folder}: continue with --resume {session.tiers.folder}"))
     print_table("live session summary", rows)
