@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vrex_edge.errors import ConfigError
+from vrex_edge.errors import ConfigError, IncompleteInputError
 from vrex_edge.outputs import FORMATS, RecordWriter, SafeOutput, clock
 from vrex_edge.signals import StopOnSignal
 
@@ -98,8 +98,7 @@ def caption_video(
     frames = ((t + offset, f) for t, f in source) if offset else source
     questions = [(t + offset, q) for t, q in questions]
     last_t, ok = offset - 1 / fps, False
-    duration = source.info.duration
-    total = int(duration * fps) + 1 if duration > 0 else None
+    total = source.info.sampled_frames(fps)
     final: Stats | None = None
     stops = StopOnSignal()  # SIGINT/SIGTERM/SIGHUP: stop at the next frame; a second one at once
     try:
@@ -124,6 +123,9 @@ def caption_video(
         session.close(ok=ok or stops.clean_stop, stream_time=last_t + 1 / fps)
     if final is not None and not quiet:
         print_table("stream summary", stats_rows(final))
+    if source.incomplete is not None:  # the output holds what decoded; exit 3 says the rest is missing
+        kept = f"; what decoded was processed{f' and written to {output}' if output else ''}"
+        raise IncompleteInputError(source.incomplete.message() + kept)
 
 
 def open_live_reader(camera: int | None, source: str | None) -> Any:

@@ -21,6 +21,12 @@ class SourceError(VrexError):
     """A video file, camera or stream cannot be opened or decoded."""
 
 
+class IncompleteInputError(SourceError):
+    """A video ended before the frames its container states (truncated or damaged); what decoded was processed."""
+
+    exit_code = 3
+
+
 class ConfigError(VrexError):
     """An option or a combination of options is invalid."""
 
