@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from vrex_edge.errors import BundleError
+from vrex_edge.hashcache import HashCache
 
 FORMAT = "vrex-bundle"
 FORMAT_VERSION = 1
@@ -333,8 +334,11 @@ def _inside(root: Path, rel: str) -> Path:
     return path
 
 
-def load_manifest(bundle: str | os.PathLike[str], *, verify_hashes: bool = True) -> Manifest:
-    """Read and validate `bundle/manifest.json` and the files it names."""
+def load_manifest(bundle: str | os.PathLike[str], *, verify_hashes: bool = True, full_verify: bool = False) -> Manifest:
+    """Read and validate `bundle/manifest.json` and the files it names.
+
+    verify_hashes: check every file's sha256; a file verified before and unchanged since (size,
+    mtime, ctime, inode) is not hashed again (see hashcache.py) unless full_verify."""
     root = Path(bundle)
     if not root.exists():
         raise BundleError(f"bundle not found: {root}")
@@ -350,12 +354,18 @@ def load_manifest(bundle: str | os.PathLike[str], *, verify_hashes: bool = True)
     if not isinstance(raw, dict):
         raise BundleError(f"{mpath} must hold a JSON object")
     manifest = manifest_from_dict(raw)
+    cache = HashCache() if verify_hashes else None
     for rel, digest in manifest.files.items():
         path = _inside(root, rel)
         if not path.is_file():
             raise BundleError(f"bundle file missing: {rel} (in {root})")
-        if verify_hashes and sha256_file(path) != digest:
+        if cache is None or (not full_verify and cache.verified(path, digest)):
+            continue
+        if sha256_file(path) != digest:
             raise BundleError(f"bundle file {rel} does not match its sha256 in {MANIFEST} (corrupt or edited)")
+        cache.record(path, digest)
+    if cache is not None:
+        cache.save()
     return manifest
 
 

@@ -116,13 +116,16 @@ def export(
 
 
 @app.command()
-def info(bundle: Annotated[Path, typer.Argument(help="Bundle folder.")]) -> None:
+def info(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
+    verify: Annotated[bool, typer.Option("--verify", help="Hash every file again (runs trust files verified before and unchanged since).")] = False,
+) -> None:
     """Show what a bundle holds."""
     from vrex_edge.bundle import load_manifest
     from vrex_edge.ui import print_manifest
 
     with user_errors():
-        print_manifest(bundle, load_manifest(bundle))
+        print_manifest(bundle, load_manifest(bundle, full_verify=verify), full=verify)
 
 
 @app.command()

@@ -46,7 +46,8 @@ def print_export_report(report: Any) -> None:
     err.print(f"bundle written to {report.out}{extra}")
 
 
-def print_manifest(root: Path, m: Any) -> None:
+def print_manifest(root: Path, m: Any, *, full: bool = False) -> None:
+    """The bundle's table on stdout; full: every file was hashed now (else unchanged files were trusted)."""
     t = m.text
     table = Table(title=f"{m.name}  ({root})", show_header=False)
     table.add_column("field", style="bold")
@@ -63,7 +64,8 @@ def print_manifest(root: Path, m: Any) -> None:
     table.add_row("tokens", f"end of turn {list(tk.end_of_turn)}, frame placeholder {tk.frame_placeholder}, frame interval {tk.frame_interval}")
     table.add_row("speak threshold", f"{m.prompt.speak_threshold:g}")
     size = sum((root / f).stat().st_size for f in m.files)
-    table.add_row("files", f"{len(m.files)} files, {human_bytes(size)}, sha256 verified")
+    how = "sha256 verified" + ("" if full else " (unchanged files: cached; --verify hashes all)")
+    table.add_row("files", f"{len(m.files)} files, {human_bytes(size)}, {how}")
     n_stages = 2 + 2 * t.num_layers + (m.stages.vision is not None) + len(m.stages.extra)
     table.add_row("stages", f"{n_stages} graphs (vision, embed, pre/post per layer, head)")
     if m.source:
