@@ -37,12 +37,13 @@ def open_session(model_dir: Path, *, policy: str, policy_options: dict[str, Any]
 
 
 def stats_rows(stats: Any) -> list[tuple[str, str]]:
-    from vrex_edge.ui import human_bytes
+    from vrex_edge.ui import count, human_bytes
 
     rows = [
-        ("frames", f"{stats.frames} in {stats.wall_s:.1f} s ({stats.fps:.1f} fps, replies included)"),
+        ("frames", f"{stats.frames:,} in {stats.wall_s:.1f} s ({stats.fps:.1f} fps, replies included)"),
         ("frame latency", f"median {stats.frame_ms_median:.1f} ms, p95 {stats.frame_ms_p95:.1f} ms"),
-        ("replies", f"{stats.captions} captions, {stats.answers} answers, {stats.generated_tokens} tokens generated"),
+        ("replies", f"{count(stats.captions, 'caption')}, {count(stats.answers, 'answer')}, "
+                    f"{count(stats.generated_tokens, 'token')} generated"),
         ("KV cache", f"{stats.tokens:,} tokens, {human_bytes(stats.cache_bytes)}"),
     ]
     retrieval = stats.retrieval or {}
@@ -56,9 +57,9 @@ def stats_rows(stats: Any) -> list[tuple[str, str]]:
         pf = (tiers.get("prefetch") or {}).get("recall")
         rows.append(("KV tiers", f"resident {human_bytes(tiers['kv'])} (peak {human_bytes(tiers['peak'])}) of {budget}, "
                                  f"tables {human_bytes(tiers['tables'])}, on disk {human_bytes(tiers['cold_bytes'])}, "
-                                 f"{tiers['fetched']} clusters read on demand"
+                                 f"{count(tiers['fetched'], 'cluster')} read on demand"
                                  + (f", prefetch recall {100 * pf:.0f}%" if pf is not None else "")
-                                 + (f", {tiers['retired']['blocks']} blocks of representatives retired to disk"
+                                 + (f", {count(tiers['retired']['blocks'], 'block')} of representatives retired to disk"
                                     if (tiers.get("retired") or {}).get("blocks") else "")))
     timing = retrieval.get("seconds") or {}
     if timing:
@@ -224,8 +225,8 @@ def live_stream(
     status = capture.status()
     stats = session.stats()
     rows = stats_rows(stats)
-    rows.insert(1, ("capture", f"{status.captured} frames read, {status.sampled} sampled at {fps:g} fps, "
-                               f"{status.dropped} dropped while the model was busy"))
+    rows.insert(1, ("capture", f"{status.captured:,} frames read, {status.sampled:,} sampled at {fps:g} fps, "
+                               f"{status.dropped:,} dropped while the model was busy"))
     if final_status is not None and final_status.lag_ms is not None:
         rows.insert(2, ("lag", f"{final_status.lag_ms:.0f} ms capture -> last reply"))
     rows.append(("ended", (stops.name or "Ctrl-C") if interrupted else status.message or status.state))

@@ -13,7 +13,9 @@ from typing import Annotated
 
 import typer
 
+from vrex_edge import __version__
 from vrex_edge.accel.commands import accel_app
+from vrex_edge.clihelp import HelpGroup
 from vrex_edge.errors import ConfigError, VrexError
 
 app = typer.Typer(
@@ -21,7 +23,21 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Real-time streaming video LLM runtime for edge devices (ReSV KV-cache retrieval).",
     pretty_exceptions_enable=False,
+    cls=HelpGroup,  # flags render without '<bool>', repeatable options without '<list[...]>'
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"vrex-edge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    pass
 
 app.add_typer(accel_app, name="accel")
 

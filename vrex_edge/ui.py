@@ -23,6 +23,11 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """count(1, 'answer') -> '1 answer'; count(7699039, 'cluster') -> '7,699,039 clusters'."""
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
+
+
 @contextmanager
 def export_progress() -> Iterator[Callable[[str], None]]:
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err, transient=True) as p:
