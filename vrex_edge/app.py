@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vrex_edge.errors import ConfigError, IncompleteInputError
+from vrex_edge.errors import ConfigError, IncompleteInputError, KVStoreError
 from vrex_edge.outputs import FORMATS, RecordWriter, SafeOutput, clock
 from vrex_edge.signals import StopOnSignal
 
@@ -33,7 +33,11 @@ def open_session(model_dir: Path, *, policy: str, policy_options: dict[str, Any]
     model = load_model(model_dir, providers=list(providers) if providers else DEFAULT_PROVIDERS, threads=threads)
     if not model.has_vision:
         raise ConfigError(f"{model_dir} is a text-only bundle ({model.manifest.family}); captioning needs a video model")
-    return StreamSession(model, policy=policy, policy_options=policy_options, kv=kv)
+    try:
+        return StreamSession(model, policy=policy, policy_options=policy_options, kv=kv)
+    except OSError as e:  # only the KV store's folder is created here (read-only file system, permissions)
+        raise KVStoreError(f"cannot create the KV store at {e.filename or 'its folder'}: {e.strerror or e}; give --keep-kv "
+                           "a writable folder (temporary stores go to $XDG_CACHE_HOME/vrex-edge/kv)") from None
 
 
 def stats_rows(stats: Any) -> list[tuple[str, str]]:

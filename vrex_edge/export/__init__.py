@@ -86,12 +86,19 @@ def export_bundle(
 
         from vrex_edge.export.pipeline import write_bundle
 
-        out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp.mkdir()
+        except OSError as e:
+            raise ExportError(f"cannot create the bundle in {out.parent}: {e.strerror or e}; choose another --out") from None
         try:
             errors = write_bundle(model, tmp, family=fam.name, dtype=dtype, source=str(source), verify=verify, progress=say)
             _swap_into_place(tmp, out, force=force)
+        except OSError as e:  # a full disk or a permission error: nothing partial stays, an old bundle is kept
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise ExportError(f"cannot write the bundle {out}: {e.strerror or e}; free some space or choose another "
+                              "--out") from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
