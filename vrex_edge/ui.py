@@ -30,14 +30,21 @@ def count(n: int, noun: str, plural: str | None = None) -> str:
 
 @contextmanager
 def export_progress() -> Iterator[Callable[[str], None]]:
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err, transient=True) as p:
-        task = p.add_task("export", total=None)
+    """A spinner with the latest message, started by the first message (an error before it prints alone)."""
+    p = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err, transient=True)
+    task = p.add_task("export", total=None)
 
-        def update(message: str) -> None:
-            p.update(task, description=message)
-            p.console.log(message)
+    def update(message: str) -> None:
+        if not p.live.is_started:
+            p.start()
+        p.update(task, description=message)
+        p.console.log(message)
 
+    try:
         yield update
+    finally:
+        if p.live.is_started:
+            p.stop()
 
 
 def print_export_report(report: Any) -> None:
