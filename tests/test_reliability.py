@@ -223,13 +223,11 @@ def test_manifest_with_zero_image_size(clip: Path, tmp_path: Path) -> None:
 
 
 def test_export_without_torch_names_the_extra(tmp_path: Path) -> None:
-    """A real source (an HF folder) in a Python where torch and transformers cannot be imported."""
+    """The embedded model's real source checkpoint, in a Python where torch and transformers cannot be imported."""
     (tmp_path / "hide").mkdir()
     (tmp_path / "hide" / "sitecustomize.py").write_text("import sys\nsys.modules['torch'] = None\n"
                                                         "sys.modules['transformers'] = None\n")
-    src = tmp_path / "hf"
-    src.mkdir()
-    (src / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+    src = ROOT / "models" / "sources" / "vrex-tiny"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "hide"), str(ROOT)])}
     p = subprocess.run([sys.executable, "-m", "vrex_edge.cli", "export", "-m", str(src), "-o", str(tmp_path / "out")],
                        capture_output=True, text=True, env=env, timeout=60)
