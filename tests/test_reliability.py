@@ -381,10 +381,17 @@ def test_a_live_store_is_locked() -> None:
 # ---------------------------------------------------------------------------- signals (real CLI)
 
 
+def _foreground_signals() -> None:
+    # as from a terminal: pytest may run in the background (SIGINT ignored) or under nohup (SIGHUP)
+    for s in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(s, signal.SIG_DFL)
+
+
 def cli(*args: object, **kw) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     return subprocess.Popen([sys.executable, "-m", "vrex_edge.cli", *map(str, args)], env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_foreground_signals, **kw)
 
 
 def wait_for(cond, timeout: float = 20.0) -> None:
@@ -459,9 +466,24 @@ def test_live_ends_cleanly_on_sigterm(tmp_path: Path) -> None:
     assert kv_sessions() == []
 
 
+def test_an_ignored_signal_stays_ignored() -> None:
+    from vrex_edge.signals import StopOnSignal
+
+    old = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
+    try:
+        with StopOnSignal() as stops:
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(0.01)
+            assert not stops.stopped
+    finally:
+        signal.signal(signal.SIGHUP, old)
+
+
 def test_signal_module_in_process() -> None:
     from vrex_edge.signals import Interrupted, StopOnSignal
 
+    before = signal.getsignal(signal.SIGTERM)
     with StopOnSignal() as stops:
         frames = stops.frames(iter(range(100)))
         got = [next(frames), next(frames)]
@@ -473,5 +495,5 @@ def test_signal_module_in_process() -> None:
             for _ in range(1000):
                 time.sleep(0.001)
         assert e.value.exit_code == 143 and not stops.clean_stop
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert signal.getsignal(signal.SIGTERM) == before
 

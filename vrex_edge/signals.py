@@ -32,7 +32,8 @@ class Interrupted(KeyboardInterrupt):
 
 class StopOnSignal:
     """Context manager: while active (in the main thread), a stop signal requests a stop at the next
-    frame boundary and a second one raises Interrupted. Elsewhere (a worker thread) it does nothing."""
+    frame boundary and a second one raises Interrupted. Elsewhere (a worker thread) it does nothing;
+    a signal the process ignores (SIGHUP under nohup) stays ignored."""
 
     def __init__(self, signals: Iterable[int] = STOP_SIGNALS):
         self.signals = tuple(signals)
@@ -44,7 +45,8 @@ class StopOnSignal:
     def __enter__(self) -> StopOnSignal:
         if threading.current_thread() is threading.main_thread():
             for s in self.signals:
-                self._old[s] = signal.signal(s, self._handle)
+                if signal.getsignal(s) is not signal.SIG_IGN:  # nohup, or a background job's SIGINT: stay ignored
+                    self._old[s] = signal.signal(s, self._handle)
         return self
 
     def __exit__(self, *exc: object) -> None:
