@@ -407,7 +407,7 @@ def started(folder: Path, p: subprocess.Popen) -> bool:
     return bool(temps(folder))
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: signal.Signals(s).name)
 def test_caption_stops_on_a_signal_and_leaves_nothing(tmp_path: Path, sig: int) -> None:
     out = tmp_path / "out.srt"
     out.write_text("the user's file\n")
