@@ -238,6 +238,20 @@ def test_export_without_torch_names_the_extra(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+def test_export_that_cannot_write_keeps_what_was_there(tiny_videollm_checkpoint: Path, tmp_path: Path) -> None:
+    assert_one_line_error(run("export", "-m", tiny_videollm_checkpoint, "-o", "/proc/bundle"),
+                          r"cannot create the bundle in /proc")
+    with tmpfs(tmp_path / "full") as full:
+        old = full / "bundle"
+        old.mkdir()
+        (old / "manifest.json").write_text("{}")
+        r = run("export", "-m", tiny_videollm_checkpoint, "-o", old, "--force")
+        assert r.exit_code == 1 and "Traceback" not in r.stderr, r.stderr
+        lines = [x for x in r.stderr.splitlines() if x.startswith("error: ")]
+        assert len(lines) == 1 and re.search(r"No space left on device", lines[0]), r.stderr
+        assert sorted(os.listdir(full)) == ["bundle"] and (old / "manifest.json").read_text() == "{}"
+
+
 def test_kv_store_on_a_read_only_place(clip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert_one_line_error(run("caption", clip, "-q", "--keep-kv", "/proc/kv"), r"cannot create the KV store at /proc/kv")
     blocked = tmp_path / "cache"

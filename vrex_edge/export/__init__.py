@@ -81,17 +81,21 @@ def export_bundle(
 
         src = resolve_source(source)
         fam = get_family(family) if family else get_family(src.model_type)
-        say(f"loading {fam.name} model from {src.gguf_file or src.path}")
-        model = fam.load(src)
-
-        from vrex_edge.export.pipeline import write_bundle
-
         tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-        try:
+        try:  # before loading the model: an unwritable --out fails at once
             out.parent.mkdir(parents=True, exist_ok=True)
             tmp.mkdir()
         except OSError as e:
             raise ExportError(f"cannot create the bundle in {out.parent}: {e.strerror or e}; choose another --out") from None
+        try:
+            say(f"loading {fam.name} model from {src.gguf_file or src.path}")
+            model = fam.load(src)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+        from vrex_edge.export.pipeline import write_bundle
+
         try:
             errors = write_bundle(model, tmp, family=fam.name, dtype=dtype, source=str(source), verify=verify, progress=say)
             _swap_into_place(tmp, out, force=force)
