@@ -466,6 +466,15 @@ def test_after_kill_9_a_later_run_cleans_up(tmp_path: Path) -> None:
     assert temps(tmp_path) == [] and kv_sessions() == [] and out.read_text()
 
 
+def test_live_output_on_a_full_device() -> None:
+    p = cli("live", "--source", DEMO, "-o", "/dev/full")
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 1 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == "error: cannot write /dev/full: No space left on device; free some space or " \
+                                           "write elsewhere", err
+    assert kv_sessions() == []
+
+
 def test_live_ends_cleanly_on_sigterm(tmp_path: Path) -> None:
     out = tmp_path / "live.jsonl"
     p = cli("live", "--source", DEMO, "-o", out, "--kv-budget", "64M")
