@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vrex_edge.errors import BundleError
+from vrex_edge.hashcache import HashCache
 
 FORMAT = "vrex-bundle"
 FORMAT_VERSION = 1
@@ -277,6 +279,11 @@ def manifest_from_dict(m: dict[str, Any]) -> Manifest:
 
 def _check_consistency(m: Manifest) -> None:
     t = m.text
+    for key in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim", "vocab_size", "max_positions"):
+        if getattr(t, key) < 1:
+            raise BundleError(f"manifest: text.{key} must be a positive integer, got {getattr(t, key)}")
+    if m.vision is not None:
+        _check_vision(m.vision)
     if len(m.stages.layers) != t.num_layers:
         raise BundleError(f"manifest: {len(m.stages.layers)} layer stages for {t.num_layers} layers")
     if t.num_heads % t.num_kv_heads:
@@ -292,6 +299,20 @@ def _check_consistency(m: Manifest) -> None:
             raise BundleError(f"manifest: stage file '{stage_file}' has no sha256 in 'files'")
     if m.tokenizer not in m.files:
         raise BundleError(f"manifest: tokenizer '{m.tokenizer}' has no sha256 in 'files'")
+
+
+def _check_vision(v: VisionSpec) -> None:
+    if len(v.image_size) != 2 or min(v.image_size) < 1:
+        raise BundleError(f"manifest: vision.image_size must be [height, width] of positive integers, got {list(v.image_size)}")
+    if len(v.mean) != 3 or len(v.std) != 3 or not all(math.isfinite(x) for x in v.mean + v.std) or min(v.std) <= 0:
+        raise BundleError(f"manifest: vision.mean and vision.std must be 3 finite numbers, std > 0 "
+                          f"(got {list(v.mean)} and {list(v.std)})")
+    if v.tokens_per_frame < 1:
+        raise BundleError(f"manifest: vision.tokens_per_frame must be >= 1, got {v.tokens_per_frame}")
+    if v.resize not in ("pad", "stretch"):
+        raise BundleError(f"manifest: vision.resize must be 'pad' or 'stretch', got {v.resize!r}")
+    if not (math.isfinite(v.rescale) and v.rescale > 0):
+        raise BundleError(f"manifest: vision.rescale must be a positive number, got {v.rescale}")
 
 
 def stage_files(m: Manifest) -> list[str]:
@@ -313,8 +334,11 @@ def _inside(root: Path, rel: str) -> Path:
     return path
 
 
-def load_manifest(bundle: str | os.PathLike[str], *, verify_hashes: bool = True) -> Manifest:
-    """Read and validate `bundle/manifest.json` and the files it names."""
+def load_manifest(bundle: str | os.PathLike[str], *, verify_hashes: bool = True, full_verify: bool = False) -> Manifest:
+    """Read and validate `bundle/manifest.json` and the files it names.
+
+    verify_hashes: check every file's sha256; a file verified before and unchanged since (size,
+    mtime, ctime, inode) is not hashed again (see hashcache.py) unless full_verify."""
     root = Path(bundle)
     if not root.exists():
         raise BundleError(f"bundle not found: {root}")
@@ -330,12 +354,18 @@ def load_manifest(bundle: str | os.PathLike[str], *, verify_hashes: bool = True)
     if not isinstance(raw, dict):
         raise BundleError(f"{mpath} must hold a JSON object")
     manifest = manifest_from_dict(raw)
+    cache = HashCache() if verify_hashes else None
     for rel, digest in manifest.files.items():
         path = _inside(root, rel)
         if not path.is_file():
             raise BundleError(f"bundle file missing: {rel} (in {root})")
-        if verify_hashes and sha256_file(path) != digest:
+        if cache is None or (not full_verify and cache.verified(path, digest)):
+            continue
+        if sha256_file(path) != digest:
             raise BundleError(f"bundle file {rel} does not match its sha256 in {MANIFEST} (corrupt or edited)")
+        cache.record(path, digest)
+    if cache is not None:
+        cache.save()
     return manifest
 
 

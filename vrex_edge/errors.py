@@ -21,6 +21,12 @@ class SourceError(VrexError):
     """A video file, camera or stream cannot be opened or decoded."""
 
 
+class IncompleteInputError(SourceError):
+    """A video ended before the frames its container states (truncated or damaged); what decoded was processed."""
+
+    exit_code = 3
+
+
 class ConfigError(VrexError):
     """An option or a combination of options is invalid."""
 
@@ -31,3 +37,7 @@ class AccelError(VrexError):
 
 class KVStoreError(VrexError):
     """The on-disk KV store failed (disk full, write error) or a kept store cannot be resumed."""
+
+
+class OutputError(VrexError):
+    """An output file cannot be created or written (permissions, read-only or full disk)."""

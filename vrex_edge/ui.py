@@ -23,16 +23,28 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """count(1, 'answer') -> '1 answer'; count(7699039, 'cluster') -> '7,699,039 clusters'."""
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
+
+
 @contextmanager
 def export_progress() -> Iterator[Callable[[str], None]]:
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err, transient=True) as p:
-        task = p.add_task("export", total=None)
+    """A spinner with the latest message, started by the first message (an error before it prints alone)."""
+    p = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err, transient=True)
+    task = p.add_task("export", total=None)
 
-        def update(message: str) -> None:
-            p.update(task, description=message)
-            p.console.log(message)
+    def update(message: str) -> None:
+        if not p.live.is_started:
+            p.start()
+        p.update(task, description=message)
+        p.console.log(message)
 
+    try:
         yield update
+    finally:
+        if p.live.is_started:
+            p.stop()
 
 
 def print_export_report(report: Any) -> None:
@@ -46,7 +58,8 @@ def print_export_report(report: Any) -> None:
     err.print(f"bundle written to {report.out}{extra}")
 
 
-def print_manifest(root: Path, m: Any) -> None:
+def print_manifest(root: Path, m: Any, *, full: bool = False) -> None:
+    """The bundle's table on stdout; full: every file was hashed now (else unchanged files were trusted)."""
     t = m.text
     table = Table(title=f"{m.name}  ({root})", show_header=False)
     table.add_column("field", style="bold")
@@ -63,7 +76,8 @@ def print_manifest(root: Path, m: Any) -> None:
     table.add_row("tokens", f"end of turn {list(tk.end_of_turn)}, frame placeholder {tk.frame_placeholder}, frame interval {tk.frame_interval}")
     table.add_row("speak threshold", f"{m.prompt.speak_threshold:g}")
     size = sum((root / f).stat().st_size for f in m.files)
-    table.add_row("files", f"{len(m.files)} files, {human_bytes(size)}, sha256 verified")
+    how = "sha256 verified" + ("" if full else " (unchanged files: cached; --verify hashes all)")
+    table.add_row("files", f"{len(m.files)} files, {human_bytes(size)}, {how}")
     n_stages = 2 + 2 * t.num_layers + (m.stages.vision is not None) + len(m.stages.extra)
     table.add_row("stages", f"{n_stages} graphs (vision, embed, pre/post per layer, head)")
     if m.source:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shlex
 import sys
@@ -10,8 +11,10 @@ from typing import Annotated
 
 import typer
 
+from vrex_edge import __version__
 from vrex_edge.cli.accel import accel_app
 from vrex_edge.cli.errors import user_errors
+from vrex_edge.clihelp import HelpGroup
 from vrex_edge.errors import ConfigError
 
 app = typer.Typer(
@@ -19,7 +22,21 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Real-time streaming video LLM runtime for edge devices (ReSV KV-cache retrieval).",
     pretty_exceptions_enable=False,
+    cls=HelpGroup,  # flags render without '<bool>', repeatable options without '<list[...]>'
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"vrex-edge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    pass
 
 app.add_typer(accel_app, name="accel")
 
@@ -41,15 +58,16 @@ def parse_ask(values: list[str]) -> list[tuple[float, str]]:
         t_str, sep, question = v.partition("=")
         if not sep or not question.strip():
             raise ConfigError(f"--ask expects 'TIME=question', got {v!r}")
+        fields = t_str.strip().split(":")
         try:
-            parts = [float(p) for p in t_str.strip().split(":")]
+            parts = [float(p) if i == len(fields) - 1 else int(p) for i, p in enumerate(fields)]
         except ValueError:
-            raise ConfigError(f"--ask time must be seconds or mm:ss, got {t_str!r}") from None
+            raise ConfigError(f"--ask time must be seconds or [hh:]mm:ss, got {t_str!r}") from None
+        if len(parts) > 3 or not all(math.isfinite(p) and p >= 0 for p in parts) or any(p >= 60 for p in parts[1:]):
+            raise ConfigError(f"--ask time out of range: {t_str!r} (seconds >= 0, or [hh:]mm:ss with mm and ss below 60)")
         t = 0.0
         for p in parts:
             t = t * 60 + p
-        if t < 0 or len(parts) > 3:
-            raise ConfigError(f"--ask time out of range: {t_str!r}")
         out.append((t, question.strip()))
     return sorted(out, key=lambda x: x[0])
 
@@ -98,13 +116,16 @@ def export(
 
 
 @app.command()
-def info(bundle: Annotated[Path, typer.Argument(help="Bundle folder.")]) -> None:
+def info(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
+    verify: Annotated[bool, typer.Option("--verify", help="Hash every file again (runs trust files verified before and unchanged since).")] = False,
+) -> None:
     """Show what a bundle holds."""
     from vrex_edge.bundle import load_manifest
     from vrex_edge.ui import print_manifest
 
     with user_errors():
-        print_manifest(bundle, load_manifest(bundle))
+        print_manifest(bundle, load_manifest(bundle, full_verify=verify), full=verify)
 
 
 @app.command()

@@ -10,9 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vrex_edge.errors import ConfigError
-from vrex_edge.outputs import FORMATS, RecordWriter, SafeOutput
+from vrex_edge.errors import ConfigError, IncompleteInputError
+from vrex_edge.outputs import FORMATS, RecordWriter, SafeOutput, clock
 from vrex_edge.runtime.config import SessionConfig, open_session
+from vrex_edge.signals import StopOnSignal
 
 
 def kv_config(budget: str | None, keep: Path | None, resume: Path | None, on_full: str = "error") -> Any:
@@ -25,12 +26,13 @@ def kv_config(budget: str | None, keep: Path | None, resume: Path | None, on_ful
 
 
 def stats_rows(stats: Any) -> list[tuple[str, str]]:
-    from vrex_edge.ui import human_bytes
+    from vrex_edge.ui import count, human_bytes
 
     rows = [
-        ("frames", f"{stats.frames} in {stats.wall_s:.1f} s ({stats.fps:.1f} fps, replies included)"),
+        ("frames", f"{stats.frames:,} in {stats.wall_s:.1f} s ({stats.fps:.1f} fps, replies included)"),
         ("frame latency", f"median {stats.frame_ms_median:.1f} ms, p95 {stats.frame_ms_p95:.1f} ms"),
-        ("replies", f"{stats.captions} captions, {stats.answers} answers, {stats.generated_tokens} tokens generated"),
+        ("replies", f"{count(stats.captions, 'caption')}, {count(stats.answers, 'answer')}, "
+                    f"{count(stats.generated_tokens, 'token')} generated"),
         ("KV cache", f"{stats.tokens:,} tokens, {human_bytes(stats.cache_bytes)}"),
     ]
     retrieval = stats.retrieval or {}
@@ -44,9 +46,9 @@ def stats_rows(stats: Any) -> list[tuple[str, str]]:
         pf = (tiers.get("prefetch") or {}).get("recall")
         rows.append(("KV tiers", f"resident {human_bytes(tiers['kv'])} (peak {human_bytes(tiers['peak'])}) of {budget}, "
                                  f"tables {human_bytes(tiers['tables'])}, on disk {human_bytes(tiers['cold_bytes'])}, "
-                                 f"{tiers['fetched']} clusters read on demand"
+                                 f"{count(tiers['fetched'], 'cluster')} read on demand"
                                  + (f", prefetch recall {100 * pf:.0f}%" if pf is not None else "")
-                                 + (f", {tiers['retired']['blocks']} blocks of representatives retired to disk"
+                                 + (f", {count(tiers['retired']['blocks'], 'block')} of representatives retired to disk"
                                     if (tiers.get("retired") or {}).get("blocks") else "")))
     failure = ((tiers or {}).get("prefetch") or {}).get("failure")
     if failure:
@@ -68,19 +70,22 @@ def caption_video(video: Path, config: SessionConfig, *, fmt: str, output: Path 
         raise ConfigError(f"unknown output format '{fmt}' (choose from: {', '.join(FORMATS)})")
     fps = config.fps
     source = open_video(video, fps=fps)  # fails early on a missing / unreadable video
+    late = [t for t, _ in questions if 0 < source.info.duration < t]
+    if late:  # would be answered after the stream, at a time the video never reaches
+        raise ConfigError(f"--ask at {clock(late[0])} is after the end of {video} ({clock(source.info.duration)})")
     session = open_session(config)
     offset = session.resumed_time or 0.0  # --resume: time goes on
     frames = ((t + offset, f) for t, f in source) if offset else source
     questions = [(t + offset, q) for t, q in questions]
     last_t, ok = offset - 1 / fps, False
-    duration = source.info.duration
-    total = int(duration * fps) + 1 if duration > 0 else None
+    total = source.info.sampled_frames(fps)
     final: Stats | None = None
+    stops = StopOnSignal()  # SIGINT/SIGTERM/SIGHUP: stop at the next frame; a second one at once
     try:
-        with SafeOutput(output) as stream, StreamProgress(total, enabled=not quiet) as progress:
+        with stops, SafeOutput(output) as stream, StreamProgress(total, enabled=not quiet) as progress:
             writer = RecordWriter(stream, fmt)
             done, busy_ms = 0, 0.0
-            for event in session.run(frames, questions):
+            for event in session.run(stops.frames(frames), questions):
                 if isinstance(event, FrameProcessed):
                     last_t = event.t
                     done, busy_ms = done + 1, busy_ms + event.timings_ms.get("total", 0.0)
@@ -91,11 +96,16 @@ def caption_video(video: Path, config: SessionConfig, *, fmt: str, output: Path 
                     writer.write(t=event.t, kind="answer", text=event.text, question=event.question)
                 elif isinstance(event, Stats):
                     final = event
+            # stopped by a signal: the output is incomplete, so the user's file is left as it was
+            stops.check(f"at {clock(last_t)} of the stream" + (f"; {output} left as it was" if output else ""))
         ok = True
-    finally:  # removes a temporary KV store; saves a kept one (only after a clean end)
-        session.close(ok=ok, stream_time=last_t + 1 / fps)
+    finally:  # removes a temporary KV store; saves a kept one (after a clean end or a stop at a frame boundary)
+        session.close(ok=ok or stops.clean_stop, stream_time=last_t + 1 / fps)
     if final is not None and not quiet:
         print_table("stream summary", stats_rows(final))
+    if source.incomplete is not None:  # the output holds what decoded; exit 3 says the rest is missing
+        kept = f"; what decoded was processed{f' and written to {output}' if output else ''}"
+        raise IncompleteInputError(source.incomplete.message() + kept)
 
 
 def open_live_reader(camera: int | None, source: str | None) -> Any:
@@ -118,8 +128,6 @@ def live_stream(config: SessionConfig, *, camera: int | None, source: str | None
     """Narrate a camera or stream in real time at config.fps; typed questions are answered in the stream.
     web: also serve a web view at [HOST:]PORT (vrex_edge.web); notice: where its address is said."""
     import queue
-    import signal
-    import threading
 
     from vrex_edge.outputs import AppendOutput
     from vrex_edge.runtime.events import Answer, Caption, FrameProcessed, Stats
@@ -135,7 +143,8 @@ def live_stream(config: SessionConfig, *, camera: int | None, source: str | None
     window = FrameWindow.open() if show else None
     questions: queue.Queue[str] = queue.Queue()
     web_view = _open_web(web_config, questions, reader.name, notice)
-    stop = threading.Event()
+    stops = StopOnSignal()  # SIGINT/SIGTERM/SIGHUP end the stream cleanly (a kept KV store is saved); a second one at once
+    stop = stops.event
     capture = CaptureThread(reader, fps=fps, retry_s=retry_s)
     offset = session.resumed_time or 0.0  # --resume: time goes on
     clock = _ShiftedCapture(capture, offset) if offset else capture
@@ -147,17 +156,7 @@ def live_stream(config: SessionConfig, *, camera: int | None, source: str | None
     interrupted = clean = False
     last_t = offset - 1 / fps
 
-    def on_sigint(signum: int, frame: Any) -> None:
-        # the first Ctrl-C stops at the next frame boundary (the stream ends cleanly: a kept KV
-        # store is saved for --resume); a second one interrupts at once
-        nonlocal interrupted
-        if stop.is_set():
-            raise KeyboardInterrupt
-        interrupted = True
-        stop.set()
-
-    main = threading.current_thread() is threading.main_thread()
-    old_handler = signal.signal(signal.SIGINT, on_sigint) if main else None
+    stops.__enter__()
     try:
         with QuestionInput(questions, view) as typing_, view.running(interactive=typing_.interactive):
             capture.start()
@@ -189,8 +188,8 @@ def live_stream(config: SessionConfig, *, camera: int | None, source: str | None
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        if main:
-            signal.signal(signal.SIGINT, old_handler)
+        stops.__exit__()
+        interrupted = interrupted or stops.stopped
         stop.set()
         capture.stop()
         if web_view is not None:
@@ -203,11 +202,11 @@ def live_stream(config: SessionConfig, *, camera: int | None, source: str | None
     status = capture.status()
     stats = session.stats()
     rows = stats_rows(stats)
-    rows.insert(1, ("capture", f"{status.captured} frames read, {status.sampled} sampled at {fps:g} fps, "
-                               f"{status.dropped} dropped while the model was busy"))
+    rows.insert(1, ("capture", f"{status.captured:,} frames read, {status.sampled:,} sampled at {fps:g} fps, "
+                               f"{status.dropped:,} dropped while the model was busy"))
     if final_status is not None and final_status.lag_ms is not None:
         rows.insert(2, ("lag", f"{final_status.lag_ms:.0f} ms capture -> last reply"))
-    rows.append(("ended", "Ctrl-C" if interrupted else status.message or status.state))
+    rows.append(("ended", (stops.name or "Ctrl-C") if interrupted else status.message or status.state))
     if clean and session.tiers is not None and session.tiers.keep:
         rows.append(("KV store", f"kept in {session.tiers.folder}: continue with --resume {session.tiers.folder}"))
     print_table("live session summary", rows)

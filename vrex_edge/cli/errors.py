@@ -12,12 +12,13 @@ from vrex_edge.errors import VrexError
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """VrexError -> `error: <message>` on stderr + its exit code; Ctrl-C -> exit 130 without a traceback."""
+    """VrexError -> `error: <message>` on stderr + its exit code; a stop signal -> 128 + its number,
+    without a traceback."""
     try:
         yield
     except VrexError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(e.exit_code) from None
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as e:  # signals.Interrupted says which signal and where; exit 128 + signal
+        typer.echo(str(e) or "interrupted", err=True)
+        raise typer.Exit(getattr(e, "exit_code", 130)) from None

@@ -5,16 +5,31 @@ This package imports torch and transformers; the CLI imports it lazily.
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vrex_edge.errors import ExportError
 
 DTYPES = ("fp32", "fp16", "int8", "int4")
+EXTRA_MODULES = frozenset({"torch", "transformers", "safetensors", "accelerate", "gguf", "onnx_ir", "peft"})
+INSTALL_EXTRA = "run .venv/bin/pip install -e '.[export]' (or your environment's pip) in the vrex-edge folder"
+
+
+@contextmanager
+def needs_export_extra() -> Iterator[None]:
+    """A module of the `export` extra missing -> ExportError saying what to install."""
+    try:
+        yield
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in EXTRA_MODULES:
+            raise
+        raise ExportError(f"export needs the export extra ({e.name} is not installed): {INSTALL_EXTRA}") from None
 
 
 @dataclass(frozen=True)
@@ -57,29 +72,51 @@ def export_bundle(
     if out.exists() and not force:
         raise ExportError(f"{out} already exists; pass --force to replace it")
     start = time.perf_counter()
+    missing = [m for m in ("torch", "transformers") if not _importable(m)]
+    if missing:  # say so before any work (every family needs both)
+        raise ExportError(f"export needs the export extra ({', '.join(missing)} not installed): {INSTALL_EXTRA}")
 
-    from vrex_edge.export.registry import get_family, resolve_source
+    with needs_export_extra():  # a family's loader imports torch/transformers/... lazily
+        from vrex_edge.export.registry import get_family, resolve_source
 
-    src = resolve_source(source)
-    fam = get_family(family) if family else get_family(src.model_type)
-    say(f"loading {fam.name} model from {src.gguf_file or src.path}")
-    model = fam.load(src)
+        src = resolve_source(source)
+        fam = get_family(family) if family else get_family(src.model_type)
+        tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+        try:  # before loading the model: an unwritable --out fails at once
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp.mkdir()
+        except OSError as e:
+            raise ExportError(f"cannot create the bundle in {out.parent}: {e.strerror or e}; choose another --out") from None
+        try:
+            say(f"loading {fam.name} model from {src.gguf_file or src.path}")
+            model = fam.load(src)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
-    from vrex_edge.export.pipeline import write_bundle
+        from vrex_edge.export.pipeline import write_bundle
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        errors = write_bundle(model, tmp, family=fam.name, dtype=dtype, source=str(source), verify=verify, progress=say)
-        _swap_into_place(tmp, out, force=force)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        try:
+            errors = write_bundle(model, tmp, family=fam.name, dtype=dtype, source=str(source), verify=verify, progress=say)
+            _swap_into_place(tmp, out, force=force)
+        except OSError as e:  # a full disk or a permission error: nothing partial stays, an old bundle is kept
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise ExportError(f"cannot write the bundle {out}: {e.strerror or e}; free some space or choose another "
+                              "--out") from None
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     sizes = {str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*")) if p.is_file()}
     seconds = time.perf_counter() - start
     say(f"wrote {out} ({sum(sizes.values()) / 1e6:.1f} MB) in {seconds:.1f} s")
     return ExportReport(out=out, family=fam.name, dtype=dtype, errors=errors, sizes=sizes, seconds=seconds)
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # ValueError: a module set to None in sys.modules
+        return False
 
 
 def _swap_into_place(tmp: Path, out: Path, *, force: bool) -> None:
@@ -101,4 +138,4 @@ def _swap_into_place(tmp: Path, out: Path, *, force: bool) -> None:
         old.unlink()
 
 
-__all__ = ["DTYPES", "ExportReport", "export_bundle"]
+__all__ = ["DTYPES", "ExportReport", "export_bundle", "needs_export_extra"]

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from vrex_edge.errors import ConfigError, SourceError
+from vrex_edge.outputs import clock
 
 Frame = tuple[float, np.ndarray]  # (t seconds, frame_bgr [h, w, 3] uint8)
 
@@ -56,6 +57,21 @@ class Resampler:
 
 
 @dataclass(frozen=True)
+class Incomplete:
+    """How far a video decoded when it ended before the frames its container states."""
+
+    path: str
+    frames: int  # frames decoded
+    last_t: float  # stream time of the last decoded frame (s)
+    stated_frames: int
+    stated_duration: float  # s
+
+    def message(self) -> str:
+        return (f"{self.path} decoded {self.frames} of the {self.stated_frames} frames its container states "
+                f"(the last at {clock(self.last_t)} of {clock(self.stated_duration)}): the file is truncated or damaged")
+
+
+@dataclass(frozen=True)
 class VideoInfo:
     path: str
     fps: float  # as reported by the container (may be 0 or wrong)
@@ -67,12 +83,21 @@ class VideoInfo:
     def duration(self) -> float:
         return self.frame_count / self.fps if self.fps > 0 else 0.0
 
+    def sampled_frames(self, fps: float) -> int | None:
+        """Frames a 1/fps grid from the first frame keeps, by the stated count and rate (None: unknown)."""
+        if self.frame_count <= 0 or not 0 < self.fps < 1000:
+            return None
+        last = (self.frame_count - 1) / self.fps  # the last frame's time
+        return int(np.floor(last * fps + 1e-3)) + 1
+
 
 class VideoFileSource:
     """Decode a video file with OpenCV, resampled to `fps` by the frames' timestamps.
 
     fps None keeps every frame. Timestamps start at 0 for the first frame and come from the
-    container (CAP_PROP_POS_MSEC), falling back to index / reported fps when it has none."""
+    container (CAP_PROP_POS_MSEC), falling back to index / reported fps when it has none.
+    After a full pass, `incomplete` says how far decoding went when the file ended early (a
+    truncated or damaged file decodes partly), else it is None."""
 
     def __init__(self, path: str | os.PathLike[str], *, fps: float | None = 2.0, max_frames: int | None = None):
         self.path = Path(path)
@@ -95,6 +120,7 @@ class VideoFileSource:
         finally:
             cap.release()
         self._cap: cv2.VideoCapture | None = None
+        self.incomplete: Incomplete | None = None
 
     def _open(self) -> cv2.VideoCapture:
         # FFmpeg would print its own diagnostics on stderr next to our one-line error; the user can
@@ -114,9 +140,12 @@ class VideoFileSource:
         index = emitted = 0
         t_first: float | None = None
         last_t = -np.inf
+        ended = False  # the file ran out (not max_frames, not the consumer)
+        self.incomplete = None
         try:
             while self.max_frames is None or emitted < self.max_frames:
                 if not cap.grab():
+                    ended = True
                     break
                 t = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0  # this frame's presentation time
                 if index > 0 and t <= last_t:  # a container without usable timestamps
@@ -129,6 +158,7 @@ class VideoFileSource:
                     continue
                 ok, frame = cap.retrieve()
                 if not ok or frame is None:
+                    ended = True
                     break
                 emitted += 1
                 yield round(t - t_first, 6), frame
@@ -136,6 +166,9 @@ class VideoFileSource:
             self.close()
         if index == 0:
             raise SourceError(f"no frames could be decoded from {self.path} (empty, truncated, or not a video)")
+        stated = self.info.frame_count
+        if ended and stated - index > max(2, stated // 500):  # stated counts may be estimates: a little slack
+            self.incomplete = Incomplete(str(self.path), index, last_t - (t_first or 0.0), stated, self.info.duration)
 
     def close(self) -> None:
         if self._cap is not None:

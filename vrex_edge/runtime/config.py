@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vrex_edge.errors import ConfigError
+from vrex_edge.errors import ConfigError, KVStoreError
 from vrex_edge.runtime.retrieval.options import Options, parse_pairs
 from vrex_edge.runtime.retrieval.registry import get_spec
 
@@ -74,4 +74,8 @@ def open_session(config: SessionConfig, *, need_vision: bool = True) -> StreamSe
         raise ConfigError(f"{config.model} is a text-only bundle ({model.manifest.family}); captioning needs a video model")
     assert config.options is not None
     policy = Policy(get_spec(config.policy), config.options)
-    return StreamSession(model, policy=policy, kv=config.kv, **config.extra)
+    try:
+        return StreamSession(model, policy=policy, kv=config.kv, **config.extra)
+    except OSError as e:  # only the KV store's folder is created here (read-only file system, permissions)
+        raise KVStoreError(f"cannot create the KV store at {e.filename or 'its folder'}: {e.strerror or e}; give --keep-kv "
+                           "a writable folder (temporary stores go to $XDG_CACHE_HOME/vrex-edge/kv)") from None

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from vrex_edge.errors import ConfigError, KVStoreError
+from vrex_edge.runtime.kvstore import stale
 from vrex_edge.runtime.kvstore.buffers import (
     LayerBuffer,
     SharedBuffer,
@@ -246,7 +247,8 @@ class TierManager:
         if folder is None:
             root = Path(config.root) if config.root is not None else default_root()
             root.mkdir(parents=True, exist_ok=True)
-            return Path(tempfile.mkdtemp(prefix="session-", dir=root))
+            stale.sweep(root)  # temporary stores of killed runs; ours gets a pid marker, locked while we live
+            return stale.claim(Path(tempfile.mkdtemp(prefix="session-", dir=root)), self)
         if config.resume is None:
             if folder.exists() and any(folder.iterdir()):
                 raise ConfigError(f"--keep-kv folder {folder} is not empty; continue it with --resume {folder} "
