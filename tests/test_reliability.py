@@ -490,7 +490,7 @@ def test_live_ends_cleanly_on_sigterm(tmp_path: Path) -> None:
 
 
 def test_an_ignored_signal_stays_ignored() -> None:
-    from vrex_edge.signals import StopOnSignal
+    from vrex_edge.cli.signals import StopOnSignal
 
     old = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
     try:
@@ -504,7 +504,7 @@ def test_an_ignored_signal_stays_ignored() -> None:
 
 
 def test_signal_module_in_process() -> None:
-    from vrex_edge.signals import Interrupted, StopOnSignal
+    from vrex_edge.cli.signals import Interrupted, StopOnSignal
 
     before = signal.getsignal(signal.SIGTERM)
     with StopOnSignal() as stops:

@@ -157,6 +157,24 @@ def test_full_disk_can_drop_the_oldest_clusters(tmp_path: Path):
     mgr.close()
 
 
+def test_drop_oldest_adapts_segments_to_a_small_disk(tmp_path: Path, monkeypatch):
+    import shutil as sh
+
+    from vrex_edge.runtime.kvstore import tiers
+
+    text = make_text()
+    real = sh.disk_usage
+    usage = lambda free: lambda p: real(p)._replace(free=free)  # noqa: E731
+    monkeypatch.setattr(tiers.shutil, "disk_usage", usage(8 << 20))  # 8 MiB free: no room for 2 x 64 MiB per layer
+    caches, mgr = tiered_caches(text, 2, TierConfig(budget=None, root=tmp_path, prefetch=False, on_full="drop-oldest"))
+    assert all(lg.segment_rows * lg.row_bytes <= (8 << 20) // 8 for lg in mgr.logs)  # a quarter of the free space
+    mgr.close()
+    monkeypatch.setattr(tiers.shutil, "disk_usage", usage(100 << 10))  # less than two of the smallest segments
+    with pytest.raises(KVStoreError, match="drop-oldest needs room"):
+        tiered_caches(text, 2, TierConfig(budget=None, root=tmp_path, prefetch=False, on_full="drop-oldest"))
+    assert not any(tmp_path.iterdir())
+
+
 def _filled_log(tmp_path: Path, rows: int = 600):
     """A cold log of 4-dim heads, segments of 100 rows; global row g holds k = v = pos = g."""
     from vrex_edge.runtime.kvstore.cold import ColdLog

@@ -14,7 +14,7 @@ import typer
 from vrex_edge import __version__
 from vrex_edge.cli.accel import accel_app
 from vrex_edge.cli.errors import user_errors
-from vrex_edge.clihelp import HelpGroup
+from vrex_edge.cli.help import HelpGroup
 from vrex_edge.errors import ConfigError
 
 app = typer.Typer(

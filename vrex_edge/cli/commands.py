@@ -10,10 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from vrex_edge.cli.signals import StopOnSignal
 from vrex_edge.errors import ConfigError, IncompleteInputError
 from vrex_edge.outputs import FORMATS, RecordWriter, SafeOutput, clock
 from vrex_edge.runtime.config import SessionConfig, open_session
-from vrex_edge.signals import StopOnSignal
 
 
 def kv_config(budget: str | None, keep: Path | None, resume: Path | None, on_full: str = "error") -> Any:

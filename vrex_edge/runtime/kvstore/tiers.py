@@ -40,6 +40,7 @@ from vrex_edge.runtime.kvstore.tables import FileArchive
 T = TypeVar("T")
 SCRATCH_ROWS = 1024  # rows (at most) of the scratch that hot records are joined in before a gather splits them
 GAP_BYTES = 16 << 10  # unselected rows up to this much between two records to read are read too (one preadv)
+MIN_SEGMENT = 64 << 10  # the smallest cold-log segment drop-oldest shrinks to
 
 
 class LayerTier:
@@ -189,7 +190,8 @@ class TierManager:
         self.budget = config.budget if config.budget is not None else 1 << 62
         self.keep = config.folder is not None
         self.folder = self._open_folder(config)
-        self.logs = [ColdLog(self.folder, i, self.hd, segment_bytes=config.segment_bytes, writer=config.writer)
+        segment = self._segment_bytes(config)
+        self.logs = [ColdLog(self.folder, i, self.hd, segment_bytes=segment, writer=config.writer)
                      for i in range(self.layers)]
         self.hot = HotCache(self.layers, self.kvh)
         self.fixed = np.zeros(self.layers, np.int64)
@@ -241,6 +243,25 @@ class TierManager:
         for i in range(self.layers):
             self.recount(i)
         self.ensure(0)
+
+    def _segment_bytes(self, config: TierConfig) -> int:
+        """Cold-log segment size. With drop-oldest, a full disk is survived by deleting a layer's oldest
+        segment, which needs two per layer; so segments shrink to fit a quarter of the free space (at
+        least MIN_SEGMENT), and a disk without room for two of those per layer is refused up front."""
+        if config.on_full != "drop-oldest":
+            return config.segment_bytes
+        free = shutil.disk_usage(self.folder).free
+        seg = min(config.segment_bytes, max(MIN_SEGMENT, free // (4 * self.layers)))
+        if free < 2 * seg * self.layers:
+            self._cleanup_now()
+            raise KVStoreError(f"--kv-on-full drop-oldest needs room for two {_mib(seg)} segments per layer "
+                               f"({_mib(2 * seg * self.layers)}) on the disk of {self.folder}, which has {_mib(free)} "
+                               "free; free space or move the store")
+        return seg
+
+    def _cleanup_now(self) -> None:
+        if not self.keep:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
     def _open_folder(self, config: TierConfig) -> Path:
         folder = config.folder
