@@ -163,3 +163,11 @@ class Options:
 @dataclass(frozen=True)
 class NoOptions(Options):
     """A policy without options."""
+
+
+@dataclass(frozen=True)
+class WindowedOptions(Options):
+    """The always-attended tokens every windowed policy has (retrieval/base.py)."""
+
+    sink: int = opt(32, lo=0, help="first tokens always attended")
+    recent: int = opt(128, lo=0, help="last tokens always attended")

@@ -18,18 +18,16 @@ import numpy as np
 from vrex_edge.bundle import TextSpec
 from vrex_edge.runtime.arrays import grow
 from vrex_edge.runtime.retrieval.base import WindowedCache
-from vrex_edge.runtime.retrieval.options import Options, opt
+from vrex_edge.runtime.retrieval.options import WindowedOptions, opt
 from vrex_edge.runtime.retrieval.policy import Policy, PolicySpec
 from vrex_edge.runtime.retrieval.storage import AttentionBuffer, KVStorage
 from vrex_edge.runtime.rope import Rope
 
 
 @dataclass(frozen=True)
-class OracleOptions(Options):
+class OracleOptions(WindowedOptions):
     policy = "oracle"
     tau: float = opt(0.9, lo=0, hi=1, lo_open=True, help="fraction of the exact attention mass kept")
-    sink: int = opt(32, lo=0, help="first tokens always attended")
-    recent: int = opt(128, lo=0, help="last tokens always attended")
 
 
 class OracleCache(WindowedCache):

@@ -20,7 +20,7 @@ from vrex_edge.errors import AccelError
 from vrex_edge.runtime.retrieval.base import POSITION_MODES, WindowedCache
 from vrex_edge.runtime.retrieval.clusters import ClusterStore
 from vrex_edge.runtime.retrieval.gather import BufferedGather
-from vrex_edge.runtime.retrieval.options import Options, opt
+from vrex_edge.runtime.retrieval.options import WindowedOptions, opt
 from vrex_edge.runtime.retrieval.policy import Policy, PolicySpec
 from vrex_edge.runtime.retrieval.storage import KVStorage
 from vrex_edge.runtime.rope import Rope
@@ -29,7 +29,7 @@ KEY_MODES = ("post", "pre")
 
 
 @dataclass(frozen=True)
-class ReSVOptions(Options):
+class ReSVOptions(WindowedOptions):
     """ReSV's options (docs/policies.md describes each and how the defaults were chosen)."""
 
     policy = "resv"
@@ -38,8 +38,6 @@ class ReSVOptions(Options):
     hamming: int = opt(2, lo=0, help="Hamming threshold for joining a cluster")
     horizon: int = opt(128, lo=1, help="open clusters a token may join (the newest ones)")
     max_cluster: int = opt(32, lo=1, help="tokens per cluster at most")
-    sink: int = opt(32, lo=0, help="first tokens always attended")
-    recent: int = opt(128, lo=0, help="last tokens always attended")
     keys: str = opt("post", choices=KEY_MODES, help="hash post- or pre-RoPE keys")
     score_keys: str | None = opt(None, choices=KEY_MODES, help="representatives' key form (default: keys)")
     positions: str = opt("absolute", choices=POSITION_MODES, help="absolute stream positions or compact 0..L-1")

@@ -22,7 +22,7 @@ from vrex_edge.errors import AccelError, ConfigError
 from vrex_edge.runtime.arrays import grow
 from vrex_edge.runtime.kvcache import Phase
 from vrex_edge.runtime.retrieval.base import POSITION_MODES, WindowedCache
-from vrex_edge.runtime.retrieval.options import Options, opt
+from vrex_edge.runtime.retrieval.options import WindowedOptions, opt
 from vrex_edge.runtime.retrieval.policy import Policy, PolicySpec
 from vrex_edge.runtime.retrieval.storage import KVStorage, runs_to_index
 from vrex_edge.runtime.rope import Rope
@@ -31,11 +31,9 @@ BLOCK_TABLES = ("bstart", "bcount", "bsum", "btag")
 
 
 @dataclass(frozen=True)
-class TopKOptions(Options):
+class TopKOptions(WindowedOptions):
     policy = "topk"
     k: int | float = opt(0.2, lo=0, lo_open=True, help="blocks kept: a count (64) or a fraction of them (0.2)")
-    sink: int = opt(32, lo=0, help="first tokens always attended")
-    recent: int = opt(128, lo=0, help="last tokens always attended")
     decode_block: int = opt(10, lo=1, help="decode tokens per block")
     positions: str = opt("absolute", choices=POSITION_MODES, help="absolute stream positions or compact 0..L-1")
     accel: str = opt("host", help="retrieval backend for the layout (vrex-edge accel list)")

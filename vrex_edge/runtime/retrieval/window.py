@@ -6,16 +6,15 @@ from dataclasses import dataclass
 
 from vrex_edge.bundle import TextSpec
 from vrex_edge.runtime.retrieval.base import POSITION_MODES, WindowedCache
-from vrex_edge.runtime.retrieval.options import Options, opt
+from vrex_edge.runtime.retrieval.options import WindowedOptions, opt
 from vrex_edge.runtime.retrieval.policy import Policy, PolicySpec
 from vrex_edge.runtime.retrieval.storage import KVStorage
 from vrex_edge.runtime.rope import Rope
 
 
 @dataclass(frozen=True)
-class WindowOptions(Options):
+class WindowOptions(WindowedOptions):
     policy = "window"
-    sink: int = opt(32, lo=0, help="first tokens always attended")
     recent: int = opt(1024, lo=0, help="last tokens attended")
     positions: str = opt("absolute", choices=POSITION_MODES, help="absolute stream positions or compact 0..L-1")
 
