@@ -1,4 +1,4 @@
-"""KV tiers (issue 7): an hour-long soak under a resident budget, and cold-vs-resident latency at 40K.
+"""KV tiers: an hour-long soak under a resident budget, and cold-vs-resident latency at 40K.
 
 soak: a stream of `--frames` frames (7,200 = 1 hour at 2 fps) of the procedural world
 (vrex_edge.world, rendered frame by frame through the vision stage) on the embedded model

@@ -1,4 +1,4 @@
-"""KV tiers (issue 7): budget, exact parity with all-resident ReSV, prefetch, faults, keep/resume."""
+"""KV tiers: budget, exact parity with all-resident ReSV, prefetch, faults, keep/resume."""
 
 from __future__ import annotations
 

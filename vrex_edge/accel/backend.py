@@ -1,6 +1,6 @@
 """The retrieval-backend interface: what a DRE (host, emulator or FPGA) computes for ReSV.
 
-Three operations cross it, all on plain numpy arrays (resv.md sections 3 and 5):
+Three operations cross it, all on plain numpy arrays (docs/resv-spec.md, sections 3 and 5):
   - hash + cluster-assign (Hash-bit Cluster Unit),
   - score + WiCSum select (WiCSum Threshold Unit),
   - layout of the selected clusters as contiguous runs (KV management unit).

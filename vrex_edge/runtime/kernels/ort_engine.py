@@ -4,7 +4,7 @@ The graph (built in-process) is q [M, hd] (scaled) x k, v [L, hd] -> acc = exp(q
 m = rowmax(q k^T), den = rowsum(exp(q k^T - m)): a partial softmax that the host folds into the
 chunk's own (causal, computed in numpy: it is n x n) with a log-sum-exp merge. Inputs are bound by
 pointer (IOBinding), so a head's contiguous [L, hd] run in a [KVH, cap, hd] buffer is read where
-it lies: no copy of the history. Outputs go to preallocated numpy arrays. A device variant (issue 16)
+it lies: no copy of the history. Outputs go to preallocated numpy arrays. A device variant
 is this class with the CUDA provider and `device = "cuda"`: k/v are then device OrtValues bound by
 address, while q and the partial outputs (a few KB per head) stay host arrays that ORT copies.
 Not run on a GPU yet.

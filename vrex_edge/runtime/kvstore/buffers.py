@@ -179,11 +179,8 @@ M_MMAP_THRESHOLD = -3
 def fix_mmap_threshold(nbytes: int = 64 << 10) -> None:
     """Arrays above `nbytes` always get their own mapping, returned to the OS when freed. glibc
     otherwise raises the threshold to the largest block freed so far (up to 32 MiB), after which
-    workspaces and cluster tables come from the heap, between hot clusters, and the heap's
-    high-water mark (RSS) grows with every reallocation. 64 KiB rather than 1 MiB: per-frame
-    temporaries that scale with the number of clusters (selection masks and masses, candidate
-    tables) otherwise land in the heap between hot records, slightly larger each minute, and
-    the hour-long soak's RSS grew 12% from minute 10 to 60 (1 MiB) instead of ~2-6% (64 KiB)."""
+    workspaces, cluster tables and per-frame temporaries come from the heap between hot records, and
+    the heap's high-water mark (RSS) grows with every reallocation (why 64 KiB: docs/policies.md)."""
     if _LIBC is not None:
         _LIBC.mallopt(M_MMAP_THRESHOLD, nbytes)
 

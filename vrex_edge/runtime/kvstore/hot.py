@@ -6,7 +6,7 @@ one vectorised store; eviction finds the oldest ticks across every layer in one 
 batches. Entries with the current tick are pinned (the gather in progress needs them).
 
 Layers are visited cyclically (0, 1, ..., L-1, 0, ...), so one global LRU evicts exactly the
-layer that runs next once the cache is full (it thrashed: results/tiers.md). Each layer has a
+layer that runs next once the cache is full (docs/policies.md). Each layer has a
 fair share (limit / L): eviction takes entries of the layers above their share first (the
 requesting layer counted with what it asks for), oldest first, and only then the globally
 oldest. A layer's clusters selected in the last frame thus stay until that layer runs again.

@@ -1,4 +1,4 @@
-"""Layer-pipelined prefetch (resv.md section 4).
+"""Layer-pipelined prefetch (docs/resv-spec.md, section 4).
 
 Model.forward calls the prefetcher before layer l runs, with layer l's input hidden state. A
 background thread runs layer l+1's pre-attention graph on that state (the residual stream

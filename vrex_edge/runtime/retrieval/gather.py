@@ -1,6 +1,6 @@
 """Incremental gather for `resv` in absolute positions: the attention buffer as a cluster cache.
 
-Consecutive chunks select mostly the same clusters (60-90% overlap measured at 40K tokens), and
+Consecutive chunks select mostly the same clusters (docs/policies.md, `incremental`), and
 a sealed cluster never changes. So the sealed clusters gathered for the last call stay in the
 policy's attention buffer (rows sink .. sink + n of each head, in any order: with absolute
 positions the attention is order-free); a new selection drops the clusters no longer wanted
