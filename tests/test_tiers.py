@@ -453,6 +453,24 @@ def test_kept_state_is_plain_json_and_npz(model, tmp_path: Path):
     assert not list(keep.glob("*.pkl"))
 
 
+def test_a_full_disk_while_saving_keeps_the_previous_state(model, tmp_path: Path, monkeypatch):
+    from vrex_edge.runtime.kvstore import resume
+
+    keep = _kept(model, tmp_path / "kept")
+    before = (keep / "state.json").read_bytes()
+    s, _ = run_stream(model, TierConfig(budget=MODEL_BUDGET, resume=keep), list(frames(model, 4, seed=3)),
+                      logits=False)
+
+    def full(f, **arrays):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(resume.np, "savez", full)
+    with pytest.raises(KVStoreError, match="cannot save the KV store's state.*No space left.*unchanged"):
+        s.close(stream_time=7.0)
+    assert (keep / "state.json").read_bytes() == before  # the earlier state still resumes
+    assert not list(keep.glob("*.tmp")) and len(list(keep.glob("state-*.npz"))) == 1
+
+
 def _kept(model, folder: Path) -> Path:
     s, _ = run_stream(model, TierConfig(budget=MODEL_BUDGET, keep=folder), list(frames(model, 10)), logits=False)
     s.close(stream_time=5.0)

@@ -82,9 +82,8 @@ def save(mgr: Any, session: Any, folder: Path, *, stream_time: float | None) -> 
     """Write the state of `session` (whose caches `mgr` holds) into the kept store `folder`."""
     arrays: dict[str, np.ndarray] = {}
     layers = []
-    for i, (c, log) in enumerate(zip(mgr.caches, mgr.logs, strict=True)):
-        layers.append({"cache": encode(c.state(), arrays, f"layer {i}"), "log": log.state()})
-        log.sync()
+    for i, c in enumerate(mgr.caches):
+        layers.append({"cache": encode(c.state(), arrays, f"layer {i}"), "log": mgr.logs[i].state()})
     sess = encode(session.state(), arrays, "session")
     old = _read_json(folder / STATE) if (folder / STATE).is_file() else None
     serial = (int(old.get("serial", 0)) + 1) if isinstance(old, dict) else 1
@@ -94,6 +93,8 @@ def save(mgr: Any, session: Any, folder: Path, *, stream_time: float | None) -> 
            "meta": _meta(session), "stream_time": stream_time, "workspace": mgr.workspace.capacity,
            "session": sess, "layers": layers}
     try:
+        for log in mgr.logs:
+            log.sync()
         _write_atomic(folder / npz, lambda f: np.savez(f, **arrays))
         _write_atomic(folder / STATE, lambda f: f.write(json.dumps(doc, separators=(",", ":")).encode()))
     except OSError as e:
