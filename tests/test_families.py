@@ -29,7 +29,7 @@ MAX_REPLY = 6
 @pytest.fixture(scope="session")
 def family_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
     """family -> (checkpoint source, fp32 bundle), built once."""
-    from vrex_edge.export import tiny_vlm
+    from vrex_edge.testing import tiny_vlm
 
     root = tmp_path_factory.mktemp("families")
     out = {}
