@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from pathlib import Path
 
@@ -15,6 +16,29 @@ OPSET = 17
 # on SmolLM2-135M: fp32 2.4e-7, fp16 6.4e-4, int8 2.6e-2 (int4: a loose bound; its quality is
 # measured on real text by benchmarks/bench_quant.py).
 TOLERANCE = {"fp32": 1e-4, "fp16": 5e-3, "int8": 0.08, "int4": 0.5}
+# Graphs whose weights pass this size keep them in one external file beside the graph (`<file>.data`):
+# protobuf cannot hold more than 2 GB.
+EXTERNAL_DATA_BYTES = 1_500_000_000
+
+
+def data_file(path: Path) -> Path:
+    """The external-data file of the graph at `path` (it exists only for large graphs)."""
+    return path.with_name(path.name + ".data")
+
+
+def save_model(model, path: Path) -> None:  # model: onnx.ModelProto with every tensor loaded
+    """Write `model` to `path`, with its weights in `data_file(path)` when they pass EXTERNAL_DATA_BYTES."""
+    import onnx
+
+    data = data_file(path)
+    if data.exists():
+        data.unlink()
+    size = sum(t.ByteSize() for t in model.graph.initializer)
+    if size > EXTERNAL_DATA_BYTES:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data.name, size_threshold=1024)
+    else:
+        onnx.save_model(model, str(path))
 
 
 def export_onnx(
@@ -25,13 +49,29 @@ def export_onnx(
     output_names: list[str],
     dynamic_axes: dict[str, dict[int, str]],
 ) -> None:
-    """Trace `module` on `example` and write an fp32 ONNX graph to `path`."""
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings about python scalars are expected
-        torch.onnx.export(
-            module, example, str(path), input_names=input_names, output_names=output_names,
-            dynamic_axes=dynamic_axes, opset_version=OPSET, do_constant_folding=True, dynamo=False,
-        )
+    """Trace `module` on `example` and write an fp32 ONNX graph to `path` (weights past 2 GB in
+    `data_file(path)`; the tracer would write one file per tensor)."""
+    work = path.with_name(f".{path.name}.export")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about python scalars are expected
+            torch.onnx.export(
+                module, example, str(work / path.name), input_names=input_names, output_names=output_names,
+                dynamic_axes=dynamic_axes, opset_version=OPSET, do_constant_folding=True, dynamo=False,
+            )
+        if len(list(work.iterdir())) > 1:  # the graph passed 2 GB: gather its tensors into one file
+            import onnx
+
+            save_model(onnx.load(str(work / path.name)), path)
+        else:
+            data = data_file(path)
+            if data.exists():
+                data.unlink()
+            (work / path.name).replace(path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def ort_session(path: Path, *, threads: int = 0):

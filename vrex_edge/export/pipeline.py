@@ -3,6 +3,8 @@ tokenizer, and manifest.json (written only through `vrex_edge.bundle`)."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,6 +165,10 @@ def build_manifest(model: LoadedModel, plans: list[StagePlan], root: Path, *, fa
         vision=specs.get("vision"),
     )
     files = {p.file: sha256_file(root / p.file) for p in plans}
+    for p in plans:  # weights of graphs past 2 GB
+        data = onnx_io.data_file(root / p.file)
+        if data.is_file():
+            files[str(data.relative_to(root))] = sha256_file(data)
     files[TOKENIZER_FILE] = sha256_file(root / TOKENIZER_FILE)
     notes = dict(model.notes)
     notes["parity"] = {"max_abs_error": errors, "max_abs_reference": scales, "inputs": "random",
@@ -177,17 +183,23 @@ def build_manifest(model: LoadedModel, plans: list[StagePlan], root: Path, *, fa
 
 def write_bundle(model: LoadedModel, root: Path, *, family: str, dtype: str, source: str, verify: bool,
                  progress: Callable[[str], None]) -> dict[str, float]:
-    """Write every stage, the tokenizer and the manifest into `root`; returns per-stage errors."""
+    """Write every stage, the tokenizer and the manifest into `root`; returns per-stage errors.
+
+    One stage at a time: its weights are read (when the model is lazy), exported, converted to
+    `dtype`, verified, and freed before the next stage starts."""
     rng = np.random.default_rng(0)
     plans = plan_stages(model)
     errors: dict[str, float] = {}
     scales: dict[str, float] = {}
     for i, plan in enumerate(plans, 1):
         progress(f"exporting {plan.key} ({i}/{len(plans)})")
-        export_stage(plan, root, dtype, rng)
-        if verify:
-            errors[plan.key], scales[plan.key] = verify_stage(plan, root, dtype, rng)
-            progress(f"verified {plan.key}: max abs error {errors[plan.key]:.2e} (outputs up to {scales[plan.key]:.3g})")
+        with model.weights.materialized(plan.module) if model.weights is not None else contextlib.nullcontext():
+            export_stage(plan, root, dtype, rng)
+            if verify:
+                errors[plan.key], scales[plan.key] = verify_stage(plan, root, dtype, rng)
+                progress(f"verified {plan.key}: max abs error {errors[plan.key]:.2e} "
+                         f"(outputs up to {scales[plan.key]:.3g})")
+        gc.collect()
     (root / TOKENIZER_FILE).write_text(model.tokenizer_json, encoding="utf-8")
     write_manifest(root, build_manifest(model, plans, root, family=family, dtype=dtype, source=source, errors=errors,
                                                  scales=scales))

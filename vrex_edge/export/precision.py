@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from vrex_edge.errors import ExportError
+from vrex_edge.export.onnx_io import save_model
 
 INT8_BLOCK = 32
 NBITS = {"int8": 8, "int4": 4}
@@ -75,8 +76,8 @@ def _to_fp16(path: Path, *, matmuls: bool = True) -> None:
     del g.node[:]
     g.node.extend(new_nodes)
     _drop_stale_value_info(g)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+    save_model(model, path)
+    onnx.checker.check_model(str(path))
 
 
 def _axis(node) -> int:
@@ -119,4 +120,4 @@ def _to_nbits(path: Path, bits: int) -> None:
     finally:
         for lg, level in zip(quiet, levels, strict=True):
             lg.setLevel(level)
-    onnx.save(q.model.model, str(path))
+    save_model(q.model.model, path)
