@@ -28,6 +28,8 @@ def empty_model(build: Callable[[], nn.Module]) -> nn.Module:
 
     with init_empty_weights(include_buffers=False):
         model = build()
+    if hasattr(model, "tie_weights"):  # transformers ties at init, but not under init_empty_weights
+        model.tie_weights()
     return model.float().eval()
 
 
