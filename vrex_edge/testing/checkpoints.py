@@ -350,7 +350,7 @@ def write_videollm_online(root: Path, *, layers: int | None = None, seed: int = 
     siglip = empty_model(lambda: AutoModel.from_config(AutoConfig.from_pretrained(str(vis_dir))))
     write_shards(vis_dir, tensor_specs(siglip), dtype=torch.float32, seed=seed, shard_bytes=10**12, progress=progress)
     # Llama-3-8B-Instruct + LiveLlama fields
-    cfg = {**LLAMA3_8B_INSTRUCT, **LIVE1_PLUS_FIELDS, "vision_pretrained": str(vis_dir)}
+    cfg = {**LLAMA3_8B_INSTRUCT, **LIVE1_PLUS_FIELDS, "vision_pretrained": str(vis_dir.resolve())}  # local, not the Hub id
     if layers is not None:
         cfg["num_hidden_layers"] = layers
     write_json(base_dir / "config.json", cfg)
@@ -374,7 +374,7 @@ def write_videollm_online(root: Path, *, layers: int | None = None, seed: int = 
             ad_specs.append((f"base_model.model.{name}.lora_A.weight", (r, mod.in_features)))
             ad_specs.append((f"base_model.model.{name}.lora_B.weight", (mod.out_features, r)))
     ad_specs += [(f"base_model.model.{n}", s) for n, s in tensor_specs(lm) if n.startswith("connector.")]
-    write_json(ad_dir / "adapter_config.json", {**LIVE1_PLUS_ADAPTER, "base_model_name_or_path": str(base_dir)})
+    write_json(ad_dir / "adapter_config.json", {**LIVE1_PLUS_ADAPTER, "base_model_name_or_path": str(base_dir.resolve())})
     write_shards(ad_dir, ad_specs, dtype=torch.bfloat16, seed=seed + 1, shard_bytes=10**12,
                  single_name="adapter_model.safetensors", progress=progress)
     return ad_dir
