@@ -86,19 +86,27 @@ def ort_session(path: Path, *, threads: int = 0):
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def max_abs_error(
-    module: torch.nn.Module, path: Path, trials: list[dict[str, np.ndarray]], output_names: list[str]
-) -> tuple[float, float]:
-    """(max abs error, max |reference|) of the ONNX graph vs the torch module over input sets."""
+Trial = tuple[dict[str, np.ndarray], list[np.ndarray]]  # (inputs, PyTorch outputs)
+
+
+def reference_trials(module: torch.nn.Module, inputs: list[dict[str, np.ndarray]]) -> list[Trial]:
+    """PyTorch's outputs of `module` on each input set (kept, so the weights can be freed before checking)."""
+    trials = []
+    for feeds in inputs:
+        with torch.no_grad():
+            ref = module(*(torch.from_numpy(v) for v in feeds.values()))
+        refs = ref if isinstance(ref, (tuple, list)) else (ref,)
+        trials.append((feeds, [r.detach().float().numpy() for r in refs]))
+    return trials
+
+
+def compare(path: Path, trials: list[Trial], output_names: list[str]) -> tuple[float, float]:
+    """(max abs error, max |reference|) of the ONNX graph at `path` against the reference outputs."""
     sess = ort_session(path)
     err, scale = 0.0, 0.0
-    for inputs in trials:
+    for inputs, refs in trials:
         got = sess.run(output_names, inputs)
-        with torch.no_grad():
-            ref = module(*(torch.from_numpy(v) for v in inputs.values()))
-        refs = ref if isinstance(ref, (tuple, list)) else (ref,)
         for name, r, g in zip(output_names, refs, got, strict=True):
-            r = r.detach().float().numpy()
             if r.shape != g.shape:
                 raise ExportError(f"stage output {name}: ONNX shape {g.shape} != PyTorch shape {r.shape}")
             if g.dtype != np.float32:
@@ -106,6 +114,13 @@ def max_abs_error(
             err = max(err, float(np.abs(r - g).max()))
             scale = max(scale, float(np.abs(r).max()))
     return err, scale
+
+
+def max_abs_error(
+    module: torch.nn.Module, path: Path, trials: list[dict[str, np.ndarray]], output_names: list[str]
+) -> tuple[float, float]:
+    """(max abs error, max |reference|) of the ONNX graph vs the torch module over input sets."""
+    return compare(path, reference_trials(module, trials), output_names)
 
 
 def check_error(stage: str, err: float, scale: float, dtype: str) -> None:

@@ -85,8 +85,12 @@ def _axis(node) -> int:
 
 
 def _store_fp16(init, numpy_helper) -> None:
-    arr = numpy_helper.to_array(init)
-    init.CopyFrom(numpy_helper.from_array(np.clip(arr, -_FP16_MAX, _FP16_MAX).astype(np.float16), init.name))
+    arr = np.array(numpy_helper.to_array(init))  # an owned copy: the proto's bytes can go now
+    init.ClearField("raw_data")
+    np.clip(arr, -_FP16_MAX, _FP16_MAX, out=arr)
+    half = arr.astype(np.float16)
+    del arr
+    init.CopyFrom(numpy_helper.from_array(half, init.name))
 
 
 def _drop_stale_value_info(graph) -> None:
