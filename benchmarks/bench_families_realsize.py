@@ -24,9 +24,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 EXPORT = """
-import json, sys
+import json, sys, time
 from vrex_edge.export import export_bundle
-r = export_bundle(sys.argv[1], sys.argv[2], dtype=sys.argv[3], force=True, progress=lambda m: print(m, flush=True))
+say = lambda m: print(time.strftime("%H:%M:%S"), m, flush=True)
+r = export_bundle(sys.argv[1], sys.argv[2], dtype=sys.argv[3], force=True, progress=say)
 print("REPORT " + json.dumps({"peak_rss_bytes": r.peak_rss_bytes, "seconds": r.seconds, "bytes": r.total_bytes}))
 """
 
@@ -55,12 +56,11 @@ print("REPORT " + json.dumps({"frame_ms": ms, "ask_ms": ask, "rss_bytes": rss,
 
 def _child(code: str, *args: str, log: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with open(log, "w") as f:
-        done = subprocess.run([sys.executable, "-c", code, *args], env=env, stdout=subprocess.PIPE, stderr=f, text=True)
-    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("REPORT ")]
+    with open(log, "w") as f:  # progress lines and errors, as they come
+        done = subprocess.run([sys.executable, "-c", code, *args], env=env, stdout=f, stderr=subprocess.STDOUT)
+    lines = [ln for ln in log.read_text().splitlines() if ln.startswith("REPORT ")]
     if done.returncode != 0 or not lines:
         raise SystemExit(f"child failed ({done.returncode}); see {log}")
-    log.write_text(log.read_text() + done.stdout)
     return json.loads(lines[-1][len("REPORT "):])
 
 

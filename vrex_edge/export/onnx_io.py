@@ -61,15 +61,16 @@ def export_onnx(
                 module, example, str(work / path.name), input_names=input_names, output_names=output_names,
                 dynamic_axes=dynamic_axes, opset_version=OPSET, do_constant_folding=True, dynamo=False,
             )
-        if len(list(work.iterdir())) > 1:  # the graph passed 2 GB: gather its tensors into one file
+        written = work / path.name
+        if len(list(work.iterdir())) > 1 or written.stat().st_size > EXTERNAL_DATA_BYTES:  # one .data file
             import onnx
 
-            save_model(onnx.load(str(work / path.name)), path)
+            save_model(onnx.load(str(written)), path)
         else:
             data = data_file(path)
             if data.exists():
                 data.unlink()
-            (work / path.name).replace(path)
+            written.replace(path)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
