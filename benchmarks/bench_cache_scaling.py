@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def smollm2_bundle(cache: Path) -> tuple[Path, Path]:
     from vrex_edge.export import export_bundle
-    from vrex_edge.export.smollm2 import smollm2_gguf
+    from vrex_edge.testing.smollm2 import smollm2_gguf
 
     gguf = smollm2_gguf(cache / "smollm2")
     bundle = cache / "bundles" / "smollm2-135m"

@@ -30,7 +30,7 @@ CHUNK = 10
 
 def bundle_for(dtype: str, cache: Path) -> Path:
     from vrex_edge.export import export_bundle
-    from vrex_edge.export.smollm2 import smollm2_gguf
+    from vrex_edge.testing.smollm2 import smollm2_gguf
 
     gguf = smollm2_gguf(cache / "smollm2")
     out = cache / "bundles" / f"smollm2-135m-{dtype}"

@@ -79,7 +79,7 @@ def tiny_bundle(work: Path) -> Path:
     if (embedded / "manifest.json").is_file():
         return embedded
     from vrex_edge.export import export_bundle
-    from vrex_edge.export.families.videollm import make_tiny_checkpoint
+    from vrex_edge.testing.tiny import make_tiny_checkpoint
 
     return export_bundle(make_tiny_checkpoint(work / "ckpt", seed=0), work / "bundle").out
 

@@ -39,21 +39,21 @@ def _isolate_user_folders(tmp_path_factory: pytest.TempPathFactory, monkeypatch:
 
 @pytest.fixture(scope="session")
 def tiny_videollm_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from vrex_edge.export.families.videollm import make_tiny_checkpoint
+    from vrex_edge.testing.tiny import make_tiny_checkpoint
 
     return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-videollm", seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_llama_hf(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from vrex_edge.export.tiny import make_tiny_lm
+    from vrex_edge.testing.tiny import make_tiny_lm
 
     return make_tiny_lm(tmp_path_factory.mktemp("hf") / "tiny-llama", model_type="llama", seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_qwen2_hf(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from vrex_edge.export.tiny import make_tiny_lm
+    from vrex_edge.testing.tiny import make_tiny_lm
 
     return make_tiny_lm(tmp_path_factory.mktemp("hf") / "tiny-qwen2", model_type="qwen2", seed=1)
 
@@ -88,7 +88,7 @@ def smollm2_export(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
 
     from vrex_edge.export import export_bundle
     from vrex_edge.export.hf import quiet
-    from vrex_edge.export.smollm2 import smollm2_gguf
+    from vrex_edge.testing.smollm2 import smollm2_gguf
 
     gguf = smollm2_gguf(request.config.cache.mkdir("smollm2"))
     report = export_bundle(gguf, tmp_path_factory.mktemp("smol") / "smollm2")

@@ -62,7 +62,7 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 
 def test_smollm2_cache_is_reused(request: pytest.FixtureRequest) -> None:
-    from vrex_edge.export.smollm2 import smollm2_gguf
+    from vrex_edge.testing.smollm2 import smollm2_gguf
 
     path = smollm2_gguf(request.config.cache.mkdir("smollm2"))
     with open(path, "rb") as f:

@@ -55,6 +55,8 @@ def print_export_report(report: Any) -> None:
         t.add_row(stage, f"{e:.2e}")
     err.print(t)
     extra = f" in {report.seconds:.1f} s" if getattr(report, "seconds", None) else ""
+    if getattr(report, "peak_rss_bytes", 0):
+        extra += f", peak RSS {report.peak_rss_bytes / 2**30:.2f} GiB"
     err.print(f"bundle written to {report.out}{extra}")
 
 

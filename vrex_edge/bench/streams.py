@@ -98,7 +98,7 @@ def smollm2_bundle(cache_dir: Path = CACHE_DIR, progress: Progress | None = None
     bundle = cache_dir / "bundles" / "smollm2-135m"
     if not (bundle / "manifest.json").is_file():
         from vrex_edge.export import export_bundle
-        from vrex_edge.export.smollm2 import smollm2_gguf
+        from vrex_edge.testing.smollm2 import smollm2_gguf
 
         if progress:
             progress("exporting SmolLM2-135M (first run only)")
@@ -111,7 +111,7 @@ def tiny_video_bundle(cache_dir: Path = CACHE_DIR, progress: Progress | None = N
     bundle = cache_dir / "bundles" / "tiny-videollm-bench"
     if not (bundle / "manifest.json").is_file():
         from vrex_edge.export import export_bundle
-        from vrex_edge.export.families.videollm import make_tiny_checkpoint
+        from vrex_edge.testing.tiny import make_tiny_checkpoint
 
         if progress:
             progress("exporting a tiny random videollm (first run only)")

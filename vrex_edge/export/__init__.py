@@ -6,6 +6,7 @@ This package imports torch and transformers; the CLI imports it lazily.
 from __future__ import annotations
 
 import importlib.util
+import resource
 import shutil
 import time
 import uuid
@@ -40,6 +41,7 @@ class ExportReport:
     errors: dict[str, float]  # stage key ("embed", "layers.0.pre", ...) -> max abs error vs PyTorch
     sizes: dict[str, int] = field(default_factory=dict)  # bundle file -> bytes
     seconds: float = 0.0
+    peak_rss_bytes: int = 0  # the process's peak resident memory when the export finished
 
     @property
     def total_bytes(self) -> int:
@@ -108,8 +110,15 @@ def export_bundle(
             raise
     sizes = {str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*")) if p.is_file()}
     seconds = time.perf_counter() - start
-    say(f"wrote {out} ({sum(sizes.values()) / 1e6:.1f} MB) in {seconds:.1f} s")
-    return ExportReport(out=out, family=fam.name, dtype=dtype, errors=errors, sizes=sizes, seconds=seconds)
+    peak = peak_rss_bytes()
+    say(f"wrote {out} ({sum(sizes.values()) / 1e6:.1f} MB) in {seconds:.1f} s; peak RSS {peak / 2**30:.2f} GiB")
+    return ExportReport(out=out, family=fam.name, dtype=dtype, errors=errors, sizes=sizes, seconds=seconds,
+                        peak_rss_bytes=peak)
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process so far (Linux reports ru_maxrss in KiB)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def _importable(module: str) -> bool:

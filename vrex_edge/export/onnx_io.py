@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from pathlib import Path
 
@@ -15,6 +16,29 @@ OPSET = 17
 # on SmolLM2-135M: fp32 2.4e-7, fp16 6.4e-4, int8 2.6e-2 (int4: a loose bound; its quality is
 # measured on real text by benchmarks/bench_quant.py).
 TOLERANCE = {"fp32": 1e-4, "fp16": 5e-3, "int8": 0.08, "int4": 0.5}
+# Graphs whose weights pass this size keep them in one external file beside the graph (`<file>.data`):
+# protobuf cannot hold more than 2 GB.
+EXTERNAL_DATA_BYTES = 1_500_000_000
+
+
+def data_file(path: Path) -> Path:
+    """The external-data file of the graph at `path` (it exists only for large graphs)."""
+    return path.with_name(path.name + ".data")
+
+
+def save_model(model, path: Path) -> None:  # model: onnx.ModelProto with every tensor loaded
+    """Write `model` to `path`, with its weights in `data_file(path)` when they pass EXTERNAL_DATA_BYTES."""
+    import onnx
+
+    data = data_file(path)
+    if data.exists():
+        data.unlink()
+    size = sum(t.ByteSize() for t in model.graph.initializer)
+    if size > EXTERNAL_DATA_BYTES:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data.name, size_threshold=1024)
+    else:
+        onnx.save_model(model, str(path))
 
 
 def export_onnx(
@@ -25,13 +49,30 @@ def export_onnx(
     output_names: list[str],
     dynamic_axes: dict[str, dict[int, str]],
 ) -> None:
-    """Trace `module` on `example` and write an fp32 ONNX graph to `path`."""
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings about python scalars are expected
-        torch.onnx.export(
-            module, example, str(path), input_names=input_names, output_names=output_names,
-            dynamic_axes=dynamic_axes, opset_version=OPSET, do_constant_folding=True, dynamo=False,
-        )
+    """Trace `module` on `example` and write an fp32 ONNX graph to `path` (weights past 2 GB in
+    `data_file(path)`; the tracer would write one file per tensor)."""
+    work = path.with_name(f".{path.name}.export")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about python scalars are expected
+            torch.onnx.export(
+                module, example, str(work / path.name), input_names=input_names, output_names=output_names,
+                dynamic_axes=dynamic_axes, opset_version=OPSET, do_constant_folding=True, dynamo=False,
+            )
+        written = work / path.name
+        if len(list(work.iterdir())) > 1 or written.stat().st_size > EXTERNAL_DATA_BYTES:  # one .data file
+            import onnx
+
+            save_model(onnx.load(str(written)), path)
+        else:
+            data = data_file(path)
+            if data.exists():
+                data.unlink()
+            written.replace(path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def ort_session(path: Path, *, threads: int = 0):
@@ -46,19 +87,27 @@ def ort_session(path: Path, *, threads: int = 0):
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def max_abs_error(
-    module: torch.nn.Module, path: Path, trials: list[dict[str, np.ndarray]], output_names: list[str]
-) -> tuple[float, float]:
-    """(max abs error, max |reference|) of the ONNX graph vs the torch module over input sets."""
+Trial = tuple[dict[str, np.ndarray], list[np.ndarray]]  # (inputs, PyTorch outputs)
+
+
+def reference_trials(module: torch.nn.Module, inputs: list[dict[str, np.ndarray]]) -> list[Trial]:
+    """PyTorch's outputs of `module` on each input set (kept, so the weights can be freed before checking)."""
+    trials = []
+    for feeds in inputs:
+        with torch.no_grad():
+            ref = module(*(torch.from_numpy(v) for v in feeds.values()))
+        refs = ref if isinstance(ref, (tuple, list)) else (ref,)
+        trials.append((feeds, [r.detach().float().numpy() for r in refs]))
+    return trials
+
+
+def compare(path: Path, trials: list[Trial], output_names: list[str]) -> tuple[float, float]:
+    """(max abs error, max |reference|) of the ONNX graph at `path` against the reference outputs."""
     sess = ort_session(path)
     err, scale = 0.0, 0.0
-    for inputs in trials:
+    for inputs, refs in trials:
         got = sess.run(output_names, inputs)
-        with torch.no_grad():
-            ref = module(*(torch.from_numpy(v) for v in inputs.values()))
-        refs = ref if isinstance(ref, (tuple, list)) else (ref,)
         for name, r, g in zip(output_names, refs, got, strict=True):
-            r = r.detach().float().numpy()
             if r.shape != g.shape:
                 raise ExportError(f"stage output {name}: ONNX shape {g.shape} != PyTorch shape {r.shape}")
             if g.dtype != np.float32:
@@ -66,6 +115,13 @@ def max_abs_error(
             err = max(err, float(np.abs(r - g).max()))
             scale = max(scale, float(np.abs(r).max()))
     return err, scale
+
+
+def max_abs_error(
+    module: torch.nn.Module, path: Path, trials: list[dict[str, np.ndarray]], output_names: list[str]
+) -> tuple[float, float]:
+    """(max abs error, max |reference|) of the ONNX graph vs the torch module over input sets."""
+    return compare(path, reference_trials(module, trials), output_names)
 
 
 def check_error(stage: str, err: float, scale: float, dtype: str) -> None:

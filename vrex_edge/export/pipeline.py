@@ -3,6 +3,8 @@ tokenizer, and manifest.json (written only through `vrex_edge.bundle`)."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,7 +108,8 @@ def _dynamic_axes(plan: StagePlan) -> dict[str, dict[int, str]]:
     return {t.name: {ax: s for ax, s in enumerate(t.shape) if isinstance(s, str)} for t in (*plan.inputs, *plan.outputs)}
 
 
-def export_stage(plan: StagePlan, root: Path, dtype: str, rng: np.random.Generator) -> None:
+def export_stage(plan: StagePlan, root: Path, rng: np.random.Generator) -> None:
+    """Write the stage's fp32 graph (its weights must be real)."""
     path = root / plan.file
     path.parent.mkdir(parents=True, exist_ok=True)
     feeds = plan.make_inputs(2 if plan.key == "vision" else EXAMPLE_N, rng)
@@ -116,14 +119,17 @@ def export_stage(plan: StagePlan, root: Path, dtype: str, rng: np.random.Generat
                             [t.name for t in plan.outputs], _dynamic_axes(plan))
     except Exception as e:  # the tracer and the ONNX converter raise many kinds of errors
         raise ExportError(f"stage {plan.key} cannot be exported to ONNX: {first_line(e)}") from e
-    precision.convert(path, dtype)
 
 
-def verify_stage(plan: StagePlan, root: Path, dtype: str, rng: np.random.Generator) -> tuple[float, float]:
-    """(max abs error, max |reference|) of the written stage vs PyTorch; raises above tolerance."""
+def stage_trials(plan: StagePlan, rng: np.random.Generator) -> list[onnx_io.Trial]:
+    """Random inputs at several lengths and PyTorch's outputs on them (its weights must be real)."""
     lengths = (1, 3) if plan.key == "vision" else VERIFY_N
-    trials = [plan.make_inputs(n, rng) for n in lengths]
-    err, scale = onnx_io.max_abs_error(plan.module, root / plan.file, trials, [t.name for t in plan.outputs])
+    return onnx_io.reference_trials(plan.module, [plan.make_inputs(n, rng) for n in lengths])
+
+
+def verify_stage(plan: StagePlan, root: Path, dtype: str, trials: list[onnx_io.Trial]) -> tuple[float, float]:
+    """(max abs error, max |reference|) of the written stage vs PyTorch's outputs; raises above tolerance."""
+    err, scale = onnx_io.compare(root / plan.file, trials, [t.name for t in plan.outputs])
     onnx_io.check_error(plan.key, err, scale, dtype)
     return err, scale
 
@@ -163,6 +169,10 @@ def build_manifest(model: LoadedModel, plans: list[StagePlan], root: Path, *, fa
         vision=specs.get("vision"),
     )
     files = {p.file: sha256_file(root / p.file) for p in plans}
+    for p in plans:  # weights of graphs past 2 GB
+        data = onnx_io.data_file(root / p.file)
+        if data.is_file():
+            files[str(data.relative_to(root))] = sha256_file(data)
     files[TOKENIZER_FILE] = sha256_file(root / TOKENIZER_FILE)
     notes = dict(model.notes)
     notes["parity"] = {"max_abs_error": errors, "max_abs_reference": scales, "inputs": "random",
@@ -177,17 +187,27 @@ def build_manifest(model: LoadedModel, plans: list[StagePlan], root: Path, *, fa
 
 def write_bundle(model: LoadedModel, root: Path, *, family: str, dtype: str, source: str, verify: bool,
                  progress: Callable[[str], None]) -> dict[str, float]:
-    """Write every stage, the tokenizer and the manifest into `root`; returns per-stage errors."""
+    """Write every stage, the tokenizer and the manifest into `root`; returns per-stage errors.
+
+    One stage at a time: its weights are read (when the model is lazy), the fp32 graph and
+    PyTorch's outputs on the check inputs are made, the weights are freed, and the graph is
+    converted to `dtype` and checked, so a stage's torch weights and its ONNX copies meet only once."""
     rng = np.random.default_rng(0)
     plans = plan_stages(model)
     errors: dict[str, float] = {}
     scales: dict[str, float] = {}
     for i, plan in enumerate(plans, 1):
         progress(f"exporting {plan.key} ({i}/{len(plans)})")
-        export_stage(plan, root, dtype, rng)
+        with model.weights.materialized(plan.module) if model.weights is not None else contextlib.nullcontext():
+            export_stage(plan, root, rng)
+            trials = stage_trials(plan, rng) if verify else []
+        gc.collect()
+        precision.convert(root / plan.file, dtype)
         if verify:
-            errors[plan.key], scales[plan.key] = verify_stage(plan, root, dtype, rng)
+            errors[plan.key], scales[plan.key] = verify_stage(plan, root, dtype, trials)
             progress(f"verified {plan.key}: max abs error {errors[plan.key]:.2e} (outputs up to {scales[plan.key]:.3g})")
+        del trials
+        gc.collect()
     (root / TOKENIZER_FILE).write_text(model.tokenizer_json, encoding="utf-8")
     write_manifest(root, build_manifest(model, plans, root, family=family, dtype=dtype, source=source, errors=errors,
                                                  scales=scales))

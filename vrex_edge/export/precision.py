@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from vrex_edge.errors import ExportError
+from vrex_edge.export.onnx_io import save_model
 
 INT8_BLOCK = 32
 NBITS = {"int8": 8, "int4": 4}
@@ -75,8 +76,8 @@ def _to_fp16(path: Path, *, matmuls: bool = True) -> None:
     del g.node[:]
     g.node.extend(new_nodes)
     _drop_stale_value_info(g)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+    save_model(model, path)
+    onnx.checker.check_model(str(path))
 
 
 def _axis(node) -> int:
@@ -84,8 +85,12 @@ def _axis(node) -> int:
 
 
 def _store_fp16(init, numpy_helper) -> None:
-    arr = numpy_helper.to_array(init)
-    init.CopyFrom(numpy_helper.from_array(np.clip(arr, -_FP16_MAX, _FP16_MAX).astype(np.float16), init.name))
+    arr = np.array(numpy_helper.to_array(init))  # an owned copy: the proto's bytes can go now
+    init.ClearField("raw_data")
+    np.clip(arr, -_FP16_MAX, _FP16_MAX, out=arr)
+    half = arr.astype(np.float16)
+    del arr
+    init.CopyFrom(numpy_helper.from_array(half, init.name))
 
 
 def _drop_stale_value_info(graph) -> None:
@@ -119,4 +124,4 @@ def _to_nbits(path: Path, bits: int) -> None:
     finally:
         for lg, level in zip(quiet, levels, strict=True):
             lg.setLevel(level)
-    onnx.save(q.model.model, str(path))
+    save_model(q.model.model, path)

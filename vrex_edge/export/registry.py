@@ -47,6 +47,7 @@ class LoadedModel:
     vision: Any = None  # nn.Module whose forward maps pixel_values [F, 3, H, W] -> frame_embeds [F, T_v, D]
     vision_spec: VisionSpec | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+    weights: Any = None  # a LazyWeights when the modules' parameters are on the meta device (read per stage)
 
 
 @dataclass(frozen=True)

@@ -66,17 +66,19 @@ def image_norm(path: Path, default: float = 0.5) -> tuple[tuple[float, ...], tup
     return (default,) * 3, (default,) * 3
 
 
-def load_hf_vlm(source: Any) -> tuple[Any, Any]:
-    """(model in fp32 eval mode, fast tokenizer) of an HF image-text-to-text folder."""
-    import torch
-    from transformers import AutoModelForImageTextToText, AutoTokenizer
+def load_hf_vlm(source: Any) -> tuple[Any, Any, Any]:
+    """(model with meta parameters in fp32 eval mode, fast tokenizer, its LazyWeights) of an HF
+    image-text-to-text folder; weights are read from the safetensors files one stage at a time."""
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
 
     from vrex_edge.export.hf import quiet
+    from vrex_edge.export.lazy import LazyWeights, empty_model, hf_folder
     from vrex_edge.export.registry import first_line
 
     try:
         with quiet():
-            model = AutoModelForImageTextToText.from_pretrained(str(source.path), dtype=torch.float32)
+            config = AutoConfig.from_pretrained(str(source.path))
+            model = empty_model(lambda: AutoModelForImageTextToText.from_config(config))
             tok = AutoTokenizer.from_pretrained(str(source.path), use_fast=True)
     except ImportError as e:
         raise ExportError(f"loading this model needs an optional package: {e}; pip install 'vrex-edge[export]'") from None
@@ -84,4 +86,10 @@ def load_hf_vlm(source: Any) -> tuple[Any, Any]:
         raise ExportError(f"cannot load a model from {source.path}: {first_line(e)}") from None
     if not getattr(tok, "is_fast", False):
         raise ExportError(f"{source.path} has no fast tokenizer (tokenizer.json); the bundle needs one")
-    return model.float().eval(), tok
+    files = hf_folder(model, source.path)
+    missing = [n for n, _ in model.named_parameters() if n not in files]
+    if missing:
+        raise ExportError(f"{source.path}: the checkpoint has no weights for {missing[0]} ({len(missing)} missing)")
+    weights = LazyWeights()
+    weights.attach(model, files.get)
+    return model, tok, weights

@@ -45,7 +45,7 @@ def load(source: Source) -> LoadedModel:
 
     if source.kind != "hf":
         raise ExportError(f"{source.path}: a LLaVA-OneVision model is a Hugging Face folder")
-    model, tok = load_hf_vlm(source)
+    model, tok, weights = load_hf_vlm(source)
     cfg = model.config
     if cfg.text_config.model_type not in ("qwen2", "llama"):
         raise ExportError(f"LLaVA-OneVision text model '{cfg.text_config.model_type}' is not a Qwen2/Llama layout")
@@ -54,7 +54,7 @@ def load(source: Source) -> LoadedModel:
     lm = causal_lm_view(cfg.text_config, model.model.language_model, model.lm_head)
     vc = cfg.vision_config
     size, grid = int(vc.image_size), int(vc.image_size) // int(vc.patch_size)
-    newline = model.model.image_newline.detach().clone()  # [D]
+    newline = weights.load(model.model, "image_newline").clone()  # [D]
     stage = VisionStage(model.model.vision_tower, lambda px: encode_frames(model, newline, px, grid=grid))
     stage.projector = model.model.multi_modal_projector
     end = token_id(tok, "<|im_end|>", what="end of turn")
@@ -78,7 +78,8 @@ def load(source: Source) -> LoadedModel:
         "speaks": "no frame-interval token: LLaVA-OneVision answers questions; it does not decide when to speak",
     }
     return LoadedModel(lm=lm, tokenizer_json=tok.backend_tokenizer.to_str(), tokens=tokens, prompt=prompt,
-                       name=source.path.name, vision=stage.eval(), vision_spec=vision_spec, notes=notes)
+                       name=source.path.name, vision=stage.eval(), vision_spec=vision_spec, notes=notes,
+                       weights=weights)
 
 
 FAMILY = register(Family("llava-onevision", ("llava_onevision",), load))

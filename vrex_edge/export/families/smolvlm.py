@@ -46,7 +46,7 @@ def load(source: Source) -> LoadedModel:
 
     if source.kind != "hf":
         raise ExportError(f"{source.path}: a SmolVLM2 model is a Hugging Face folder")
-    model, tok = load_hf_vlm(source)
+    model, tok, weights = load_hf_vlm(source)
     cfg = model.config
     if cfg.text_config.model_type not in ("llama", "smollm2"):
         raise ExportError(f"SmolVLM text model '{cfg.text_config.model_type}' is not a Llama layout")
@@ -54,7 +54,7 @@ def load(source: Source) -> LoadedModel:
     fake = token_id(tok, FAKE, what="image wrapper")
     token_id(tok, GLOBAL, what="global image")
     end = token_id(tok, END, what="end of utterance")
-    close_row = model.model.text_model.embed_tokens.weight[fake].detach().clone()  # [D]
+    close_row = weights.load(model.model.text_model.embed_tokens, "weight")[fake].clone()  # [D]
     stage = VisionStage(model.model.vision_model, lambda px: encode_frames(model, close_row, px))
     stage.connector = model.model.connector
     vc = cfg.vision_config
@@ -80,7 +80,8 @@ def load(source: Source) -> LoadedModel:
         "speaks": "no frame-interval token: SmolVLM2 answers questions; it does not decide when to speak",
     }
     return LoadedModel(lm=lm, tokenizer_json=tok.backend_tokenizer.to_str(), tokens=tokens, prompt=prompt,
-                       name=source.path.name, vision=stage.eval(), vision_spec=vision_spec, notes=notes)
+                       name=source.path.name, vision=stage.eval(), vision_spec=vision_spec, notes=notes,
+                       weights=weights)
 
 
 FAMILY = register(Family("smolvlm", ("smolvlm", "idefics3", "smolvlm2"), load))

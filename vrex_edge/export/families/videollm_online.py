@@ -3,7 +3,8 @@
 The checkpoint folder holds adapter_config.json + adapter_model.safetensors: LoRA on the
 decoder's q/k/v/o/gate/up/down projections and lm_head, plus the 2-layer MLP `connector`
 (saved whole through modules_to_save). The base LM is `base_model_name_or_path`; the vision
-tower is `vision_pretrained` (google/siglip-large-patch16-384). Export merges the LoRA and
+tower is `vision_pretrained` (google/siglip-large-patch16-384). Export merges the LoRA (W + alpha/r * B @ A,
+read per stage, as PEFT merges it) and
 builds the vision stage: SigLIP -> [pooler output, 3x3 average-pooled patch grid] ->
 connector, 10 tokens per frame.
 
@@ -59,33 +60,80 @@ def live_settings(base_config: dict[str, Any]) -> dict[str, Any]:
     return {k: v if base_config.get(k) is None else base_config[k] for k, v in LIVE1_PLUS.items()}
 
 
-def load_merged(source: Source) -> tuple[Any, Any, dict[str, Any]]:
-    """(merged LiveLlamaForCausalLM in fp32, base tokenizer, live settings) from an adapter folder."""
+def lora_lookup(base: Any, adapter: Any, adapter_config: dict[str, Any]) -> Any:
+    """Parameter name -> merged fp32 weights: the base weight plus scale * B @ A where the adapter has a
+    LoRA for that Linear (PEFT's merge), or the adapter's own copy for its modules_to_save (the connector).
+
+    `base` and `adapter` are SafetensorsFolders; adapter keys are read without their "base_model.model." prefix."""
+    if adapter_config.get("use_dora") or adapter_config.get("rank_pattern") or adapter_config.get("alpha_pattern") \
+            or adapter_config.get("fan_in_fan_out"):
+        raise ExportError("this LoRA adapter uses DoRA, per-module ranks or fan_in_fan_out, which export does not merge")
+    r, alpha = int(adapter_config["r"]), float(adapter_config["lora_alpha"])
+    scale = alpha / r ** 0.5 if adapter_config.get("use_rslora") else alpha / r
+
+    def lookup(name: str) -> Any:
+        if name in adapter and name not in base:  # modules_to_save, saved whole
+            return adapter.get(name).float()
+        w = base.get(name).float()  # KeyError when absent: the caller tries the parameter's other names
+        mod = name.removesuffix(".weight")
+        a, b = f"{mod}.lora_A.weight", f"{mod}.lora_B.weight"
+        if name.endswith(".weight") and a in adapter:
+            w += scale * (adapter.get(b).float() @ adapter.get(a).float())  # [out, r] @ [r, in]
+        return w
+
+    return lookup
+
+
+def load_merged(source: Source) -> tuple[Any, Any, dict[str, Any], Any]:
+    """(LiveLlamaForCausalLM on the meta device, base tokenizer, live settings, LazyWeights that read
+    each parameter with its LoRA merged) from an adapter folder."""
     import json
 
-    import torch
     from transformers import AutoConfig, AutoTokenizer
 
     from vrex_edge.export.hf import quiet
+    from vrex_edge.export.lazy import LazyWeights, SafetensorsFolder, empty_model, hf_folder
     from vrex_edge.export.vlm import local_path
 
-    try:
-        from peft import PeftModel
-    except ImportError:
-        raise ExportError("VideoLLM-online checkpoints are LoRA adapters: pip install 'vrex-edge[export]' (peft)") from None
     base_name = source.config.get("base_model_name_or_path")
     if not base_name:
         raise ExportError(f"{source.path}/adapter_config.json has no base_model_name_or_path")
+    if "connector" not in (source.config.get("modules_to_save") or ()):
+        raise ExportError(f"{source.path}: the adapter does not save the connector (modules_to_save)")
     base = local_path(str(base_name), what="base model", relative_to=source.path)
     raw = json.loads((base / "config.json").read_text(encoding="utf-8"))
     settings = live_settings(raw)
-    config = AutoConfig.from_pretrained(str(base))
-    config.vision_hidden_size = int(settings["vision_hidden_size"])
     with quiet():
-        lm = live_lm_class().from_pretrained(str(base), config=config, dtype=torch.float32)
-        lm = PeftModel.from_pretrained(lm, str(source.path), is_trainable=False).merge_and_unload()
+        config = AutoConfig.from_pretrained(str(base))
+        config.vision_hidden_size = int(settings["vision_hidden_size"])
+        lm = empty_model(lambda: live_lm_class()(config))
         tok = AutoTokenizer.from_pretrained(str(base), use_fast=True)
-    return lm.float().eval(), tok, settings
+    files = [f for f in ("adapter_model.safetensors",) if (source.path / f).is_file()]
+    if not files:
+        raise ExportError(f"{source.path} has no adapter_model.safetensors")
+    prefix = "base_model.model."
+    adapter = SafetensorsFolder(source.path, files=tuple(files),
+                                rename=lambda k: k[len(prefix):] if k.startswith(prefix) else None)
+    if not any(k.startswith("connector.") for k in adapter.keys()):
+        raise ExportError(f"{source.path}/adapter_model.safetensors has no connector weights")
+    weights = LazyWeights()
+    weights.attach(lm, lora_lookup(hf_folder(lm, base), adapter, source.config))
+    return lm, tok, settings, weights
+
+
+def load_tower(vision_dir: Any, weights: Any) -> Any:
+    """The SigLIP vision transformer of a SiglipModel (or SiglipVisionModel) folder, on the meta device,
+    its weights attached to `weights`."""
+    from transformers import AutoConfig, AutoModel
+
+    from vrex_edge.export.hf import quiet
+    from vrex_edge.export.lazy import empty_model, hf_folder
+
+    with quiet():
+        config = AutoConfig.from_pretrained(str(vision_dir))
+        model = empty_model(lambda: AutoModel.from_config(config))
+    weights.attach(model, hf_folder(model, vision_dir).get)
+    return getattr(model, "vision_model", model).eval()  # SiglipModel -> its vision transformer
 
 
 def pool_matrix(side: int, out: tuple[int, int]) -> Any:
@@ -117,20 +165,15 @@ def encode_frames(vision: Any, connector: Any, pixel_values: Any, *, pool: Any, 
 
 
 def load(source: Source) -> LoadedModel:
-    from transformers import AutoModel
-
-    from vrex_edge.export.hf import quiet
     from vrex_edge.export.stages import VisionStage
     from vrex_edge.export.vlm import local_path, text_ids, token_id
 
     if source.kind != "peft":
         raise ExportError(f"{source.path} is not a VideoLLM-online checkpoint (expected adapter_config.json)")
     try:
-        lm, tok, s = load_merged(source)
+        lm, tok, s, weights = load_merged(source)
         vision_dir = local_path(str(s["vision_pretrained"]), what="vision tower", relative_to=source.path)
-        with quiet():
-            tower = AutoModel.from_pretrained(str(vision_dir))
-        tower = getattr(tower, "vision_model", tower).float().eval()  # SiglipModel -> its vision transformer
+        tower = load_tower(vision_dir, weights)
     except (OSError, ValueError, KeyError) as e:
         raise ExportError(f"cannot load the VideoLLM-online checkpoint in {source.path}: {first_line(e)}") from None
     if not s["frame_token_interval"]:
@@ -170,7 +213,8 @@ def load(source: Source) -> LoadedModel:
         "frame_padding": "the original pads with black (ffmpeg); the runtime pads with the mean colour",
     }
     return LoadedModel(lm=lm, tokenizer_json=tok.backend_tokenizer.to_str(), tokens=tokens, prompt=prompt,
-                       name=source.path.name, vision=stage.eval(), vision_spec=vision_spec, notes=notes)
+                       name=source.path.name, vision=stage.eval(), vision_spec=vision_spec, notes=notes,
+                       weights=weights)
 
 
 FAMILY = register(Family("videollm-online", ("live_llama", "videollm_online"), load))

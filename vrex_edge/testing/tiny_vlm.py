@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vrex_edge.export.tiny import WORDS
+from vrex_edge.testing.tiny import WORDS
 
 _CORPUS = [
     " ".join(WORDS),
