@@ -22,7 +22,7 @@ from vrex_edge.bundle import load_manifest
 
 from .families_ref import Reference, check_answer, check_stages, reference_answer, runtime_answer
 
-CI = ("smolvlm2-256m",)
+CI: tuple[str, ...] = ()  # none by default: the 256M check alone took ~11 min on the shared 2 cores (VREX_REALSIZE=...)
 FIXTURES = {  # fixture -> (Reference family key, tokens per frame, image side)
     "smolvlm2-256m": ("smolvlm", 64 + 1, 512),
     "smolvlm2-500m": ("smolvlm", 64 + 1, 512),
