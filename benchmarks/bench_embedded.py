@@ -10,6 +10,12 @@ alone (mean FrameProcessed total) and the wall-clock rate including the captions
 
 A policy may carry options after a colon (resv:tau=0.98,hamming=6). "kept" is the fraction of
 the history the policy attended to over the whole run (prefill / decode), from session.stats().
+"retrieval" is the share of the measured frames' time spent in the policy's cluster + select + gather
+(the rest of its time is attention). --clock cpu times with the process's CPU clock (every stage
+timer included), so other processes on a shared machine do not show up as latency; use it with
+--threads 1 (idle onnxruntime worker threads spin and would count).
+
+    python benchmarks/bench_embedded.py --cache 6000 --policy full resv window --threads 1 --clock cpu
 """
 
 from __future__ import annotations
@@ -35,14 +41,18 @@ def bench(bundle: Path, spec: str, frames: np.ndarray, cache: int, window: int, 
     session = StreamSession(load_model(bundle, threads=threads), policy=policy, policy_options=options)
     lo, hi = cache - window, cache + window
     frame_ms: list[float] = []
+    split = dict.fromkeys(("cluster", "select", "gather", "attend"), 0.0)  # policy seconds of the measured frames
     t_in = None  # wall clock at the first frame inside the window
     captions, t_last = 0, 0.0
     for i, img in enumerate(frames):  # img [H, W, 3] uint8 BGR
         inside = False
+        before = dict(session.stats().retrieval["seconds"])
         for ev in session.push_frame(img, i / FPS):
             if isinstance(ev, FrameProcessed):
                 inside = lo <= ev.cache_tokens <= hi
                 if inside:
+                    for k, v in session.stats().retrieval["seconds"].items():
+                        split[k] = split.get(k, 0.0) + v - before.get(k, 0.0)
                     if t_in is None:
                         t_in = time.perf_counter() - ev.timings_ms["total"] / 1e3
                     frame_ms.append(ev.timings_ms["total"])
@@ -58,7 +68,8 @@ def bench(bundle: Path, spec: str, frames: np.ndarray, cache: int, window: int, 
     n_in = len(frame_ms)
     ret = session.stats().retrieval
     kept = "/".join(f"{100 * ret[k]:.0f}%" for k in ("prefill_kept_fraction", "decode_kept_fraction") if k in ret)
-    return {"policy": spec, "kept": kept or "-", "frames": n_in, "captions": captions, "frame_ms": float(np.mean(frame_ms)),
+    share = (split["cluster"] + split["select"] + split["gather"]) * 1e3 / float(np.sum(frame_ms))
+    return {"policy": spec, "kept": kept or "-", "retrieval": share, "split_ms": {k: v * 1e3 / n_in for k, v in split.items()}, "frames": n_in, "captions": captions, "frame_ms": float(np.mean(frame_ms)),
             "frame_fps": 1e3 / float(np.mean(frame_ms)), "wall_fps": n_in / wall}
 
 
@@ -74,14 +85,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seconds", type=float, default=360.0, help="stream length (must reach --cache)")
     ap.add_argument("--seed", type=int, default=4242)
     ap.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: the runtime's)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="cpu: process CPU time for every timer (patches time.perf_counter for this process)")
     args = ap.parse_args(argv)
+    if args.clock == "cpu":
+        time.perf_counter = time.process_time  # the runtime's stage timers read time.perf_counter at call time
     frames = render(simulate(args.seed, args.seconds))  # [N, H, W, 3] BGR
-    print("| policy | cache tokens | frames measured | captions | kept | ms / frame | frames/s (frame stage) | frames/s (wall, incl. captions) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| policy | cache tokens | frames measured | captions | kept | ms / frame | frames/s (frame stage) |"
+          " frames/s (wall, incl. captions) | retrieval share | cluster / select / gather / attend ms per frame |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for p in args.policy:
         r = bench(args.bundle, p, frames, args.cache, args.window, args.threads)
         print(f"| {p} | {args.cache} +- {args.window} | {r['frames']} | {r['captions']} | {r['kept']} | {r['frame_ms']:.1f} | "
-              f"{r['frame_fps']:.1f} | {r['wall_fps']:.1f} |", flush=True)
+              f"{r['frame_fps']:.1f} | {r['wall_fps']:.1f} | {100 * r['retrieval']:.0f}% | "
+              + " / ".join(f"{r['split_ms'][k]:.1f}" for k in ("cluster", "select", "gather", "attend")) + " |", flush=True)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from vrex_edge.accel import HostBackend, backend, backend_names, get_backend, hyperplanes, register_backend
-from vrex_edge.accel.host import hamming, pack_bits, wicsum
+from vrex_edge.accel.host import assign_batch, cluster_assign_loop, hamming, pack_bits, wicsum
 from vrex_edge.errors import AccelError
 
 
@@ -59,6 +59,30 @@ def test_cluster_assign_matches_sequential_definition(seed):
     got = HostBackend().cluster_assign(cand[:1].repeat(3, 0), cand[:1], np.array([1]), threshold=0, max_size=8,
                                        horizon=4) if cand.size else np.zeros(3, np.int64)
     assert (got == 0).all()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_batched_assign_matches_the_per_token_reference(seed):
+    """assign_batch (heads at once, no loop over tokens) == cluster_assign_loop head by head, with padded
+    candidate lists, clusters filling up inside the batch, horizons shorter than the list, repeated codes."""
+    rng = np.random.default_rng(seed)
+    for _ in range(150):
+        nb, m, c = int(rng.integers(1, 4)), int(rng.integers(0, 30)), int(rng.integers(0, 9))
+        nbits = int(rng.choice([4, 8, 70]))
+        codes = pack_bits(rng.random((nb, m, nbits)) < 0.5)
+        if m and rng.random() < 0.3:
+            codes[:, m // 2 :] = codes[:, :1]  # a run of identical keys: long chains of dependent choices
+        cand = pack_bits(rng.random((nb, c, nbits)) < 0.5)
+        kw = {"threshold": int(rng.integers(0, 4)), "max_size": int(rng.integers(1, 6)),
+              "horizon": int(rng.integers(1, 12))}
+        counts = rng.integers(1, kw["max_size"] + 2, size=(nb, c))
+        ncand = rng.integers(0, c + 1, size=nb)
+        got = assign_batch(codes, cand, counts, ncand, **kw)
+        for b in range(nb):
+            p = c - ncand[b]
+            assert np.array_equal(got[b], cluster_assign_loop(codes[b], cand[b, p:], counts[b, p:], **kw))
+            assert np.array_equal(got[b], ref_assign(codes[b], cand[b, p:], counts[b, p:], kw["threshold"],
+                                                     kw["max_size"], kw["horizon"]))
 
 
 def test_masses_are_softmax_consistent():

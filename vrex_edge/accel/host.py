@@ -59,6 +59,101 @@ def wicsum(mass: np.ndarray, tau: float) -> np.ndarray:
     return keep
 
 
+def cluster_assign_loop(
+    codes: np.ndarray, cand_codes: np.ndarray, cand_counts: np.ndarray,
+    *, threshold: int, max_size: int, horizon: int,
+) -> np.ndarray:
+    """The per-token reference of RetrievalBackend.cluster_assign (one head; the tests' oracle for assign_batch)."""
+    m, c = codes.shape[0], cand_codes.shape[0]
+    d_old = hamming(codes, cand_codes)  # [m, c]
+    lo = max(0, c - horizon)
+    if c:  # fast path: every token fits an old candidate and no capacity is exceeded
+        d = d_old[:, lo:] + np.where(cand_counts[lo:] >= max_size, _FAR, 0)  # [m, c-lo]
+        best = d.shape[1] - 1 - np.argmin(d[:, ::-1], axis=1)  # ties -> newest
+        if (d[np.arange(m), best] <= threshold).all():
+            add = np.bincount(best, minlength=d.shape[1])
+            if (cand_counts[lo:] + add <= max_size).all():
+                return best + lo
+    d_all = np.concatenate([d_old, hamming(codes, codes)], axis=1)  # [m, c+m]
+    col = np.empty(c + m, dtype=np.int64)  # list entry -> column of d_all
+    col[:c] = np.arange(c)
+    cnt = np.zeros(c + m, dtype=np.int64)
+    cnt[:c] = cand_counts
+    far = np.where(cnt >= max_size, _FAR, 0)  # ineligible (full) entries
+    total = c
+    out = np.empty(m, dtype=np.int64)
+    for i in range(m):  # sequential by definition; m is a frame's worth of tokens
+        lo = max(0, total - horizon)
+        d = d_all[i, col[lo:total]] + far[lo:total]
+        j = total - 1 - int(np.argmin(d[::-1])) if total > lo else total
+        if j == total or d[j - lo] > threshold:
+            j = total
+            col[j] = c + i
+            total += 1
+        cnt[j] += 1
+        if cnt[j] >= max_size:
+            far[j] = _FAR
+        out[i] = j
+    return out
+
+
+def _hamming_b(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a [B, m, W], b [B, c, W] uint64 -> [B, m, c] int64 Hamming distances."""
+    return popcount(a[:, :, None, :] ^ b[:, None, :, :]).sum(-1, dtype=np.int64)
+
+
+def assign_batch(codes: np.ndarray, cand_codes: np.ndarray, cand_counts: np.ndarray, ncand: np.ndarray,
+                 *, threshold: int, max_size: int, horizon: int, rounds: int = 8) -> np.ndarray:
+    """RetrievalBackend.cluster_assign for B independent heads, without a loop over tokens.
+
+    codes [B, m, W]; cand_codes [B, c, W], cand_counts [B, c]: head b's open clusters are its last ncand[b]
+    rows (right-aligned). Returns assign [B, m] int64 list indices, exactly as the sequential definition.
+    Fixed-point iteration: given a guess of every token's choice, each token's choice is recomputed from
+    the guesses of the tokens before it; the first token never depends on a guess, and a correct prefix
+    stays correct, so a fixed point is the sequential answer. The first guess (every token founds a cluster,
+    the usual case with small clusters) is often already the fixed point; heads
+    not settled after `rounds` fall back to the per-token reference."""
+    nb, m, _ = codes.shape
+    c = cand_codes.shape[1]
+    if m == 0:
+        return np.zeros((nb, 0), np.int64)
+    ncand = np.asarray(ncand, np.int64)
+    pad = c - ncand  # [B] padding rows before each head's candidates
+    ne = c + m  # entries: c candidate rows, then one per token (the cluster it would found)
+    tok = np.arange(m)
+    dist = np.concatenate([_hamming_b(codes, cand_codes), _hamming_b(codes, codes)], axis=2)  # [B, m, E]
+    dist[:, :, c:][:, tok[:, None] <= tok[None, :]] = _FAR  # token i never joins a cluster founded at or after i
+    cnt0 = np.zeros((nb, 1, ne), np.int32)  # [B, 1, E] tokens held before this batch
+    cnt0[:, 0, :c] = np.where(np.arange(c) < pad[:, None], max_size, cand_counts)  # padding never takes a token
+    lidx = np.empty((nb, 1, ne), np.int64)  # [B, 1, E] list index of each entry (founders: set per guess)
+    lidx[:, 0, :c] = np.arange(c) - pad[:, None]
+    e = np.arange(ne, dtype=np.int64)
+    room = cnt0 < max_size  # [B, 1, E] may take a token (all the batch long unless one can fill up)
+    fills = m >= max_size or int(cnt0[room].max(initial=0)) + m >= max_size  # can any cluster fill up here?
+    a = np.broadcast_to(c + tok, (nb, m))  # the guess, as entries: every token founds a cluster
+    for _ in range(rounds):
+        opened = a == c + tok  # [B, m] token j founded its cluster
+        before = np.cumsum(opened, 1, dtype=np.int64) - opened  # [B, m] clusters founded before token i
+        lidx[:, 0, c:] = np.where(opened, ncand[:, None] + before, -_FAR)  # unfounded: never in the window
+        lo = (ncand[:, None] + before - horizon)[:, :, None]  # [B, m, 1] oldest list index token i may join
+        if fills:  # some cluster may fill up within the batch: count what each holds when token i arrives
+            onehot = a[:, :, None] == e  # [B, m, E]
+            room = cnt0 + np.cumsum(onehot, 1, dtype=np.int32) - onehot < max_size  # [B, m, E]
+        d = np.where(room & (lidx >= lo), dist, _FAR)  # [B, m, E]
+        rev = d[:, :, ::-1]
+        best = ne - 1 - rev.argmin(2)  # [B, m] ties -> newest
+        new = np.where(rev.min(2) <= threshold, best, c + tok)  # [B, m]
+        if np.array_equal(new, a):
+            break
+        a = new
+    else:  # a long chain of dependent choices (rare): the per-token reference
+        return np.stack([cluster_assign_loop(codes[b], cand_codes[b, p:], cand_counts[b, p:], threshold=threshold,
+                                             max_size=max_size, horizon=horizon) for b, p in enumerate(pad.tolist())])
+    opened = a == c + tok
+    founded = ncand[:, None] + np.cumsum(opened, 1) - opened  # [B, m] list index of the cluster token j founds
+    return np.where(a < c, a - pad[:, None], np.take_along_axis(founded, np.maximum(a - c, 0), 1))  # [B, m]
+
+
 class HostBackend:
     """Float32 NumPy reference: exact softmax-consistent masses and a full sort for WiCSum."""
 
@@ -72,37 +167,18 @@ class HostBackend:
         self, codes: np.ndarray, cand_codes: np.ndarray, cand_counts: np.ndarray,
         *, threshold: int, max_size: int, horizon: int,
     ) -> np.ndarray:
-        m, c = codes.shape[0], cand_codes.shape[0]
-        d_old = hamming(codes, cand_codes)  # [m, c]
-        lo = max(0, c - horizon)
-        if c:  # fast path: every token fits an old candidate and no capacity is exceeded
-            d = d_old[:, lo:] + np.where(cand_counts[lo:] >= max_size, _FAR, 0)  # [m, c-lo]
-            best = d.shape[1] - 1 - np.argmin(d[:, ::-1], axis=1)  # ties -> newest
-            if (d[np.arange(m), best] <= threshold).all():
-                add = np.bincount(best, minlength=d.shape[1])
-                if (cand_counts[lo:] + add <= max_size).all():
-                    return best + lo
-        d_all = np.concatenate([d_old, hamming(codes, codes)], axis=1)  # [m, c+m]
-        col = np.empty(c + m, dtype=np.int64)  # list entry -> column of d_all
-        col[:c] = np.arange(c)
-        cnt = np.zeros(c + m, dtype=np.int64)
-        cnt[:c] = cand_counts
-        far = np.where(cnt >= max_size, _FAR, 0)  # ineligible (full) entries
-        total = c
-        out = np.empty(m, dtype=np.int64)
-        for i in range(m):  # sequential by definition; m is a frame's worth of tokens
-            lo = max(0, total - horizon)
-            d = d_all[i, col[lo:total]] + far[lo:total]
-            j = total - 1 - int(np.argmin(d[::-1])) if total > lo else total
-            if j == total or d[j - lo] > threshold:
-                j = total
-                col[j] = c + i
-                total += 1
-            cnt[j] += 1
-            if cnt[j] >= max_size:
-                far[j] = _FAR
-            out[i] = j
-        return out
+        c = cand_codes.shape[0]
+        return assign_batch(codes[None], cand_codes[None], np.asarray(cand_counts, np.int64)[None], np.array([c]),
+                            threshold=threshold, max_size=max_size, horizon=horizon)[0]
+
+    def cluster_assign_batch(
+        self, codes: np.ndarray, cand_codes: np.ndarray, cand_counts: np.ndarray, ncand: np.ndarray,
+        *, threshold: int, max_size: int, horizon: int,
+    ) -> np.ndarray:
+        """cluster_assign for B heads at once: codes [B, m, W]; head b's candidates are the last ncand[b]
+        rows of cand_codes [B, c, W] / cand_counts [B, c] (rows before them are padding) -> assign [B, m]."""
+        return assign_batch(codes, cand_codes, cand_counts, ncand, threshold=threshold, max_size=max_size,
+                            horizon=horizon)
 
     def masses(self, q: np.ndarray, reps: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """q [KVH, R, hd], reps [KVH, C, hd], counts [KVH, C] -> mass [KVH, C] f32 (sums to 1 per head).

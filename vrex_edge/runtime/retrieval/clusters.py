@@ -87,29 +87,30 @@ class ClusterStore:
         """k, v [KVH, m, hd] (storage form), pos [m]; kc, ks [KVH, m, hd]: the keys hashed for
         clustering and the keys averaged into representatives for scoring; stream order."""
         codes = self.backend.hash_codes(kc, self.planes)  # [KVH, m, W]
+        assign = self._assign(codes)  # [KVH] of [m] indices into open + newly opened
         for h in range(self.kvh):
-            cand = self.open[h]
+            a, cand = assign[h], self.open[h]
             lo = int(self.lo[h])
-            a = self.backend.cluster_assign(codes[h], self.codes[h, cand - lo], self.counts[h, cand],
-                                            threshold=self.threshold, max_size=self.max_size, horizon=self.horizon)
             c = cand.size
             nnew = max(int(a.max()) + 1 - c, 0)
             first_id = int(self.nclu[h])
             self._grow(first_id + nnew, h)
             ext = np.concatenate([cand, np.arange(first_id, first_id + nnew, dtype=np.int64)])
             gid = ext[a]  # [m] cluster id per token
-            u, first, inv = np.unique(a, return_index=True, return_inverse=True)
-            if nnew:
-                new = u >= c
-                self.codes[h, ext[u[new]] - lo] = codes[h, first[new]]
+            if nnew:  # a new cluster's code is its founder's: the first token with that index (they open in order)
+                founder = a >= c
+                founder[1:] &= a[1:] > np.maximum.accumulate(a)[:-1]
+                self.codes[h, first_id - lo : first_id - lo + nnew] = codes[h, founder]
                 self.nclu[h] += nnew
-            ids = ext[u]  # the clusters this batch touched
-            onehot = (inv[None, :] == np.arange(u.size)[:, None])  # [u, m]
+            onehot = a[None, :] == np.arange(ext.size)[:, None]  # [ext, m]
+            add = onehot.sum(1)  # [ext] tokens joining each cluster
             sums = np.zeros((ext.size, self.hd), np.float64)  # [ext, hd] running sums of ext's clusters
             sums[:c] = self.open_sums[h]
-            sums[u] += onehot.astype(np.float64) @ ks[h]
-            self.counts[h, ids] += onehot.sum(1)
-            self.means[h, ids - lo] = sums[u] / self.counts[h, ids, None]
+            sums += onehot.astype(np.float64) @ ks[h]
+            t = np.flatnonzero(add)  # the clusters this batch touched
+            ids = ext[t]
+            self.counts[h, ids] += add[t]
+            self.means[h, ids - lo] = sums[t] / self.counts[h, ids, None]
             self.pending[h].append(k[h], v[h], pos, gid)
             open_ok = self.counts[h, ext] < self.max_size
             if open_ok.all() and ext.size <= self.horizon:
@@ -117,14 +118,36 @@ class ClusterStore:
                 continue
             stay = np.flatnonzero(open_ok)
             stay = stay[-self.horizon :] if self.horizon > 0 else stay[:0]
-            keep = ext[stay]
-            self.open[h], self.open_sums[h] = keep, sums[stay]
-            mark = np.ones(int(self.nclu[h]), bool)
-            mark[keep] = False
-            self._seal(h, ext[mark[ext]])
+            self.open[h], self.open_sums[h] = ext[stay], sums[stay]
+            gone = np.ones(ext.size, bool)
+            gone[stay] = False
+            self._seal(h, ext[gone])
         if self.fine:
             for h in range(self.kvh):
                 self._retire(h)
+
+    def _assign(self, codes: np.ndarray) -> list[np.ndarray] | np.ndarray:
+        """codes [KVH, m, W] -> per head, each token's index into open[h] + the clusters it opens.
+
+        One call for all heads when the backend has `cluster_assign_batch` (the host's), else per head."""
+        kw = {"threshold": self.threshold, "max_size": self.max_size, "horizon": self.horizon}
+        batch = getattr(self.backend, "cluster_assign_batch", None)
+        if batch is None:
+            return [self.backend.cluster_assign(codes[h], self.codes[h, self.open[h] - self.lo[h]],
+                                                self.counts[h, self.open[h]], **kw) for h in range(self.kvh)]
+        nc = np.array([o.size for o in self.open], np.int64)  # [KVH]
+        c = int(nc.max())
+        if (nc == c).all():  # the usual case: every head has `horizon` open clusters
+            ids = np.stack(self.open) if c else np.zeros((self.kvh, 0), np.int64)  # [KVH, c]
+            heads = np.arange(self.kvh)[:, None]
+            cand, cnt = self.codes[heads, ids - self.lo[:, None]], self.counts[heads, ids]  # [KVH, c, W], [KVH, c]
+        else:  # right-aligned, padded
+            cand = np.zeros((self.kvh, c, codes.shape[2]), np.uint64)
+            cnt = np.zeros((self.kvh, c), np.int64)
+            for h, o in enumerate(self.open):
+                if o.size:
+                    cand[h, c - o.size :], cnt[h, c - o.size :] = self.codes[h, o - self.lo[h]], self.counts[h, o]
+        return batch(codes, cand, cnt, nc, **kw)
 
     # ------------------------------------------------------------------ two-level tables
 
@@ -205,15 +228,12 @@ class ClusterStore:
     def _seal(self, h: int, ids: np.ndarray) -> None:
         """Move the tokens of clusters `ids` from the open area into the sealed arena, contiguous."""
         p = self.pending[h]
-        owner = p.owner[: p.n]
-        mark = np.zeros(int(self.nclu[h]) + 1, bool)  # the extra last entry answers owner -1
-        mark[ids] = True
-        slots = np.flatnonzero(mark[owner])
-        slots = slots[np.argsort(owner[slots], kind="stable")]  # grouped by cluster, stream order inside
-        o = owner[slots]
+        slots = np.flatnonzero(_member(p.owner[: p.n], ids))
+        slots = slots[np.argsort(p.owner[slots], kind="stable")]  # grouped by cluster, stream order inside
+        o = p.owner[slots]
         base = self.arena.write(h, p.k[slots], p.v[slots], p.pos[slots], o)
-        uniq, first = np.unique(o, return_index=True)
-        self.start[h, uniq] = base + first
+        first = np.flatnonzero(np.concatenate([[True], o[1:] != o[:-1]]))  # o is sorted: where each cluster starts
+        self.start[h, o[first]] = base + first
         p.release(slots)
 
     def gather(self, h: int, sel: np.ndarray, out_k: np.ndarray, out_v: np.ndarray,
@@ -227,9 +247,7 @@ class ClusterStore:
         opened = sel[st < 0]
         p = self.pending[h]
         if opened.size and p.n:
-            mark = np.zeros(int(self.nclu[h]) + 1, bool)  # the extra last entry answers owner -1
-            mark[opened] = True
-            w = take_rows(p, np.flatnonzero(mark[p.owner[: p.n]]), out_k, out_v, out_pos, w, out_owner)
+            w = take_rows(p, np.flatnonzero(_member(p.owner[: p.n], opened)), out_k, out_v, out_pos, w, out_owner)
         return w
 
     def members(self, h: int) -> tuple[np.ndarray, np.ndarray]:
@@ -270,3 +288,15 @@ class ClusterStore:
         self.open_sums = [np.asarray(x, np.float64) for x in s["open_sums"]]
         for r, x in zip(self.pending, s["pending"], strict=True):
             r.restore(x)
+
+
+def _member(owner: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """owner [n] cluster ids (-1: none), ids [k] distinct -> [n] bool, owner in ids (a mark table over
+    ids' range, not over every cluster of the head)."""
+    if ids.size == 0:
+        return np.zeros(owner.shape, bool)
+    lo = int(ids.min())
+    mark = np.zeros(int(ids.max()) - lo + 2, bool)  # the extra last entry answers ids out of range
+    mark[ids - lo] = True
+    rel = owner - lo
+    return mark[np.where((rel >= 0) & (rel < mark.size - 1), rel, mark.size - 1)]
