@@ -7,6 +7,7 @@ alone (mean FrameProcessed total) and the wall-clock rate including the captions
 
     python benchmarks/bench_embedded.py --cache 6000 --policy full resv window
     python benchmarks/bench_embedded.py --cache 6000 --policy resv resv:tau=0.98
+    python benchmarks/bench_embedded.py --cache 6000 --policy full resv window --provider cuda
 
 A policy may carry options after a colon (resv:tau=0.98,hamming=6). "kept" is the fraction of
 the history the policy attended to over the whole run (prefill / decode), from session.stats().
@@ -23,7 +24,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def bench(bundle: Path, spec: str, frames: np.ndarray, cache: int, window: int, threads: int | None) -> dict:
+def bench(bundle: Path, spec: str, frames: np.ndarray, cache: int, window: int, threads: int | None,
+          providers: list[str]) -> dict:
     from vrex_edge.runtime.engine import load_model
     from vrex_edge.runtime.events import Caption, FrameProcessed
     from vrex_edge.runtime.retrieval.options import parse_pairs
@@ -32,7 +34,8 @@ def bench(bundle: Path, spec: str, frames: np.ndarray, cache: int, window: int, 
 
     policy, _, opts = spec.partition(":")
     options = parse_pairs(opts.split(",") if opts else [], where="--policy")
-    session = StreamSession(load_model(bundle, threads=threads), policy=policy, policy_options=options)
+    model = load_model(bundle, threads=threads, providers=providers or ["cpu"])
+    session = StreamSession(model, policy=policy, policy_options=options)  # on CUDA, full keeps its KV on the GPU
     lo, hi = cache - window, cache + window
     frame_ms: list[float] = []
     t_in = None  # wall clock at the first frame inside the window
@@ -74,12 +77,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seconds", type=float, default=360.0, help="stream length (must reach --cache)")
     ap.add_argument("--seed", type=int, default=4242)
     ap.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: the runtime's)")
+    ap.add_argument("--provider", action="append", default=[], help="execution provider (cpu, cuda, tensorrt; repeatable)")
     args = ap.parse_args(argv)
     frames = render(simulate(args.seed, args.seconds))  # [N, H, W, 3] BGR
     print("| policy | cache tokens | frames measured | captions | kept | ms / frame | frames/s (frame stage) | frames/s (wall, incl. captions) |")
     print("|---|---|---|---|---|---|---|---|")
     for p in args.policy:
-        r = bench(args.bundle, p, frames, args.cache, args.window, args.threads)
+        r = bench(args.bundle, p, frames, args.cache, args.window, args.threads, args.provider)
         print(f"| {p} | {args.cache} +- {args.window} | {r['frames']} | {r['captions']} | {r['kept']} | {r['frame_ms']:.1f} | "
               f"{r['frame_fps']:.1f} | {r['wall_fps']:.1f} |", flush=True)
 
