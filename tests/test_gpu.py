@@ -119,20 +119,24 @@ def test_cuda_policy_builds_device_full_kv_at_40k() -> None:
 
 @pytest.mark.gpu
 @needs_cuda
-def test_cuda_session_full_matches_cpu() -> None:
-    """The embedded model's decoder over random chunks: CUDA graphs + device KV vs the CPU path."""
+def test_cuda_session_device_kv_matches_host_kv() -> None:
+    """The embedded model's decoder on CUDA over random chunks: the device-resident full cache gives what
+    the host cache gives with the same graphs; vs the CPU graphs only to the CUDA kernels' rounding."""
     from vrex_edge.runtime.engine import load_model
 
     bundle = ROOT / "models" / "vrex-tiny"
     cpu, gpu = load_model(bundle), load_model(bundle, providers=["cuda"])
-    caches = {"cpu": cpu.make_caches(make_policy("full")), "cuda": gpu.make_caches(make_policy("full", device="cuda"))}
-    assert isinstance(caches["cuda"][0], DeviceFullKV)
+    caches = {"cpu": cpu.make_caches(make_policy("full")), "cuda-host": gpu.make_caches(make_policy("full")),
+              "cuda-device": gpu.make_caches(make_policy("full", device="cuda"))}
+    assert isinstance(caches["cuda-device"][0], DeviceFullKV) and isinstance(caches["cuda-host"][0], FullKV)
     rng = np.random.default_rng(3)
     pos = 0
     for n in [64, 10, 10, 1, 1, 10]:
         x = rand(rng, n, cpu.text.hidden_size) * 0.1
         p = np.arange(pos, pos + n)
         a = cpu.forward(x, p, caches["cpu"], "prefill")
-        b = gpu.forward(x, p, caches["cuda"], "prefill")
-        np.testing.assert_allclose(b, a, atol=1e-3, rtol=1e-3)
+        b = gpu.forward(x, p, caches["cuda-host"], "prefill")
+        c = gpu.forward(x, p, caches["cuda-device"], "prefill")
+        np.testing.assert_allclose(c, b, atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(c, a, atol=5e-2, rtol=5e-2)
         pos += n
