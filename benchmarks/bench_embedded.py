@@ -7,6 +7,7 @@ alone (mean FrameProcessed total) and the wall-clock rate including the captions
 
     python benchmarks/bench_embedded.py --cache 6000 --policy full resv window
     python benchmarks/bench_embedded.py --cache 6000 --policy resv resv:tau=0.98
+    python benchmarks/bench_embedded.py --cache 6000 --policy full resv window --provider cuda
 
 A policy may carry options after a colon (resv:tau=0.98,hamming=6). "kept" is the fraction of
 the history the policy attended to over the whole run (prefill / decode), from session.stats().
@@ -29,7 +30,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def bench(bundle: Path, spec: str, frames: np.ndarray, cache: int, window: int, threads: int | None) -> dict:
+def bench(bundle: Path, spec: str, frames: np.ndarray, cache: int, window: int, threads: int | None,
+          providers: list[str]) -> dict:
     from vrex_edge.runtime.engine import load_model
     from vrex_edge.runtime.events import Caption, FrameProcessed
     from vrex_edge.runtime.retrieval.options import parse_pairs
@@ -38,7 +40,8 @@ def bench(bundle: Path, spec: str, frames: np.ndarray, cache: int, window: int, 
 
     policy, _, opts = spec.partition(":")
     options = parse_pairs(opts.split(",") if opts else [], where="--policy")
-    session = StreamSession(load_model(bundle, threads=threads), policy=policy, policy_options=options)
+    model = load_model(bundle, threads=threads, providers=providers or ["cpu"])
+    session = StreamSession(model, policy=policy, policy_options=options)  # on CUDA, full keeps its KV on the GPU
     lo, hi = cache - window, cache + window
     frame_ms: list[float] = []
     split = dict.fromkeys(("cluster", "select", "gather", "attend"), 0.0)  # policy seconds of the measured frames
@@ -87,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: the runtime's)")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="cpu: process CPU time for every timer (patches time.perf_counter for this process)")
+    ap.add_argument("--provider", action="append", default=[], help="execution provider (cpu, cuda, tensorrt; repeatable)")
     args = ap.parse_args(argv)
     if args.clock == "cpu":
         time.perf_counter = time.process_time  # the runtime's stage timers read time.perf_counter at call time
@@ -95,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
           " frames/s (wall, incl. captions) | retrieval share | cluster / select / gather / attend ms per frame |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for p in args.policy:
-        r = bench(args.bundle, p, frames, args.cache, args.window, args.threads)
+        r = bench(args.bundle, p, frames, args.cache, args.window, args.threads, args.provider)
         print(f"| {p} | {args.cache} +- {args.window} | {r['frames']} | {r['captions']} | {r['kept']} | {r['frame_ms']:.1f} | "
               f"{r['frame_fps']:.1f} | {r['wall_fps']:.1f} | {100 * r['retrieval']:.0f}% | "
               + " / ".join(f"{r['split_ms'][k]:.1f}" for k in ("cluster", "select", "gather", "attend")) + " |", flush=True)

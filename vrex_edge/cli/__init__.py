@@ -84,7 +84,7 @@ def session_config(*, model: Path | None, policy: str, opt: list[str], accel: st
 ModelOpt = Annotated[Path | None, typer.Option("--model", "-m", help="Bundle folder (default: the embedded vrex-tiny).")]
 PolicyOpt = Annotated[str, typer.Option("--policy", help="KV retrieval policy: resv, full, window, topk.")]
 OptOpt = Annotated[list[str], typer.Option("--opt", help="Policy option key=value (repeatable), e.g. tau=0.95.")]
-ProviderOpt = Annotated[list[str], typer.Option("--provider", help="onnxruntime execution provider (repeatable; default CPU).")]
+ProviderOpt = Annotated[list[str], typer.Option("--provider", help="onnxruntime execution provider: cpu, cuda, tensorrt or a full name (repeatable; default cpu).")]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="onnxruntime intra-op threads (default: all cores).")]
 AccelOpt = Annotated[str | None, typer.Option("--accel", help="Retrieval backend for resv: host, dre-emu, fpga.")]
 KVBudgetOpt = Annotated[str | None, typer.Option("--kv-budget", help="Resident KV bytes (e.g. 512M, 2G); older KV goes to a disk store.")]

@@ -3,7 +3,8 @@
 typer 0.29 renders a flag as `--quiet <bool>` and a repeatable option as `--opt <list[str]>`;
 `HelpGroup` (the app's group class) gives flags an empty metavar and repeatable options their
 element's (`--opt <str>`, repeatable as the help says) before any help is drawn. Options with a
-metavar of their own keep it.
+metavar of their own keep it. Typer releases without `TyperOption.display_type` keep their own
+metavars (seen on the GPU host's image: every command failed there before this check).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ def tidy_metavars(command: Any, ctx: Any) -> None:
             continue
         if param.is_flag:
             param.metavar = ""
-        elif param.multiple and isinstance(param, typer.core.TyperOption):
+        elif param.multiple and isinstance(param, typer.core.TyperOption) and hasattr(param, "display_type"):
             param.metavar = re.sub(r"^<list\[(.*)\]>$", r"<\1>", param.display_type(ctx))
     for sub in (getattr(command, "commands", None) or {}).values():
         tidy_metavars(sub, ctx)

@@ -64,7 +64,7 @@ class SessionConfig:
 
 def open_session(config: SessionConfig, *, need_vision: bool = True) -> StreamSession:
     """Load the bundle and build the session (raises BundleError / ConfigError / KVStoreError)."""
-    from vrex_edge.runtime.engine import DEFAULT_PROVIDERS, load_model
+    from vrex_edge.runtime.engine import DEFAULT_PROVIDERS, load_model, uses_cuda
     from vrex_edge.runtime.retrieval.policy import Policy
     from vrex_edge.runtime.session import StreamSession
 
@@ -73,7 +73,7 @@ def open_session(config: SessionConfig, *, need_vision: bool = True) -> StreamSe
     if need_vision and not model.has_vision:
         raise ConfigError(f"{config.model} is a text-only bundle ({model.manifest.family}); captioning needs a video model")
     assert config.options is not None
-    policy = Policy(get_spec(config.policy), config.options)
+    policy = Policy(get_spec(config.policy), config.options, device="cuda" if uses_cuda(model.providers) else "cpu")
     try:
         return StreamSession(model, policy=policy, kv=config.kv, **config.extra)
     except OSError as e:  # only the KV store's folder is created here (read-only file system, permissions)

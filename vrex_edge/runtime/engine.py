@@ -59,23 +59,54 @@ def session_options(threads: int | None) -> Any:
     return so
 
 
+# --provider short names -> onnxruntime's provider names (full names are accepted as they are)
+PROVIDER_ALIASES: dict[str, str] = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+}
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+GPU_INSTALL_HINT = ("install onnxruntime-gpu on a PC (pip install 'vrex-edge[gpu]', after pip uninstall onnxruntime), "
+                    "or NVIDIA's onnxruntime-gpu wheel for your JetPack on a Jetson (README: Installing on a Jetson)")
+
+
+def provider_name(p: str) -> str:
+    """A --provider value (short name such as `cuda`, any case, or a full provider name) -> the provider name."""
+    return PROVIDER_ALIASES.get(p.strip().lower(), p.strip())
+
+
+def missing_provider_message(name: str, available: Sequence[str], version: str) -> str:
+    """The one-line ConfigError text for a provider this onnxruntime build lacks, saying what to install."""
+    listed = ", ".join(available)
+    if name in GPU_PROVIDERS:
+        return (f"execution provider '{name}' is not available in this onnxruntime {version} (it has: {listed}); "
+                f"{GPU_INSTALL_HINT}")
+    short = ", ".join(sorted(PROVIDER_ALIASES))
+    return (f"execution provider '{name}' is not available in this onnxruntime {version} (it has: {listed}; "
+            f"short names: {short}); install the matching onnxruntime build or use cpu")
+
+
 def check_providers(providers: Sequence[ProviderArg]) -> list[ProviderArg]:
-    """Validate an execution-provider list against what this onnxruntime build offers."""
+    """Validate an execution-provider list against what this onnxruntime build offers; short names
+    (`cpu`, `cuda`, `tensorrt`) become provider names. Raises ConfigError with what to install."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
     if not providers:
-        raise ConfigError("the execution provider list is empty (use CPUExecutionProvider)")
+        raise ConfigError("the execution provider list is empty (use cpu)")
     out: list[ProviderArg] = []
     for p in providers:
-        name = p if isinstance(p, str) else p[0]
+        name = provider_name(p if isinstance(p, str) else p[0])
         if name not in available:
-            raise ConfigError(
-                f"execution provider '{name}' is not available in this onnxruntime "
-                f"(available: {', '.join(available)}); install the matching onnxruntime build or use CPU"
-            )
-        out.append(p)
+            raise ConfigError(missing_provider_message(name, available, ort.__version__))
+        out.append(name if isinstance(p, str) else (name, p[1]))
     return out
+
+
+def uses_cuda(providers: Sequence[ProviderArg]) -> bool:
+    """Whether a checked provider list puts the session on an NVIDIA GPU (CUDA, or TensorRT over CUDA)."""
+    return any((p if isinstance(p, str) else p[0]) in GPU_PROVIDERS for p in providers)
 
 
 class _Stage:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vrex_edge.errors import ConfigError
-from vrex_edge.runtime.engine import Model
+from vrex_edge.runtime.engine import Model, uses_cuda
 from vrex_edge.runtime.events import Answer, Caption, Event, FrameProcessed, Stats
 from vrex_edge.runtime.generate import Generation, greedy, softmax_prob
 from vrex_edge.runtime.kvcache import Phase
@@ -54,12 +54,13 @@ class StreamSession:
         self.model = model
         self.prompt = prompt
         self.tokens = model.manifest.tokens
+        device = "cuda" if uses_cuda(model.providers) else "cpu"  # a built Policy keeps its own
         if isinstance(policy, Policy):
             self.retrieval = policy
         elif isinstance(policy_options, Options):
-            self.retrieval = make_policy(policy, policy_options.resolved())
+            self.retrieval = make_policy(policy, policy_options.resolved(), device=device)
         else:
-            self.retrieval = make_policy(policy, policy_options)
+            self.retrieval = make_policy(policy, policy_options, device=device)
         self.policy = self.retrieval.name
         self.tiers: TierManager | None = None
         if kv is not None and not self.retrieval.spec.tiers:

@@ -6,8 +6,9 @@
 An engine computes exact softmax attention of a chunk's queries over KV segments (each with its
 own per-head lengths) plus the chunk itself, causal among itself, without concatenating the
 history. `numpy` is always present and `reference.attend_reference` is the oracle both are tested
-against. The engine is chosen by benchmarks/results/attention.md. A device engine (e.g. onnxruntime's
-CUDA provider over device OrtValues) registers under its own name and accepts its own buffers.
+against. The engine is chosen by benchmarks/results/attention.md. `ort-cuda` (ort_cuda.py) is the
+device engine: onnxruntime's CUDA provider over KV arenas in device OrtValues (DeviceKV), which the
+`full` policy uses when the session runs on CUDA (benchmarks/results/gpu.md).
 """
 
 from __future__ import annotations
@@ -89,5 +90,12 @@ def _ort_cpu(*, threads: int = 1) -> AttentionEngine:
     return OrtEngine(threads=threads)
 
 
+def _ort_cuda(*, threads: int = 1) -> AttentionEngine:
+    from vrex_edge.runtime.kernels.ort_cuda import OrtDeviceEngine
+
+    return OrtDeviceEngine(threads=threads, device="cuda")  # ConfigError saying what to install without CUDA
+
+
 register_engine("numpy", _numpy)
 register_engine("ort-cpu", _ort_cpu)
+register_engine("ort-cuda", _ort_cuda)

@@ -1,9 +1,12 @@
-"""`full`: the reference policy: every cached token, at its absolute position."""
+"""`full`: the reference policy: every cached token, at its absolute position.
+
+`FullKV` keeps the cache in host memory; `DeviceFullKV` (sessions on CUDA) keeps it on the GPU in
+the ort-cuda engine's arena (runtime/kernels/ort_cuda.py), with the same outputs and state."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -14,6 +17,9 @@ from vrex_edge.runtime.retrieval.options import NoOptions
 from vrex_edge.runtime.retrieval.policy import Policy, PolicySpec
 from vrex_edge.runtime.retrieval.storage import KVStorage
 from vrex_edge.runtime.rope import Rope
+
+if TYPE_CHECKING:
+    from vrex_edge.runtime.kernels.ort_cuda import OrtDeviceEngine
 
 
 @dataclass(frozen=True)
@@ -63,7 +69,49 @@ class FullKV:
         self.v.append(s["v"])
 
 
-def _build(policy: Policy, layer: int, text: TextSpec, rope: Rope, storage: KVStorage) -> FullKV:
+class DeviceFullKV:
+    """FullKV with k, v in device memory: each chunk attends and is appended in one graph run; only
+    the chunk's q/k/v go in and a few KB of partial results come out (kernels/ort_cuda.py)."""
+
+    def __init__(self, text: TextSpec, rope: Rope, *, engine: OrtDeviceEngine):
+        self.h, self.kvh, self.hd = text.num_heads, text.num_kv_heads, text.head_dim
+        self.rope = rope
+        self.engine = engine
+        self.kv = engine.new_kv(self.kvh, self.hd)  # rotated keys at absolute positions, [cap, KVH, hd] on the device
+        self._stats = LayerStats()
+
+    def attend(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, positions: np.ndarray, *, phase: Phase) -> np.ndarray:
+        n = q.shape[1]
+        q = self.rope.apply(q, positions)  # [H, n, hd]
+        k = self.rope.apply(k, positions)  # [KVH, n, hd]
+        hist = self.kv.n
+        out = self.engine.attend_append(q.reshape(self.kvh, -1, n, self.hd), self.kv, k, v)  # [KVH, G, n, hd]
+        self._stats = LayerStats(history=hist, kept=np.full(self.kvh, hist, dtype=np.int64))
+        return out.reshape(self.h, n, self.hd).transpose(1, 0, 2).reshape(n, self.h * self.hd)
+
+    @property
+    def length(self) -> int:
+        return self.kv.n
+
+    def nbytes(self) -> int:
+        return self.kv.nbytes()  # device memory
+
+    def stats(self) -> LayerStats:
+        return self._stats
+
+    def state(self) -> dict[str, Any]:
+        """The same state as FullKV's (host copies k, v [KVH, n, hd]): a stream resumes on either."""
+        k, v = self.engine.download(self.kv)
+        return {"k": k, "v": v}
+
+    def restore(self, s: dict[str, Any]) -> None:
+        self.kv.n = 0
+        self.engine.upload(self.kv, s["k"], s["v"])
+
+
+def _build(policy: Policy, layer: int, text: TextSpec, rope: Rope, storage: KVStorage) -> FullKV | DeviceFullKV:
+    if policy.device == "cuda":
+        return DeviceFullKV(text, rope, engine=policy.device_engine)
     return FullKV(text, rope, engine=policy.engine)
 
 

@@ -3,7 +3,8 @@
 A `PolicySpec` says what a policy is (name, options dataclass, how to build one layer's cache);
 the registry (retrieval/registry.py) lists every spec. A `Policy` is one session's instance: it
 builds the layer caches over a `KVStorage`, opens the retrieval backend once for all of them
-(policies that use one), and closes it.
+(policies that use one), and closes it. `device` is where the session's graphs run ("cpu" or
+"cuda"); on "cuda" a policy may keep its KV on the GPU (`full` does, through `device_engine`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from vrex_edge.bundle import TextSpec
+from vrex_edge.errors import ConfigError
 from vrex_edge.runtime.retrieval.options import Options
 from vrex_edge.runtime.retrieval.storage import RESIDENT, KVStorage
 from vrex_edge.runtime.rope import Rope
@@ -20,8 +22,11 @@ from vrex_edge.runtime.rope import Rope
 if TYPE_CHECKING:
     from vrex_edge.accel.backend import RetrievalBackend
     from vrex_edge.runtime.kernels import AttentionEngine
+    from vrex_edge.runtime.kernels.ort_cuda import OrtDeviceEngine
     from vrex_edge.runtime.kvcache import LayerCache
     from vrex_edge.runtime.retrieval.base import RopeTable
+
+DEVICES = ("cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -39,10 +44,13 @@ class PolicySpec:
 class Policy:
     """One session's policy: `policy(layer, text, rope, storage)` builds that layer's cache."""
 
-    def __init__(self, spec: PolicySpec, options: Options):
-        self.spec, self.options = spec, options
+    def __init__(self, spec: PolicySpec, options: Options, *, device: str = "cpu"):
+        if device not in DEVICES:
+            raise ConfigError(f"policy device must be one of {', '.join(DEVICES)}, got '{device}'")
+        self.spec, self.options, self.device = spec, options, device
         self._backend: RetrievalBackend | None = None
         self._engine: AttentionEngine | None = None
+        self._device_engine: Any = None
         self._tables: dict[int, tuple[Rope, RopeTable]] = {}
 
     @property
@@ -60,6 +68,16 @@ class Policy:
 
             self._engine = kernels.make_engine(kernels.DEFAULT_ENGINE)
         return self._engine
+
+    @property
+    def device_engine(self) -> OrtDeviceEngine:
+        """The device attention engine (`ort-cuda`, over DeviceKV arenas), made once; device "cuda" only."""
+        assert self.device == "cuda", "a device engine is for policies on the CUDA device"
+        if self._device_engine is None:
+            from vrex_edge.runtime import kernels
+
+            self._device_engine = kernels.make_engine("ort-cuda")
+        return self._device_engine
 
     @property
     def backend(self) -> RetrievalBackend:

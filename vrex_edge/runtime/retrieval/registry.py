@@ -26,10 +26,11 @@ def get_spec(name: str) -> PolicySpec:
     return POLICIES[name]
 
 
-def make_policy(name: str, options: Mapping[str, Any] | None = None, /, **kwargs: Any) -> Policy:
-    """A policy from its name and options (text from a CLI or Python values; validated here)."""
+def make_policy(name: str, options: Mapping[str, Any] | None = None, /, *, device: str = "cpu", **kwargs: Any) -> Policy:
+    """A policy from its name and options (text from a CLI or Python values; validated here); device:
+    where the session's graphs run (Policy)."""
     spec = get_spec(name)
-    return Policy(spec, spec.options.parse({**dict(options or {}), **kwargs}))
+    return Policy(spec, spec.options.parse({**dict(options or {}), **kwargs}), device=device)
 
 
 def options_markdown() -> str:

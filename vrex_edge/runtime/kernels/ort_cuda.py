@@ -1,0 +1,258 @@
+"""Attention with the KV cache in device memory: onnxruntime's CUDA provider over device OrtValues.
+
+    engine = make_engine("ort-cuda")                 # once per session
+    kv = engine.new_kv(kvh, hd)                      # DeviceKV: k, v [cap, KVH, hd] f32 on the GPU
+    o = engine.attend_append(q, kv, k_new, v_new)    # [KVH, G, n, hd]; the chunk is now in kv
+
+The arena is token-major ([cap, KVH, hd]), so the first L tokens of every head are one contiguous
+[L, KVH, hd] run: the history is bound by address with no slice, and a chunk's [n, KVH, hd] is
+written in place after it by the same graph run that attends (an Identity output bound at the
+arena's address + L rows). One run per layer and chunk; what crosses to the host is q and the
+chunk's k/v going in ([KVH, n, hd] each) and the partial softmax coming out (acc [KVH, G*n, hd],
+m and den [KVH, G*n, 1]): never KV-sized data. The chunk's own causal block (n x n) and the
+log-sum-exp merge stay on the host in numpy, as in ort_engine.py. `device="cpu"` runs the same
+graphs and bindings on the CPU provider (the CPU-only tests check the logic with it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from vrex_edge.errors import ConfigError
+from vrex_edge.runtime.kernels.numpy_engine import NumpyEngine, merge_partial, start_with_chunk
+from vrex_edge.runtime.kernels.segments import Segment, segment_lens
+
+_F32 = 4  # bytes
+
+
+def _graphs(hd: int, *, append: bool) -> bytes:
+    """q [K, M, hd], k, v [L, K, hd] (token-major history) -> acc [K, M, hd], m, den [K, M, 1]; with
+    `append` also k_new, v_new [n, K, hd] -> k_out, v_out (Identity: bound where the chunk goes)."""
+    from onnx import TensorProto, helper
+
+    f = TensorProto.FLOAT
+    nodes = [
+        helper.make_node("Transpose", ["k"], ["kt"], perm=[1, 2, 0]),  # [K, hd, L]
+        helper.make_node("MatMul", ["q", "kt"], ["s"]),  # [K, M, L]
+        helper.make_node("ReduceMax", ["s"], ["m"], axes=[2], keepdims=1),  # [K, M, 1]
+        helper.make_node("Sub", ["s", "m"], ["d"]),
+        helper.make_node("Exp", ["d"], ["p"]),
+        helper.make_node("ReduceSum", ["p", "ax"], ["den"], keepdims=1),  # [K, M, 1]
+        helper.make_node("Transpose", ["v"], ["vt"], perm=[1, 0, 2]),  # [K, L, hd]
+        helper.make_node("MatMul", ["p", "vt"], ["acc"]),  # [K, M, hd]
+    ]
+    inputs = [helper.make_tensor_value_info("q", f, ["K", "M", hd]), helper.make_tensor_value_info("k", f, ["L", "K", hd]),
+              helper.make_tensor_value_info("v", f, ["L", "K", hd])]
+    outputs = [helper.make_tensor_value_info("acc", f, ["K", "M", hd]), helper.make_tensor_value_info("m", f, ["K", "M", 1]),
+               helper.make_tensor_value_info("den", f, ["K", "M", 1])]
+    if append:
+        nodes += [helper.make_node("Identity", ["k_new"], ["k_out"]), helper.make_node("Identity", ["v_new"], ["v_out"])]
+        inputs += [helper.make_tensor_value_info(n, f, ["n", "K", hd]) for n in ("k_new", "v_new")]
+        outputs += [helper.make_tensor_value_info(n, f, ["n", "K", hd]) for n in ("k_out", "v_out")]
+    graph = helper.make_graph(nodes, "device_partial_softmax", inputs, outputs,
+                              initializer=[helper.make_tensor("ax", TensorProto.INT64, [1], [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def _copy_graph() -> bytes:
+    """x [a, b, c] -> y (Identity): host <-> device and device <-> device copies by bound address."""
+    from onnx import TensorProto, helper
+
+    f = TensorProto.FLOAT
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "copy",
+                              [helper.make_tensor_value_info("x", f, ["a", "b", "c"])],
+                              [helper.make_tensor_value_info("y", f, ["a", "b", "c"])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+class DeviceKV:
+    """One layer's k, v [cap, KVH, hd] float32 OrtValues on the engine's device; `n` tokens used.
+    Made by OrtDeviceEngine.new_kv and written only through its engine."""
+
+    def __init__(self, k: Any, v: Any, kvh: int, hd: int):
+        self.k, self.v, self.kvh, self.hd = k, v, kvh, hd
+        self.n = 0
+
+    @property
+    def capacity(self) -> int:
+        return int(self.k.shape()[0])
+
+    def nbytes(self) -> int:
+        return 2 * self.capacity * self.kvh * self.hd * _F32
+
+    def row_ptr(self, buf: Any, row: int) -> int:
+        """Device address of token `row` (all heads) in `buf` (self.k or self.v)."""
+        return buf.data_ptr() + row * self.kvh * self.hd * _F32
+
+
+class OrtDeviceEngine:
+    """Chunk attention over DeviceKV arenas (see module docstring). Not thread-safe."""
+
+    name = "ort-cuda"
+
+    def __init__(self, *, threads: int = 1, device: str = "cuda", providers: Sequence[Any] | None = None,
+                 min_capacity: int = 1024):
+        """device: "cuda" (CUDAExecutionProvider, TF32 off so results match the CPU path to float32
+        rounding) or "cpu" (the same graphs on the CPU provider); min_capacity: tokens per first arena."""
+        import onnxruntime as ort
+
+        if device not in ("cuda", "cpu"):
+            raise ConfigError(f"device engine: device must be cuda or cpu, got '{device}'")
+        if providers is None:
+            providers = [("CUDAExecutionProvider", {"use_tf32": "0"})] if device == "cuda" else ["CPUExecutionProvider"]
+        names = [p if isinstance(p, str) else p[0] for p in providers]
+        missing = [n for n in names if n not in ort.get_available_providers()]
+        if missing:
+            from vrex_edge.runtime.engine import missing_provider_message
+
+            raise ConfigError(missing_provider_message(missing[0], ort.get_available_providers(), ort.__version__))
+        self.device, self.providers, self.threads = device, list(providers), threads
+        self.min_capacity = min_capacity
+        self.host = NumpyEngine()  # host numpy segments (the other policies' buffers), if given
+        self._sessions: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._ort = ort
+
+    def __deepcopy__(self, memo: dict) -> OrtDeviceEngine:
+        return self  # a copied cache keeps its session's engine (sessions cannot be copied)
+
+    # ------------------------------------------------------------------ sessions
+
+    def _session(self, kind: str, hd: int = 0) -> tuple[Any, Any]:
+        key = (kind, hd)
+        if key not in self._sessions:
+            ort = self._ort
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = self.threads
+            so.inter_op_num_threads = 1
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            so.log_severity_level = 3
+            model = _copy_graph() if kind == "copy" else _graphs(hd, append=kind == "attend_append")
+            sess = ort.InferenceSession(model, sess_options=so, providers=self.providers)
+            self._sessions[key] = (sess, sess.io_binding())
+        return self._sessions[key]
+
+    def _bind_in(self, io: Any, name: str, ptr: int, shape: Sequence[int], device: str) -> None:
+        io.bind_input(name, device, 0, np.float32, list(shape), ptr)
+
+    def _bind_out(self, io: Any, name: str, ptr: int, shape: Sequence[int], device: str) -> None:
+        io.bind_output(name, device, 0, np.float32, list(shape), ptr)
+
+    def _copy(self, src: int, src_dev: str, dst: int, dst_dev: str, shape: tuple[int, int, int]) -> None:
+        """Copy a contiguous float32 [a, b, c] block between addresses (host or the engine's device)."""
+        if shape[0] == 0:
+            return
+        sess, io = self._session("copy")
+        io.clear_binding_inputs()
+        io.clear_binding_outputs()
+        self._bind_in(io, "x", src, shape, src_dev)
+        self._bind_out(io, "y", dst, shape, dst_dev)
+        sess.run_with_iobinding(io)
+        io.synchronize_outputs()
+
+    # ------------------------------------------------------------------ arenas
+
+    def new_kv(self, kvh: int, hd: int, capacity: int | None = None) -> DeviceKV:
+        cap = max(capacity or 0, self.min_capacity)
+        new = self._ort.OrtValue.ortvalue_from_shape_and_type
+        return DeviceKV(new([cap, kvh, hd], np.float32, self.device, 0), new([cap, kvh, hd], np.float32, self.device, 0),
+                        kvh, hd)
+
+    def reserve(self, kv: DeviceKV, need: int) -> None:
+        """Room for `need` tokens; a full arena is replaced by one twice as large (device-to-device copy)."""
+        if need <= kv.capacity:
+            return
+        big = self.new_kv(kv.kvh, kv.hd, max(need, 2 * kv.capacity))
+        for src, dst in ((kv.k, big.k), (kv.v, big.v)):
+            self._copy(src.data_ptr(), self.device, dst.data_ptr(), self.device, (kv.n, kv.kvh, kv.hd))
+        kv.k, kv.v = big.k, big.v
+
+    def upload(self, kv: DeviceKV, k: np.ndarray, v: np.ndarray) -> None:
+        """Append k, v [KVH, m, hd] (host) to the arena without attending."""
+        m = k.shape[1]
+        self.reserve(kv, kv.n + m)
+        for src, dst in ((k, kv.k), (v, kv.v)):
+            x = np.ascontiguousarray(np.asarray(src, np.float32).transpose(1, 0, 2))  # [m, KVH, hd]
+            self._copy(x.ctypes.data, "cpu", kv.row_ptr(dst, kv.n), self.device, x.shape)
+        kv.n += m
+
+    def download(self, kv: DeviceKV) -> tuple[np.ndarray, np.ndarray]:
+        """-> host copies k, v [KVH, n, hd] of the arena's tokens."""
+        out = []
+        for src in (kv.k, kv.v):
+            x = np.empty((kv.n, kv.kvh, kv.hd), np.float32)  # [n, KVH, hd]
+            self._copy(src.data_ptr(), self.device, x.ctypes.data, "cpu", x.shape)
+            out.append(np.ascontiguousarray(x.transpose(1, 0, 2)))  # [KVH, n, hd]
+        return out[0], out[1]
+
+    # ------------------------------------------------------------------ attention
+
+    def attend_append(self, q: np.ndarray, kv: DeviceKV, k_new: np.ndarray, v_new: np.ndarray) -> np.ndarray:
+        """q [KVH, G, n, hd] rotated queries attend to kv's n tokens and, causally, to the chunk k_new/v_new
+        [KVH, n, hd]; the chunk is then appended to kv (same graph run) -> [KVH, G, n, hd] float32."""
+        kvh, g, n, hd = q.shape
+        self.reserve(kv, kv.n + n)
+        qs = np.ascontiguousarray((q * np.float32(1.0 / np.sqrt(hd))).reshape(kvh, g * n, hd))  # [KVH, G*n, hd]
+        m, den, acc = start_with_chunk(qs, k_new, v_new, g)  # [KVH, G*n, 1] x2, [KVH, G*n, hd]
+        kt = np.ascontiguousarray(np.asarray(k_new, np.float32).transpose(1, 0, 2))  # [n, KVH, hd]
+        vt = np.ascontiguousarray(np.asarray(v_new, np.float32).transpose(1, 0, 2))
+        if kv.n == 0:  # nothing to attend to yet: only the append
+            for x, buf in ((kt, kv.k), (vt, kv.v)):
+                self._copy(x.ctypes.data, "cpu", kv.row_ptr(buf, 0), self.device, x.shape)
+        else:
+            sess, io = self._session("attend_append", hd)
+            self._run(io, sess, qs, kv, kv.n, m, den, acc, append=(kt, vt))
+        kv.n += n
+        acc /= den
+        return acc.reshape(kvh, g, n, hd)
+
+    def attend(self, q: np.ndarray, segments: Sequence[Segment], k_new: Any, v_new: Any) -> np.ndarray:
+        """The AttentionEngine contract. A segment is Segment(kv, kv, lens) over a DeviceKV (every head
+        reading the same number of tokens, at most kv.n) or numpy [KVH, cap, hd] buffers (run on the host)."""
+        kvh, g, n, hd = q.shape
+        qs = np.ascontiguousarray((q * np.float32(1.0 / np.sqrt(hd))).reshape(kvh, g * n, hd))  # [KVH, G*n, hd]
+        m, den, acc = start_with_chunk(qs, k_new, v_new, g)  # [KVH, G*n, 1] x2, [KVH, G*n, hd]
+        for seg in segments:
+            if not isinstance(seg.k, DeviceKV):
+                self.host.fold(qs, seg.k, seg.v, segment_lens(seg, kvh), m, den, acc)
+                continue
+            kv = seg.k
+            lens = np.full(kvh, kv.n, np.int64) if seg.lens is None else np.asarray(seg.lens, np.int64).reshape(kvh)
+            if not (lens == lens[0]).all() or not 0 <= lens[0] <= kv.n:
+                raise ValueError("a DeviceKV segment needs one length for every head, within the arena")
+            if lens[0] > 0:
+                sess, io = self._session("attend", hd)
+                self._run(io, sess, qs, kv, int(lens[0]), m, den, acc, append=None)
+        acc /= den
+        return acc.reshape(kvh, g, n, hd)
+
+    def _run(self, io: Any, sess: Any, qs: np.ndarray, kv: DeviceKV, L: int, m: np.ndarray, den: np.ndarray,
+             acc: np.ndarray, append: tuple[np.ndarray, np.ndarray] | None) -> None:
+        """One graph run over kv's first L tokens (and, with `append`, the chunk written at row L); its
+        partial softmax is folded into m, den, acc (host, in place)."""
+        kvh, rows, hd = qs.shape
+        o_acc = np.empty((kvh, rows, hd), np.float32)  # small host outputs, [KVH, G*n, hd]
+        o_m, o_den = np.empty((kvh, rows, 1), np.float32), np.empty((kvh, rows, 1), np.float32)
+        io.clear_binding_inputs()
+        io.clear_binding_outputs()
+        self._bind_in(io, "q", qs.ctypes.data, qs.shape, "cpu")  # ORT copies it to the device
+        self._bind_in(io, "k", kv.k.data_ptr(), (L, kvh, hd), self.device)  # the history, where it lies
+        self._bind_in(io, "v", kv.v.data_ptr(), (L, kvh, hd), self.device)
+        for name, a in (("acc", o_acc), ("m", o_m), ("den", o_den)):
+            self._bind_out(io, name, a.ctypes.data, a.shape, "cpu")
+        if append is not None:
+            kt, vt = append  # [n, KVH, hd] host
+            self._bind_in(io, "k_new", kt.ctypes.data, kt.shape, "cpu")
+            self._bind_in(io, "v_new", vt.ctypes.data, vt.shape, "cpu")
+            self._bind_out(io, "k_out", kv.row_ptr(kv.k, L), kt.shape, self.device)  # in place, after the history
+            self._bind_out(io, "v_out", kv.row_ptr(kv.v, L), vt.shape, self.device)
+        sess.run_with_iobinding(io)
+        io.synchronize_outputs()
+        merge_partial(m, den, acc, o_m, o_den, o_acc)
