@@ -77,6 +77,7 @@ def run(n_tokens: int, layers: int, frames: int, tau: float, dense_below: int) -
     made: dict[str, list] = {"host": [], "dre-emu": []}
     caches = {}
     for name in made:
+
         def make(name=name):
             b = Timed(HostBackend(), compare=True) if name == "host" else Timed(DreEmuBackend())
             made[name].append(b)
@@ -119,9 +120,12 @@ def run(n_tokens: int, layers: int, frames: int, tau: float, dense_below: int) -
                         r["cyc"][unit] = r["cyc"].get(unit, 0) + cyc * scale / frames
     hb = made["host"]
     both, ho, eo = sum(b.both for b in hb), sum(b.host_only for b in hb), sum(b.emu_only for b in hb)
-    rows["overlap"] = {"recall": both / max(both + ho, 1), "jaccard": both / max(both + ho + eo, 1),
-                       "l1": float(np.mean([x for b in hb for x in b.l1])),
-                       "clusters": float(np.mean([c.store.nclu.mean() for c in caches["host"]]))}
+    rows["overlap"] = {
+        "recall": both / max(both + ho, 1),
+        "jaccard": both / max(both + ho + eo, 1),
+        "l1": float(np.mean([x for b in hb for x in b.l1])),
+        "clusters": float(np.mean([c.store.nclu.mean() for c in caches["host"]])),
+    }
     return rows
 
 
@@ -131,37 +135,54 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=30, help="layer caches per backend (times are scaled to 30)")
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--tau", type=float, default=0.9)
-    ap.add_argument("--dense-below", type=int, default=0,
-                    help="resv option (default 0: score at every size, so the DRE's work is measured at 1K too)")
+    ap.add_argument(
+        "--dense-below",
+        type=int,
+        default=0,
+        help="resv option (default 0: score at every size, so the DRE's work is measured at 1K too)",
+    )
     ap.add_argument("--out", type=Path, default=None, help="also write the Markdown table here")
     args = ap.parse_args()
     ml = DreEmuBackend().model
-    lines = [f"`resv` (tau {args.tau}, dense_below {args.dense_below}) retrieval per frame, SmolLM2-135M dims (30 layers x 3 KV heads, hd 64), "
-             f"10-token frames of the video-like stream, median of {args.frames} frames, {args.layers} layer caches "
-             f"measured{' (scaled to 30)' if args.layers != 30 else ''}; {platform.node()}, "
-             f"{platform.processor() or platform.machine()}, OPENBLAS_NUM_THREADS="
-             f"{os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}.",
-             f"DRE cycle model: {ml.clock_hz / 1e6:g} MHz, hash lanes {ml.hash_lanes}, compare lanes {ml.cmp_lanes}, "
-             f"MAC lanes {ml.mac_lanes}, WiCSum lanes {ml.wic_lanes}, layout lanes {ml.layout_lanes}.", "",
-             "| cached | clusters/head | host backend ms | dre-emu backend ms | emulator overhead ms | "
-             "host cluster+select ms | dre-emu cluster+select ms | DRE (cycle model) ms | host / DRE | "
-             "kept host | kept dre-emu | selection recall | Jaccard | mass L1 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"`resv` (tau {args.tau}, dense_below {args.dense_below}) retrieval per frame, SmolLM2-135M dims (30 "
+        "layers x 3 KV heads, hd 64), "
+        f"10-token frames of the video-like stream, median of {args.frames} frames, {args.layers} layer caches "
+        f"measured{' (scaled to 30)' if args.layers != 30 else ''}; {platform.node()}, "
+        f"{platform.processor() or platform.machine()}, OPENBLAS_NUM_THREADS="
+        f"{os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}.",
+        f"DRE cycle model: {ml.clock_hz / 1e6:g} MHz, hash lanes {ml.hash_lanes}, compare lanes {ml.cmp_lanes}, "
+        f"MAC lanes {ml.mac_lanes}, WiCSum lanes {ml.wic_lanes}, layout lanes {ml.layout_lanes}.",
+        "",
+        "| cached | clusters/head | host backend ms | dre-emu backend ms | emulator overhead ms | "
+        "host cluster+select ms | dre-emu cluster+select ms | DRE (cycle model) ms | host / DRE | "
+        "kept host | kept dre-emu | selection recall | Jaccard | mass L1 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     units = []
     for n in args.sizes:
         r = run(n, args.layers, args.frames, args.tau, args.dense_below)
         h, e, o = r["host"], r["dre-emu"], r["overlap"]
         hb, eb, dre = (1e3 * float(np.median(x)) for x in (h["backend"], e["backend"], e["dre"]))
-        lines.append(f"| {n} | {o['clusters']:.0f} | {hb:.1f} | {eb:.1f} | {eb - hb:+.1f} | "
-                     f"{1e3 * np.median(h['policy']):.1f} | {1e3 * np.median(e['policy']):.1f} | {dre:.3f} | "
-                     f"{hb / dre:.0f}x | {100 * np.mean(h['kept']):.1f}% | {100 * np.mean(e['kept']):.1f}% | "
-                     f"{100 * o['recall']:.1f}% | {100 * o['jaccard']:.1f}% | {o['l1']:.4f} |")
+        lines.append(
+            f"| {n} | {o['clusters']:.0f} | {hb:.1f} | {eb:.1f} | {eb - hb:+.1f} | "
+            f"{1e3 * np.median(h['policy']):.1f} | {1e3 * np.median(e['policy']):.1f} | {dre:.3f} | "
+            f"{hb / dre:.0f}x | {100 * np.mean(h['kept']):.1f}% | {100 * np.mean(e['kept']):.1f}% | "
+            f"{100 * o['recall']:.1f}% | {100 * o['jaccard']:.1f}% | {o['l1']:.4f} |"
+        )
         units.append(f"| {n} | " + " | ".join(f"{c / 1e3:.1f}" for c in e["cyc"].values()) + " |")
         print(lines[-1], flush=True)
-    lines += ["", "DRE kilocycles per frame by unit (30 layers):", "",
-              "| cached | " + " | ".join(DreEmuBackend().stats()["cycles"]) + " |", "|---|---|---|---|---|---|", *units,
-              "", "Selection recall: tokens of the host's selected clusters that the DRE also selects; Jaccard over "
-              "tokens; mass L1: mean L1 distance between the two mass distributions per KV head."]
+    lines += [
+        "",
+        "DRE kilocycles per frame by unit (30 layers):",
+        "",
+        "| cached | " + " | ".join(DreEmuBackend().stats()["cycles"]) + " |",
+        "|---|---|---|---|---|---|",
+        *units,
+        "",
+        "Selection recall: tokens of the host's selected clusters that the DRE also selects; Jaccard over "
+        "tokens; mass L1: mean L1 distance between the two mass distributions per KV head.",
+    ]
     print("\n".join(lines))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

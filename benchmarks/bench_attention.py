@@ -56,8 +56,10 @@ def blas_info() -> str:
     try:
         import threadpoolctl
 
-        return "; ".join(f"{d.get('internal_api')} {d.get('version')} {d.get('architecture')} "
-                         f"threads={d.get('num_threads')}" for d in threadpoolctl.threadpool_info())
+        return "; ".join(
+            f"{d.get('internal_api')} {d.get('version')} {d.get('architecture')} threads={d.get('num_threads')}"
+            for d in threadpoolctl.threadpool_info()
+        )
     except ImportError:
         import ctypes
 
@@ -77,13 +79,15 @@ def machine() -> list[str]:
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
     import onnxruntime
 
-    lines = [f"- CPU: {cpu} ({platform.machine()}), {os.cpu_count()} cores, this process on cores "
-             f"{sorted(os.sched_getaffinity(0))}",
-             f"- numpy {np.__version__}, onnxruntime {onnxruntime.__version__}; BLAS: {blas_info()}; "
-             f"numpy's BLAS pool set to 1 thread (2 threads are not measured: OpenBLAS's pool spins after a call "
-             f"and slowed whatever ran next 2.3x)",
-             f"- OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}, "
-             f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', '(unset)')}"]
+    lines = [
+        f"- CPU: {cpu} ({platform.machine()}), {os.cpu_count()} cores, this process on cores "
+        f"{sorted(os.sched_getaffinity(0))}",
+        f"- numpy {np.__version__}, onnxruntime {onnxruntime.__version__}; BLAS: {blas_info()}; "
+        f"numpy's BLAS pool set to 1 thread (2 threads are not measured: OpenBLAS's pool spins after a call "
+        f"and slowed whatever ran next 2.3x)",
+        f"- OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}, "
+        f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', '(unset)')}",
+    ]
     return lines
 
 
@@ -144,8 +148,10 @@ def ort_stored_graph(hd: int, kind: str) -> bytes:
             ins.append(helper.make_tensor_value_info(x, TensorProto.FLOAT16, ["L", hd]))
             nodes.append(helper.make_node("Cast", [x], [f"{x}f"], to=f))
         else:
-            ins += [helper.make_tensor_value_info(x, TensorProto.INT8, ["L", hd]),
-                    helper.make_tensor_value_info(f"{x}s", f, ["L"])]
+            ins += [
+                helper.make_tensor_value_info(x, TensorProto.INT8, ["L", hd]),
+                helper.make_tensor_value_info(f"{x}s", f, ["L"]),
+            ]
             nodes.append(helper.make_node("DequantizeLinear", [x, f"{x}s"], [f"{x}f"], axis=0))
     nodes += [
         helper.make_node("Transpose", ["kf"], ["kt"], perm=[1, 0]),
@@ -156,10 +162,14 @@ def ort_stored_graph(hd: int, kind: str) -> bytes:
         helper.make_node("ReduceSum", ["p", "ax"], ["den"], keepdims=1),
         helper.make_node("MatMul", ["p", "vf"], ["acc"]),
     ]
-    outs = [helper.make_tensor_value_info("acc", f, ["M", hd]), helper.make_tensor_value_info("m", f, ["M", 1]),
-            helper.make_tensor_value_info("den", f, ["M", 1])]
-    graph = helper.make_graph(nodes, f"partial_softmax_{kind}", ins, outs,
-                              initializer=[helper.make_tensor("ax", TensorProto.INT64, [1], [1])])
+    outs = [
+        helper.make_tensor_value_info("acc", f, ["M", hd]),
+        helper.make_tensor_value_info("m", f, ["M", 1]),
+        helper.make_tensor_value_info("den", f, ["M", 1]),
+    ]
+    graph = helper.make_graph(
+        nodes, f"partial_softmax_{kind}", ins, outs, initializer=[helper.make_tensor("ax", TensorProto.INT64, [1], [1])]
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model.SerializeToString()
@@ -220,11 +230,21 @@ def make_layer(L: int, rng) -> dict:
     K, V = kbuf[:, :L], vbuf[:, :L]  # [KVH, L, hd] views
     K16, V16 = K.astype(np.float16), V.astype(np.float16)
     (k8, ks), (v8, vs) = quant8(K), quant8(V)
-    return {"kbuf": kbuf, "vbuf": vbuf, "L": L, "seg": [Segment(K, V)], "seg16": [Segment(K16, V16)],
-            "i8": (k8, ks, v8, vs), "h16": [{"k": K16[h], "v": V16[h]} for h in range(KVH)],
-            "h8": [{"k": k8[h], "ks": ks[h], "v": v8[h], "vs": vs[h]} for h in range(KVH)],
-            "bytes": {"fp32": K.nbytes + V.nbytes, "fp16": K16.nbytes + V16.nbytes,
-                      "int8": k8.nbytes + v8.nbytes + ks.nbytes + vs.nbytes}}
+    return {
+        "kbuf": kbuf,
+        "vbuf": vbuf,
+        "L": L,
+        "seg": [Segment(K, V)],
+        "seg16": [Segment(K16, V16)],
+        "i8": (k8, ks, v8, vs),
+        "h16": [{"k": K16[h], "v": V16[h]} for h in range(KVH)],
+        "h8": [{"k": k8[h], "ks": ks[h], "v": v8[h], "vs": vs[h]} for h in range(KVH)],
+        "bytes": {
+            "fp32": K.nbytes + V.nbytes,
+            "fp16": K16.nbytes + V16.nbytes,
+            "int8": k8.nbytes + v8.nbytes + ks.nbytes + vs.nbytes,
+        },
+    }
 
 
 def variants(q, k_new, v_new, with_torch: bool) -> dict[str, tuple[Callable, str]]:
@@ -248,12 +268,21 @@ def variants(q, k_new, v_new, with_torch: bool) -> dict[str, tuple[Callable, str
             f = torch_sdpa(t)
             if f is not None:
                 out[f"torch sdpa {t} thread{'s' * (t > 1)} (reference)"] = (
-                    lambda lay, f=f: f(q, lay["kbuf"], lay["vbuf"], lay["L"], k_new, v_new), "fp32")
+                    lambda lay, f=f: f(q, lay["kbuf"], lay["vbuf"], lay["L"], k_new, v_new),
+                    "fp32",
+                )
     return out
 
 
-def bench_size(L: int, n: int, repeats: int, with_torch: bool, rng, working_set: int,
-               clock: Callable[[], float] = time.perf_counter) -> list[dict]:
+def bench_size(
+    L: int,
+    n: int,
+    repeats: int,
+    with_torch: bool,
+    rng,
+    working_set: int,
+    clock: Callable[[], float] = time.perf_counter,
+) -> list[dict]:
     """Calls cycle through `copies` layers of KV (about `working_set` bytes of fp32 K+V, at most 30 layers as
     SmolLM2 has), so each call reads KV that is not in cache, as a frame walking the layers does."""
     copies = int(min(30, max(2, -(-working_set // (2 * KVH * L * HD * 4 or 1)))))
@@ -277,20 +306,34 @@ def bench_size(L: int, n: int, repeats: int, with_torch: bool, rng, working_set:
             vs[name][0](lay)
             times[name].append(clock() - t0)
     flops = 2 * 2 * KVH * G * n * L * HD  # QK^T and PV
-    return [{"L": L, "n": n, "name": k, "s": statistics.median(times[k]), "bytes": layers[0]["bytes"][vs[k][1]],
-             "flops": flops, "err": err[k], "copies": copies} for k in names]
+    return [
+        {
+            "L": L,
+            "n": n,
+            "name": k,
+            "s": statistics.median(times[k]),
+            "bytes": layers[0]["bytes"][vs[k][1]],
+            "flops": flops,
+            "err": err[k],
+            "copies": copies,
+        }
+        for k in names
+    ]
 
 
 def table(rows: list[dict], bw: float) -> list[str]:
-    out = ["| history | new tokens | engine | ms | vs old | K+V GB/s | efficiency | GFLOP/s | max abs err "
-           "| rel. L2 err |",
-           "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    out = [
+        "| history | new tokens | engine | ms | vs old | K+V GB/s | efficiency | GFLOP/s | max abs err | rel. L2 err |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     old = {(r["L"], r["n"]): r["s"] for r in rows if r["name"] == "numpy attend (old)"}
     for r in rows:
         gbs = r["bytes"] / r["s"] / 1e9
-        out.append(f"| {r['L']:,} | {r['n']} | {r['name']} | {r['s'] * 1e3:.2f} | {old[r['L'], r['n']] / r['s']:.2f}x "
-                   f"| {gbs:.1f} | {gbs / bw:.0%} | {r['flops'] / r['s'] / 1e9:.0f} | {r['err'][0]:.1e} "
-                   f"| {r['err'][1]:.1e} |")
+        out.append(
+            f"| {r['L']:,} | {r['n']} | {r['name']} | {r['s'] * 1e3:.2f} | {old[r['L'], r['n']] / r['s']:.2f}x "
+            f"| {gbs:.1f} | {gbs / bw:.0%} | {r['flops'] / r['s'] / 1e9:.0f} | {r['err'][0]:.1e} "
+            f"| {r['err'][1]:.1e} |"
+        )
     return out
 
 
@@ -300,9 +343,13 @@ def main() -> None:
     ap.add_argument("--decode-sizes", type=int, nargs="*", default=[8000, 40000], help="history sizes for n=1")
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--no-torch", action="store_true", help="skip the torch reference rows")
-    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                    help="cpu: process CPU time (all threads), so that other processes on a shared machine do not "
-                         "show up as latency; multi-thread rows then count CPU-seconds, not latency")
+    ap.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="cpu: process CPU time (all threads), so that other processes on a shared machine do not "
+        "show up as latency; multi-thread rows then count CPU-seconds, not latency",
+    )
     ap.add_argument("--working-set", type=int, default=512, help="MiB of fp32 K+V the calls cycle through per size")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -313,26 +360,43 @@ def main() -> None:
     rows = []
     for n, sizes in ((10, args.sizes), (1, args.decode_sizes)):
         for L in sizes:
-            rows += bench_size(L, n, args.repeats, not args.no_torch, rng, args.working_set * 2**20,
-                               time.process_time if args.clock == "cpu" else time.perf_counter)
+            rows += bench_size(
+                L,
+                n,
+                args.repeats,
+                not args.no_torch,
+                rng,
+                args.working_set * 2**20,
+                time.process_time if args.clock == "cpu" else time.perf_counter,
+            )
     bw1, after = read_bandwidth(), busy()
     bw = (bw0 + bw1) / 2
     shown = ("sizes", "decode_sizes", "repeats", "working_set", "clock")
-    flags = " ".join(f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-                     for k, v in vars(args).items() if k in shown)
+    flags = " ".join(
+        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+        for k, v in vars(args).items()
+        if k in shown
+    )
     copies = ", ".join(f"{L:,}: {c}" for L, c in dict((r["L"], r["copies"]) for r in rows).items())
-    lines = ["# Host attention engines (SmolLM2 shapes: 9 query heads, 3 KV heads, head_dim 64)", "",
-             f"    PYTHONPATH=$PWD python3 benchmarks/bench_attention.py {flags}", "",
-             *machine(),
-             f"- read bandwidth (numpy sum, 256 MiB f32): {bw0:.1f} GB/s before, {bw1:.1f} GB/s after; "
-             f"efficiency uses their mean, {bw:.1f} GB/s",
-             f"- before: {before}", f"- after: {after}", "",
-             f"Clock: {args.clock}. Median of {args.repeats} calls per cell, all variants round-robin in one process, "
-             f"each call on the next of the layer copies (history: copies; {copies}), so K+V is read from memory, "
-             "not from a warm cache. "
-             "K+V GB/s counts the bytes as stored (fp16: half, int8: a quarter plus fp32 per-token scales). "
-             "Errors: against the fp32 numpy kernel on the same random data (N(0,1) q, k, v).", "",
-             *table(rows, bw)]
+    lines = [
+        "# Host attention engines (SmolLM2 shapes: 9 query heads, 3 KV heads, head_dim 64)",
+        "",
+        f"    PYTHONPATH=$PWD python3 benchmarks/bench_attention.py {flags}",
+        "",
+        *machine(),
+        f"- read bandwidth (numpy sum, 256 MiB f32): {bw0:.1f} GB/s before, {bw1:.1f} GB/s after; "
+        f"efficiency uses their mean, {bw:.1f} GB/s",
+        f"- before: {before}",
+        f"- after: {after}",
+        "",
+        f"Clock: {args.clock}. Median of {args.repeats} calls per cell, all variants round-robin in one process, "
+        f"each call on the next of the layer copies (history: copies; {copies}), so K+V is read from memory, "
+        "not from a warm cache. "
+        "K+V GB/s counts the bytes as stored (fp16: half, int8: a quarter plus fp32 per-token scales). "
+        "Errors: against the fp32 numpy kernel on the same random data (N(0,1) q, k, v).",
+        "",
+        *table(rows, bw),
+    ]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -44,8 +44,10 @@ def reference_kv(lm, ids: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     with torch.no_grad():
         out = lm(torch.from_numpy(ids)[None], use_cache=True)
     cache = out.past_key_values
-    return [(cache.layers[i].keys[0].numpy().copy(), cache.layers[i].values[0].numpy().copy())
-            for i in range(len(cache.layers))]
+    return [
+        (cache.layers[i].keys[0].numpy().copy(), cache.layers[i].values[0].numpy().copy())
+        for i in range(len(cache.layers))
+    ]
 
 
 def tile(x: np.ndarray, n: int) -> np.ndarray:
@@ -123,7 +125,8 @@ def main() -> None:
     theirs = bench_transformers(lm, kv, args.sizes, args.frames, new_ids)
 
     lines = [
-        f"Per-frame latency, 10 new tokens, SmolLM2-135M fp32, {torch.get_num_threads()} threads, median of {args.frames}",
+        f"Per-frame latency, 10 new tokens, SmolLM2-135M fp32, {torch.get_num_threads()} threads, median of "
+        f"{args.frames}",
         "",
         "| cached tokens | vrex-edge (ms) | transformers DynamicCache (ms) | speedup |",
         "|---:|---:|---:|---:|",

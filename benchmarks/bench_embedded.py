@@ -30,8 +30,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def bench(bundle: Path, spec: str, frames: np.ndarray, cache: int, window: int, threads: int | None,
-          providers: list[str]) -> dict:
+def bench(
+    bundle: Path, spec: str, frames: np.ndarray, cache: int, window: int, threads: int | None, providers: list[str]
+) -> dict:
     from vrex_edge.runtime.engine import load_model
     from vrex_edge.runtime.events import Caption, FrameProcessed
     from vrex_edge.runtime.retrieval.options import parse_pairs
@@ -72,8 +73,17 @@ def bench(bundle: Path, spec: str, frames: np.ndarray, cache: int, window: int, 
     ret = session.stats().retrieval
     kept = "/".join(f"{100 * ret[k]:.0f}%" for k in ("prefill_kept_fraction", "decode_kept_fraction") if k in ret)
     share = (split["cluster"] + split["select"] + split["gather"]) * 1e3 / float(np.sum(frame_ms))
-    return {"policy": spec, "kept": kept or "-", "retrieval": share, "split_ms": {k: v * 1e3 / n_in for k, v in split.items()}, "frames": n_in, "captions": captions, "frame_ms": float(np.mean(frame_ms)),
-            "frame_fps": 1e3 / float(np.mean(frame_ms)), "wall_fps": n_in / wall}
+    return {
+        "policy": spec,
+        "kept": kept or "-",
+        "retrieval": share,
+        "split_ms": {k: v * 1e3 / n_in for k, v in split.items()},
+        "frames": n_in,
+        "captions": captions,
+        "frame_ms": float(np.mean(frame_ms)),
+        "frame_fps": 1e3 / float(np.mean(frame_ms)),
+        "wall_fps": n_in / wall,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -88,21 +98,34 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seconds", type=float, default=360.0, help="stream length (must reach --cache)")
     ap.add_argument("--seed", type=int, default=4242)
     ap.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: the runtime's)")
-    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                    help="cpu: process CPU time for every timer (patches time.perf_counter for this process)")
-    ap.add_argument("--provider", action="append", default=[], help="execution provider (cpu, cuda, tensorrt; repeatable)")
+    ap.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="cpu: process CPU time for every timer (patches time.perf_counter for this process)",
+    )
+    ap.add_argument(
+        "--provider", action="append", default=[], help="execution provider (cpu, cuda, tensorrt; repeatable)"
+    )
     args = ap.parse_args(argv)
     if args.clock == "cpu":
         time.perf_counter = time.process_time  # the runtime's stage timers read time.perf_counter at call time
     frames = render(simulate(args.seed, args.seconds))  # [N, H, W, 3] BGR
-    print("| policy | cache tokens | frames measured | captions | kept | ms / frame | frames/s (frame stage) |"
-          " frames/s (wall, incl. captions) | retrieval share | cluster / select / gather / attend ms per frame |")
+    print(
+        "| policy | cache tokens | frames measured | captions | kept | ms / frame | frames/s (frame stage) |"
+        " frames/s (wall, incl. captions) | retrieval share | cluster / select / gather / attend ms per frame |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for p in args.policy:
         r = bench(args.bundle, p, frames, args.cache, args.window, args.threads, args.provider)
-        print(f"| {p} | {args.cache} +- {args.window} | {r['frames']} | {r['captions']} | {r['kept']} | {r['frame_ms']:.1f} | "
-              f"{r['frame_fps']:.1f} | {r['wall_fps']:.1f} | {100 * r['retrieval']:.0f}% | "
-              + " / ".join(f"{r['split_ms'][k]:.1f}" for k in ("cluster", "select", "gather", "attend")) + " |", flush=True)
+        print(
+            f"| {p} | {args.cache} +- {args.window} | {r['frames']} | {r['captions']} | {r['kept']} | "
+            f"{r['frame_ms']:.1f} | "
+            f"{r['frame_fps']:.1f} | {r['wall_fps']:.1f} | {100 * r['retrieval']:.0f}% | "
+            + " / ".join(f"{r['split_ms'][k]:.1f}" for k in ("cluster", "select", "gather", "attend"))
+            + " |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ def _child(code: str, *args: str, log: Path) -> dict:
     lines = [ln for ln in log.read_text().splitlines() if ln.startswith("REPORT ")]
     if done.returncode != 0 or not lines:
         raise SystemExit(f"child failed ({done.returncode}); see {log}")
-    return json.loads(lines[-1][len("REPORT "):])
+    return json.loads(lines[-1][len("REPORT ") :])
 
 
 def parity_summary(bundle: Path) -> dict[str, float]:
@@ -105,11 +105,18 @@ def main() -> None:
         else:
             exp = _child(EXPORT, str(src), str(bundle), args.dtype, log=logs / f"export-{tag}-{args.dtype}.log")
             saved.write_text(json.dumps(exp))
-        row = {"fixture": tag, "hub_id": FIXTURES[name].hub_id, "dtype": args.dtype, "fixture_s": fixture_s,
-               "export": exp, "parity": parity_summary(bundle)}
+        row = {
+            "fixture": tag,
+            "hub_id": FIXTURES[name].hub_id,
+            "dtype": args.dtype,
+            "fixture_s": fixture_s,
+            "export": exp,
+            "parity": parity_summary(bundle),
+        }
         if not args.no_stream:
-            row["stream"] = _child(STREAM, str(bundle), str(args.frames), str(args.threads),
-                                   log=logs / f"stream-{tag}-{args.dtype}.log")
+            row["stream"] = _child(
+                STREAM, str(bundle), str(args.frames), str(args.threads), log=logs / f"stream-{tag}-{args.dtype}.log"
+            )
         rows.append(row)
         print(json.dumps(row), flush=True)
     if args.out:
@@ -118,10 +125,13 @@ def main() -> None:
 
 def write_table(out: Path, rows: list[dict], command: str) -> None:
     load = os.getloadavg()
-    lines = [f"\n### `{command}`\n", f"Load average at the end: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} "
-             f"(2 cores, shared with other jobs).\n",
-             "| fixture | dtype | export peak RSS | export s | bundle MB | median ms / frame | ask ms (4 tokens) "
-             "| stream RSS | worst stage error (rel.) |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"\n### `{command}`\n",
+        f"Load average at the end: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (2 cores, shared with other jobs).\n",
+        "| fixture | dtype | export peak RSS | export s | bundle MB | median ms / frame | ask ms (4 tokens) "
+        "| stream RSS | worst stage error (rel.) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         e, p = r["export"], r["parity"]
         worst = ", ".join(f"{k} {v:.1e}" for k, v in sorted(p.items()))
@@ -132,8 +142,10 @@ def write_table(out: Path, rows: list[dict], command: str) -> None:
             ask, rss = f"{s['ask_ms']:.0f}", f"{s['peak_rss_bytes'] / 2**30:.2f} GiB"
         else:
             med = ask = rss = "-"
-        lines.append(f"| {r['fixture']} | {r['dtype']} | {e['peak_rss_bytes'] / 2**30:.2f} GiB | {e['seconds']:.0f} "
-                     f"| {e['bytes'] / 1e6:.0f} | {med} | {ask} | {rss} | {worst} |")
+        lines.append(
+            f"| {r['fixture']} | {r['dtype']} | {e['peak_rss_bytes'] / 2**30:.2f} GiB | {e['seconds']:.0f} "
+            f"| {e['bytes'] / 1e6:.0f} | {med} | {ask} | {rss} | {worst} |"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "a", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")

@@ -62,8 +62,13 @@ def bench_size(L: int, args: argparse.Namespace, cpu, dev, rng: np.random.Genera
     kvh, hd, n, g = args.kv_heads, args.head_dim, args.new, args.heads // args.kv_heads
     q = rng.standard_normal((kvh, g, n, hd)).astype(np.float32)  # [KVH, G, n, hd]
     k_new, v_new = (rng.standard_normal((kvh, n, hd)).astype(np.float32) for _ in range(2))  # [KVH, n, hd]
-    host = [(rng.standard_normal((kvh, L + n, hd)).astype(np.float32),
-             rng.standard_normal((kvh, L + n, hd)).astype(np.float32)) for _ in range(args.layers)]  # [KVH, cap, hd]
+    host = [
+        (
+            rng.standard_normal((kvh, L + n, hd)).astype(np.float32),
+            rng.standard_normal((kvh, L + n, hd)).astype(np.float32),
+        )
+        for _ in range(args.layers)
+    ]  # [KVH, cap, hd]
     lens = np.full(kvh, L, np.int64)
     ref = attend_reference(q, [Segment(host[0][0], host[0][1], lens)], k_new, v_new)
     calls = [0]
@@ -105,6 +110,7 @@ def bench_size(L: int, args: argparse.Namespace, cpu, dev, rng: np.random.Genera
         err = float(np.abs(fn() - ref).max())
         rows.append(f"| {L:,} | {n} | {label} | {t:.3f} | {t_cpu / t:.2f}x | {err:.1e} |")
     return rows
+
 
 if __name__ == "__main__":
     main()

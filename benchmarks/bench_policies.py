@@ -33,9 +33,20 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    report = run(workload=args.workload, sizes=args.sizes, policies=args.policies, options=parse_pairs(args.opt),
-                 accels=args.accel, frames=args.frames, gen=args.gen, probes=args.probes, out=args.out,
-                 bundle=args.model, command="python3 " + shlex.join(sys.argv), progress=lambda m: print(m, file=sys.stderr))
+    report = run(
+        workload=args.workload,
+        sizes=args.sizes,
+        policies=args.policies,
+        options=parse_pairs(args.opt),
+        accels=args.accel,
+        frames=args.frames,
+        gen=args.gen,
+        probes=args.probes,
+        out=args.out,
+        bundle=args.model,
+        command="python3 " + shlex.join(sys.argv),
+        progress=lambda m: print(m, file=sys.stderr),
+    )
     print(report.markdown)
 
 

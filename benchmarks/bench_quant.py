@@ -104,12 +104,14 @@ def main() -> None:
         "",
         f"{len(ids)} positions of real English text (Python language reference), teacher-forced in "
         f"{CHUNK}-token chunks through the runtime (full attention); then {args.decode} greedy 1-token decode steps.",
-        "KL = KL(fp32 || dtype) of the next-token distribution, in nats, over every position; top-1 = argmax agrees with fp32.",
+        "KL = KL(fp32 || dtype) of the next-token distribution, in nats, over every position; top-1 = argmax "
+        "agrees with fp32.",
         "Sizes are the stage graphs (weights). Times: the median over a 100-token prefix (10-token chunks) and "
         f"{args.decode} decode steps, best of {args.rounds} interleaved rounds, {args.threads or 'all'} onnxruntime "
         "thread(s), on a shared 2-core machine.",
         "",
-        "| dtype | stages MB | KL mean | KL p99 | KL max | top-1 vs fp32 | ms / 10-token chunk | ms / decode token | speed-up (chunk) |",
+        "| dtype | stages MB | KL mean | KL p99 | KL max | top-1 vs fp32 | ms / 10-token chunk | ms / decode "
+        "token | speed-up (chunk) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     base_chunk = results["fp32"][1] if "fp32" in results else None
@@ -122,9 +124,21 @@ def main() -> None:
             q = "- | - | - | -"
         up = f"{base_chunk / c:.2f}x" if base_chunk else "-"
         lines.append(f"| {d} | {stage_bytes(bundles[d]) / 1e6:.0f} | {q} | {c:.1f} | {s:.1f} | {up} |")
-    lines += ["", "Command: `python benchmarks/bench_quant.py " + " ".join(
-        f"--{k} {v}" for k, v in (("positions", args.positions), ("decode", args.decode), ("threads", args.threads),
-                                  ("rounds", args.rounds))) + " --out benchmarks/results/quant.md`", ""]
+    lines += [
+        "",
+        "Command: `python benchmarks/bench_quant.py "
+        + " ".join(
+            f"--{k} {v}"
+            for k, v in (
+                ("positions", args.positions),
+                ("decode", args.decode),
+                ("threads", args.threads),
+                ("rounds", args.rounds),
+            )
+        )
+        + " --out benchmarks/results/quant.md`",
+        "",
+    ]
     report = "\n".join(lines)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

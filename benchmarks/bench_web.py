@@ -106,10 +106,18 @@ def viewers(port: int, healthy: int, faulty: int, seconds: float, results: mp.Qu
     counts = {"frames": 0, "events": 0, "stalls": 0, "errors": 0}
     threads = []
     for _ in range(healthy):
-        threads.append(threading.Thread(target=_read_stream, args=(port, "/stream.mjpg", stop, counts, "frames",
-                                                                   b"Content-Type: image/jpeg"), daemon=True))
-        threads.append(threading.Thread(target=_read_stream, args=(port, "/events", stop, counts, "events",
-                                                                   b"\nevent: "), daemon=True))
+        threads.append(
+            threading.Thread(
+                target=_read_stream,
+                args=(port, "/stream.mjpg", stop, counts, "frames", b"Content-Type: image/jpeg"),
+                daemon=True,
+            )
+        )
+        threads.append(
+            threading.Thread(
+                target=_read_stream, args=(port, "/events", stop, counts, "events", b"\nevent: "), daemon=True
+            )
+        )
     for i in range(faulty):
         threads.append(threading.Thread(target=_faulty, args=(port, stop, counts, random.Random(i)), daemon=True))
     for t in threads:
@@ -122,8 +130,9 @@ def viewers(port: int, healthy: int, faulty: int, seconds: float, results: mp.Qu
 # ---------------------------------------------------------------------------- one phase
 
 
-def phase(model, frames: list[np.ndarray], *, web: bool, healthy: int, faulty: int, seconds: float, rate: float,
-          policy: str) -> dict:
+def phase(
+    model, frames: list[np.ndarray], *, web: bool, healthy: int, faulty: int, seconds: float, rate: float, policy: str
+) -> dict:
     from vrex_edge.runtime.events import Answer, Caption, FrameProcessed
     from vrex_edge.runtime.live import CaptureThread, LiveStatus, live_events
     from vrex_edge.runtime.session import StreamSession
@@ -182,12 +191,22 @@ def phase(model, frames: list[np.ndarray], *, web: bool, healthy: int, faulty: i
         view.close()
         close_s = time.monotonic() - t0
     assert last is not None
-    return {"fps": last.processed / last.elapsed, "frame_ms": statistics.median(frame_ms), "processed": last.processed,
-            "captured": last.capture.captured, "viewer_fps": got["frames"] / max(healthy, 1) / seconds,
-            "events": got["events"], "stalls": got["stalls"], "errors": got["errors"], "dropped": dropped,
-            "close_s": close_s, "publish_ms": 1000 * publish_s / max(last.processed, 1),
-            "publish_cpu_ms": 1000 * publish_cpu / max(last.processed, 1),
-            "main_cpu": main_cpu / last.elapsed, "other_cpu": other_cpu / last.elapsed}
+    return {
+        "fps": last.processed / last.elapsed,
+        "frame_ms": statistics.median(frame_ms),
+        "processed": last.processed,
+        "captured": last.capture.captured,
+        "viewer_fps": got["frames"] / max(healthy, 1) / seconds,
+        "events": got["events"],
+        "stalls": got["stalls"],
+        "errors": got["errors"],
+        "dropped": dropped,
+        "close_s": close_s,
+        "publish_ms": 1000 * publish_s / max(last.processed, 1),
+        "publish_cpu_ms": 1000 * publish_cpu / max(last.processed, 1),
+        "main_cpu": main_cpu / last.elapsed,
+        "other_cpu": other_cpu / last.elapsed,
+    }
 
 
 def main() -> None:
@@ -216,37 +235,65 @@ def main() -> None:
     cap.release()
     jpeg_kb = len(cv2.imencode(".jpg", frames[len(frames) // 2], [cv2.IMWRITE_JPEG_QUALITY, 80])[1]) / 1024
     model = load_model(args.model, threads=args.threads)
-    conditions = [("no web view", False, 0, 0), ("web view, 0 viewers", True, 0, 0),
-                  (f"web view, {args.viewers} viewers ({args.faulty} stall and vanish)", True,
-                   args.viewers - args.faulty, args.faulty)]
+    conditions = [
+        ("no web view", False, 0, 0),
+        ("web view, 0 viewers", True, 0, 0),
+        (
+            f"web view, {args.viewers} viewers ({args.faulty} stall and vanish)",
+            True,
+            args.viewers - args.faulty,
+            args.faulty,
+        ),
+    ]
     rows: list[tuple[str, int, dict]] = []
     load0 = os.getloadavg()[0]
     for r in range(args.rounds):
-        for name, web, healthy, faulty in conditions[r % 3:] + conditions[:r % 3]:  # rotated: no condition always last
-            res = phase(model, frames, web=web, healthy=healthy, faulty=faulty, seconds=args.seconds, rate=args.rate,
-                        policy=args.policy)
+        for name, web, healthy, faulty in (
+            conditions[r % 3 :] + conditions[: r % 3]
+        ):  # rotated: no condition always last
+            res = phase(
+                model,
+                frames,
+                web=web,
+                healthy=healthy,
+                faulty=faulty,
+                seconds=args.seconds,
+                rate=args.rate,
+                policy=args.policy,
+            )
             rows.append((name, r + 1, res))
             print(f"round {r + 1} {name}: {res['fps']:.1f} fps", file=sys.stderr)
     order = {name: i for i, (name, *_) in enumerate(conditions)}
     rows.sort(key=lambda row: (row[1], order[row[0]]))
 
-    lines = [f"Processed fps of the live path (live_events + CaptureThread + WebView) on {args.video.name} looped at "
-             f"{args.rate:g} fps, frames {args.size}x{args.size} (JPEG ~{jpeg_kb:.0f} KB), {args.model.name}, "
-             f"policy {args.policy}, {args.threads} onnxruntime thread(s), {args.seconds:g} s per phase, phases "
-             f"alternating over {args.rounds} rounds. {platform.machine()}, {os.cpu_count()} cores (shared; load "
-             f"average {load0:.1f} at the start). Viewers run in another process on loopback; healthy ones read "
-             "/stream.mjpg and /events, faulty ones connect to both, stop reading for 1-4 s, reset, and reconnect.",
-             "",
-             "| condition | round | processed fps | frame ms (median) | publish ms per frame (model thread: wall / CPU) "
-             "| CPU model thread | model thread CPU ms per frame | CPU other threads | viewer frames/s (each healthy) | SSE events | stall cycles "
-             "| viewers dropped by the server | close s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Processed fps of the live path (live_events + CaptureThread + WebView) on {args.video.name} looped at "
+        f"{args.rate:g} fps, frames {args.size}x{args.size} (JPEG ~{jpeg_kb:.0f} KB), {args.model.name}, "
+        f"policy {args.policy}, {args.threads} onnxruntime thread(s), {args.seconds:g} s per phase, phases "
+        f"alternating over {args.rounds} rounds. {platform.machine()}, {os.cpu_count()} cores (shared; load "
+        f"average {load0:.1f} at the start). Viewers run in another process on loopback; healthy ones read "
+        "/stream.mjpg and /events, faulty ones connect to both, stop reading for 1-4 s, reset, and reconnect.",
+        "",
+        "| condition | round | processed fps | frame ms (median) | publish ms per frame (model thread: wall / CPU) "
+        "| CPU model thread | model thread CPU ms per frame | CPU other threads | viewer frames/s (each "
+        "healthy) | SSE events | stall cycles "
+        "| viewers dropped by the server | close s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, r, res in rows:
-        lines.append(f"| {name} | {r} | {res['fps']:.1f} | {res['frame_ms']:.1f} | {res['publish_ms']:.3f} / {res['publish_cpu_ms']:.3f} | "
-                     f"{100 * res['main_cpu']:.0f}% | {1000 * res['main_cpu'] / res['fps']:.1f} | {100 * res['other_cpu']:.0f}% | {res['viewer_fps']:.1f} | "
-                     f"{res['events']} | {res['stalls']} | {res['dropped']} | {res['close_s']:.2f} |")
-    lines += ["", "| condition | processed fps (mean of rounds) | vs no web view | model thread CPU ms per frame (mean) "
-              "| CPU other threads (mean) |", "|---|---|---|---|---|"]
+        lines.append(
+            f"| {name} | {r} | {res['fps']:.1f} | {res['frame_ms']:.1f} | {res['publish_ms']:.3f} / "
+            f"{res['publish_cpu_ms']:.3f} | "
+            f"{100 * res['main_cpu']:.0f}% | {1000 * res['main_cpu'] / res['fps']:.1f} | "
+            f"{100 * res['other_cpu']:.0f}% | {res['viewer_fps']:.1f} | "
+            f"{res['events']} | {res['stalls']} | {res['dropped']} | {res['close_s']:.2f} |"
+        )
+    lines += [
+        "",
+        "| condition | processed fps (mean of rounds) | vs no web view | model thread CPU ms per frame (mean) "
+        "| CPU other threads (mean) |",
+        "|---|---|---|---|---|",
+    ]
     base = statistics.mean(res["fps"] for name, _, res in rows if name == conditions[0][0])
     for name, *_ in conditions:
         mine = [res for n, _, res in rows if n == name]
@@ -254,9 +301,13 @@ def main() -> None:
         cpu = statistics.mean(res["other_cpu"] for res in mine)
         per_frame = statistics.mean(1000 * res["main_cpu"] / res["fps"] for res in mine)
         lines.append(f"| {name} | {fps:.1f} | {100 * (fps / base - 1):+.1f}% | {per_frame:.1f} | {100 * cpu:.0f}% |")
-    lines += ["", "CPU columns: CPU seconds per second of stream (100% = one core); \"other threads\" is the capture thread plus, with "
-              "the web view, the server's threads (JPEG encoding and sending). Viewers' own CPU (another process) is "
-              "not counted but competes for the same cores."]
+    lines += [
+        "",
+        'CPU columns: CPU seconds per second of stream (100% = one core); "other threads" is the capture '
+        "thread plus, with "
+        "the web view, the server's threads (JPEG encoding and sending). Viewers' own CPU (another process) is "
+        "not counted but competes for the same cores.",
+    ]
     argv = " ".join(shlex.quote(a) for a in sys.argv[1:])
     lines += ["", f"Command: `python3 benchmarks/bench_web.py {argv}`"]
     text = "\n".join(lines) + "\n"

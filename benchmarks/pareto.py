@@ -27,23 +27,44 @@ def main() -> None:
     ap.add_argument("--ks", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.3, 0.5])
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = ap.parse_args()
-    variants = ["full", *[f"resv:tau={t}" for t in args.taus], *[f"topk:k={k}" for k in args.ks],
-                *[f"oracle:tau={t}" for t in args.taus]]
+    variants = [
+        "full",
+        *[f"resv:tau={t}" for t in args.taus],
+        *[f"topk:k={k}" for k in args.ks],
+        *[f"oracle:tau={t}" for t in args.taus],
+    ]
     wl = load_workload("text", progress=lambda m: print(m, file=sys.stderr))
-    res = run_bench(wl, variants, [args.size], frames=args.frames, gen=0, probes=0,
-                    progress=lambda m: print(m, file=sys.stderr))
-    lines = ["# Pareto: history kept vs fidelity (real text, prefill)", "", "```", "python3 " + shlex.join(sys.argv), "```",
-             "", f"Workload: {wl.description}; {args.size:,}-token cache of real text (inside the "
-             f"{wl.max_positions:,} trained positions, absolute positions).", "", counts_note(res, wl.chunk).splitlines()[0], "Kept: cached tokens attended (sink + retrieved + recent window) / "
-             "cached tokens before the chunk. The oracle scores every token: a fidelity reference, not a fast policy.", "",
-             "| policy | variant | prefill kept | top-1 | mean KL |", "|---|---|---|---|---|"]
+    res = run_bench(
+        wl, variants, [args.size], frames=args.frames, gen=0, probes=0, progress=lambda m: print(m, file=sys.stderr)
+    )
+    lines = [
+        "# Pareto: history kept vs fidelity (real text, prefill)",
+        "",
+        "```",
+        "python3 " + shlex.join(sys.argv),
+        "```",
+        "",
+        f"Workload: {wl.description}; {args.size:,}-token cache of real text (inside the "
+        f"{wl.max_positions:,} trained positions, absolute positions).",
+        "",
+        counts_note(res, wl.chunk).splitlines()[0],
+        "Kept: cached tokens attended (sink + retrieved + recent window) / "
+        "cached tokens before the chunk. The oracle scores every token: a fidelity reference, not a fast policy.",
+        "",
+        "| policy | variant | prefill kept | top-1 | mean KL |",
+        "|---|---|---|---|---|",
+    ]
     for name, pts in pareto_points(res).items():
         lines += [f"| {name} | `{v}` | {100 * kept:.1f}% | {100 * top1:.1f}% | {kl:.4f} |" for kept, kl, top1, v in pts]
     md = "\n".join(lines) + "\n"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "pareto_text.md").write_text(md, encoding="utf-8")
-    plot_pareto(res, args.out / "pareto_text.png",
-                f"{wl.model.manifest.name}, real text, {args.size:,}-token cache, {len(res[0].prefill.ms)} frames x {wl.chunk} tokens")
+    plot_pareto(
+        res,
+        args.out / "pareto_text.png",
+        f"{wl.model.manifest.name}, real text, {args.size:,}-token cache, {len(res[0].prefill.ms)} frames x "
+        f"{wl.chunk} tokens",
+    )
     print(md)
 
 

@@ -30,15 +30,32 @@ from vrex_edge.runtime.rope import Rope
 def smollm2_text(max_positions: int = 8192) -> TextSpec:
     hd = 64
     inv = tuple(float(x) for x in 1.0 / (100000.0 ** (np.arange(0, hd, 2) / hd)))
-    return TextSpec(num_layers=30, hidden_size=576, num_heads=9, num_kv_heads=3, head_dim=hd, vocab_size=49152,
-                    max_positions=max_positions, rms_norm_eps=1e-5, rope=RopeSpec(theta=100000.0, inv_freq=inv))
+    return TextSpec(
+        num_layers=30,
+        hidden_size=576,
+        num_heads=9,
+        num_kv_heads=3,
+        head_dim=hd,
+        vocab_size=49152,
+        max_positions=max_positions,
+        rms_norm_eps=1e-5,
+        rope=RopeSpec(theta=100000.0, inv_freq=inv),
+    )
 
 
 class VideoStream:
     """Un-rotated q/k/v frames with scene-level redundancy (see module docstring)."""
 
-    def __init__(self, text: TextSpec, *, tokens: int = 10, scenes: int = 64, scene_frames: int = 20, seed: int = 0,
-                 spectrum: str = "low"):
+    def __init__(
+        self,
+        text: TextSpec,
+        *,
+        tokens: int = 10,
+        scenes: int = 64,
+        scene_frames: int = 20,
+        seed: int = 0,
+        spectrum: str = "low",
+    ):
         self.rng = np.random.default_rng(seed)
         self.text, self.t, self.scene_frames = text, tokens, scene_frames
         half = text.head_dim // 2
@@ -85,8 +102,9 @@ def parse_variant(var: str) -> tuple[str, dict]:
     return name, opts
 
 
-def bench(variants: list[str], n_tokens: int, frames: int, text: TextSpec, tau: float,
-          spectrum: str = "low") -> dict[str, dict]:
+def bench(
+    variants: list[str], n_tokens: int, frames: int, text: TextSpec, tau: float, spectrum: str = "low"
+) -> dict[str, dict]:
     """Fill one cache per variant with the same stream, then time the same frames round-robin."""
     rope = Rope(text.rope)
     stream = VideoStream(text, spectrum=spectrum)
@@ -118,8 +136,12 @@ def bench(variants: list[str], n_tokens: int, frames: int, text: TextSpec, tau: 
                 r["clusters"] = float(cache.store.nclu.mean())
     out = {}
     for var, r in rows.items():
-        row = {"ms": 1e3 * float(np.median(r["t"])), "kept": float(np.mean(r["kept"])), "err": float(np.mean(r["err"])),
-               "clusters": r.get("clusters", 0.0)}
+        row = {
+            "ms": 1e3 * float(np.median(r["t"])),
+            "kept": float(np.mean(r["kept"])),
+            "err": float(np.mean(r["err"])),
+            "clusters": r.get("clusters", 0.0),
+        }
         for key, s in r["split"].items():
             row[key] = 1e3 * float(np.median(s))
         row["total"] = 1e3 * float(np.median(r["t"]))
@@ -133,27 +155,44 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 40000])
     ap.add_argument("--frames", type=int, default=20)
     ap.add_argument("--tau", type=float, default=0.9)
-    ap.add_argument("--spectrum", choices=("low", "flat"), default="low", help="where key content lives (see VideoStream)")
-    ap.add_argument("--variants", nargs="+", default=["full", "resv:keys=pre", "resv:keys=post", "topk:k=0.2"],
-                    help="policy[:opt=val,...] (numbers are parsed)")
-    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                    help="cpu: thread CPU time everywhere (patches time.perf_counter for this process)")
+    ap.add_argument(
+        "--spectrum", choices=("low", "flat"), default="low", help="where key content lives (see VideoStream)"
+    )
+    ap.add_argument(
+        "--variants",
+        nargs="+",
+        default=["full", "resv:keys=pre", "resv:keys=post", "topk:k=0.2"],
+        help="policy[:opt=val,...] (numbers are parsed)",
+    )
+    ap.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="cpu: thread CPU time everywhere (patches time.perf_counter for this process)",
+    )
     args = ap.parse_args()
     if args.clock == "cpu":
         time.perf_counter = time.thread_time  # the library's stage timers read time.perf_counter at call time
     text = smollm2_text()
-    print("| cached | variant | ms/layer/frame (median) | vs full | history kept | cluster | select | gather | attend |"
-          " overhead | clusters/head | rel. error vs full |")
+    print(
+        "| cached | variant | ms/layer/frame (median) | vs full | history kept | cluster | select | gather | attend |"
+        " overhead | clusters/head | rel. error vs full |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n in args.sizes:
-        rows = bench(["full", *[v for v in args.variants if v != "full"]], n, args.frames, text, args.tau, args.spectrum)
+        rows = bench(
+            ["full", *[v for v in args.variants if v != "full"]], n, args.frames, text, args.tau, args.spectrum
+        )
         full_ms = rows["full"]["ms"]
         for var, row in rows.items():
             split = [row.get(k, 0.0) for k in ("cluster", "select", "gather", "attend")]
             over = sum(split[:3]) / row["total"]
-            print(f"| {n} | {var} | {row['ms']:.2f} | {full_ms / row['ms']:.1f}x | {100 * row['kept']:.1f}% | "
-                  + " | ".join(f"{x:.2f}" for x in split)
-                  + f" | {100 * over:.0f}% | {row['clusters']:.0f} | {row['err']:.4f} |", flush=True)
+            print(
+                f"| {n} | {var} | {row['ms']:.2f} | {full_ms / row['ms']:.1f}x | {100 * row['kept']:.1f}% | "
+                + " | ".join(f"{x:.2f}" for x in split)
+                + f" | {100 * over:.0f}% | {row['clusters']:.0f} | {row['err']:.4f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ through the real model on both, interleaved (machine load hits both alike); medi
 
     python3 benchmarks/soak_tiers.py soak --frames 7200 --budget 64M --out benchmarks/results/tiers_soak.json
     python3 benchmarks/soak_tiers.py soak --frames 7200 --budget none --out benchmarks/results/tiers_soak_resident.json
-    python3 benchmarks/soak_tiers.py latency --tokens 40000 --budget 512M --frames 20 --out benchmarks/results/tiers_latency.json
+    python3 benchmarks/soak_tiers.py latency --tokens 40000 --budget 512M --frames 20 \
+        --out benchmarks/results/tiers_latency.json
 """
 
 from __future__ import annotations
@@ -62,8 +63,21 @@ def malloc_stats() -> dict[str, int]:
     import ctypes
 
     class MallInfo2(ctypes.Structure):
-        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                                   "fsmblks", "uordblks", "fordblks", "keepcost")]
+        _fields_ = [
+            (n, ctypes.c_size_t)
+            for n in (
+                "arena",
+                "ordblks",
+                "smblks",
+                "hblks",
+                "hblkhd",
+                "usmblks",
+                "fsmblks",
+                "uordblks",
+                "fordblks",
+                "keepcost",
+            )
+        ]
 
     try:
         f = ctypes.CDLL("libc.so.6").mallinfo2
@@ -97,14 +111,28 @@ def soak(args: argparse.Namespace) -> dict:
     model = load_model(bundle, threads=1)
     sha = _bundle_sha(bundle)  # now: the embedded model may be replaced while the soak runs
     budget = None if args.budget == "none" else parse_bytes(args.budget)
-    opts = dict(positions="compact", keys="pre", hamming=6, horizon=32, sink=16, recent=40, tau=args.tau,
-                reselect=2, max_kept=args.max_kept, fine=args.fine, block=args.block, tau_coarse=args.tau_coarse)
+    opts = dict(
+        positions="compact",
+        keys="pre",
+        hamming=6,
+        horizon=32,
+        sink=16,
+        recent=40,
+        tau=args.tau,
+        reselect=2,
+        max_kept=args.max_kept,
+        fine=args.fine,
+        block=args.block,
+        tau_coarse=args.tau_coarse,
+    )
     kv = None if budget is None else TierConfig(budget=budget, root=work / "kv", prefetch=True)
     s = StreamSession(model, policy="resv", policy_options=opts, kv=kv)  # the model narrates as trained
     segs = world_segments(args.seed, args.frames, args.segment_s)
     first = segs[0]  # recall questions ask about the stream's first objects, in the first segment
-    asks = {f: questions_at(first, min(f, first.n_frames - 1), "recall", min_age=120)
-            for f in [*range(args.ask_every - 1, args.frames, args.ask_every), args.frames - 1]}
+    asks = {
+        f: questions_at(first, min(f, first.n_frames - 1), "recall", min_age=120)
+        for f in [*range(args.ask_every - 1, args.frames, args.ask_every), args.frames - 1]
+    }
     rows: list[dict] = []
     lat: list[float] = []
     answers: list[dict] = []
@@ -119,36 +147,78 @@ def soak(args: argparse.Namespace) -> dict:
                 captions += 1
         for q in asks.get(i, []):
             got = [a.text for a in s.ask(q.text, t=i / 2) if isinstance(a, Answer)]
-            answers.append({"frame": i + 1, "question": q.text, "answer": q.answer, "got": got[0],
-                            "correct": got[0].strip() == q.answer})
+            answers.append(
+                {
+                    "frame": i + 1,
+                    "question": q.text,
+                    "answer": q.answer,
+                    "got": got[0],
+                    "correct": got[0].strip() == q.answer,
+                }
+            )
             print(json.dumps({"answer": answers[-1]}), flush=True)  # as they come: a crash keeps them
         if s.tiers is not None:
             r = s.tiers.resident()
             peak_kv = max(peak_kv, r["kv"])
             assert r["kv"] <= budget, (i, r)  # the budget holds at every frame
         else:
-            r = {"kv": s.cache_bytes, "hot": 0, "workspace": 0, "open": 0,
-                 "tables": sum(c.store.table_nbytes() for c in s.caches)}
+            r = {
+                "kv": s.cache_bytes,
+                "hot": 0,
+                "workspace": 0,
+                "open": 0,
+                "tables": sum(c.store.table_nbytes() for c in s.caches),
+            }
         rss = rss_bytes()
         peak_rss = max(peak_rss, rss)
         if (i + 1) % args.every == 0 or i == 0:
             rep = s.tiers.report() if s.tiers is not None else {}
-            rows.append({"frame": i + 1, "stream_min": (i + 1) / 120, "tokens": s.position, "rss": rss,
-                         "kv": r["kv"], "hot": r["hot"], "workspace": r["workspace"], "open": r["open"],
-                         "tables": r["tables"], **rss_parts(), **malloc_stats(), "cold": rep.get("cold_bytes", 0), "evicted": rep.get("evicted", 0),
-                         "fetched": rep.get("fetched", 0), "retired": rep.get("retired"), "captions": captions,
-                         "frame_ms_median": statistics.median(lat[-args.every :]), "wall_s": time.perf_counter() - t0})
+            rows.append(
+                {
+                    "frame": i + 1,
+                    "stream_min": (i + 1) / 120,
+                    "tokens": s.position,
+                    "rss": rss,
+                    "kv": r["kv"],
+                    "hot": r["hot"],
+                    "workspace": r["workspace"],
+                    "open": r["open"],
+                    "tables": r["tables"],
+                    **rss_parts(),
+                    **malloc_stats(),
+                    "cold": rep.get("cold_bytes", 0),
+                    "evicted": rep.get("evicted", 0),
+                    "fetched": rep.get("fetched", 0),
+                    "retired": rep.get("retired"),
+                    "captions": captions,
+                    "frame_ms_median": statistics.median(lat[-args.every :]),
+                    "wall_s": time.perf_counter() - t0,
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
     stats = s.stats()
     rep = stats.retrieval.get("tiers") or {}
     s.close()
     correct = sum(a["correct"] for a in answers)
-    return {"budget": budget, "peak_kv": peak_kv, "peak_reported": rep.get("peak"), "peak_rss": peak_rss,
-            "rows": rows, "answers": answers, "accuracy": correct / len(answers) if answers else None,
-            "captions": captions, "options": opts, "seed": args.seed, "bundle": str(bundle),
-            "bundle_sha": sha, "prefetch": rep.get("prefetch"), "fetched": rep.get("fetched"),
-            "selected": rep.get("selected"), "missed": rep.get("missed"), "kept_fraction":
-            {k: v for k, v in stats.retrieval.items() if k.endswith("kept_fraction")}}
+    return {
+        "budget": budget,
+        "peak_kv": peak_kv,
+        "peak_reported": rep.get("peak"),
+        "peak_rss": peak_rss,
+        "rows": rows,
+        "answers": answers,
+        "accuracy": correct / len(answers) if answers else None,
+        "captions": captions,
+        "options": opts,
+        "seed": args.seed,
+        "bundle": str(bundle),
+        "bundle_sha": sha,
+        "prefetch": rep.get("prefetch"),
+        "fetched": rep.get("fetched"),
+        "selected": rep.get("selected"),
+        "missed": rep.get("missed"),
+        "kept_fraction": {k: v for k, v in stats.retrieval.items() if k.endswith("kept_fraction")},
+    }
 
 
 def world_segments(seed: int, frames: int, segment_s: float) -> list:
@@ -183,8 +253,12 @@ def latency(args: argparse.Namespace) -> dict:
     opts = dict(tau=0.9, cluster_batch=1, max_kept=args.max_kept)
     res = model.make_caches(make_policy("resv", **opts))
     budget = parse_bytes(args.budget)
-    mgr = TierManager(TierConfig(budget=budget, root=Path(args.store), prefetch=not args.no_prefetch),
-                      layers=text.num_layers, kvh=text.num_kv_heads, hd=text.head_dim)
+    mgr = TierManager(
+        TierConfig(budget=budget, root=Path(args.store), prefetch=not args.no_prefetch),
+        layers=text.num_layers,
+        kvh=text.num_kv_heads,
+        hd=text.head_dim,
+    )
     tier = model.make_caches(make_policy("resv", **opts), mgr.storage)
     mgr.bind(tier, model)
     t0 = time.perf_counter()
@@ -215,9 +289,16 @@ def latency(args: argparse.Namespace) -> dict:
             if f >= 2:  # two warm-up frames
                 times[name].append((time.perf_counter() - t1) * 1e3)
     rep = mgr.report()
-    out = {"tokens": args.tokens, "budget": budget, "options": opts, "fill_s": fill_s, "ms": times,
-           "median_ms": {k: statistics.median(v) for k, v in times.items()},
-           "resident_bytes_all_resident": sum(c.nbytes() for c in res), "tiers": rep}
+    out = {
+        "tokens": args.tokens,
+        "budget": budget,
+        "options": opts,
+        "fill_s": fill_s,
+        "ms": times,
+        "median_ms": {k: statistics.median(v) for k, v in times.items()},
+        "resident_bytes_all_resident": sum(c.nbytes() for c in res),
+        "tiers": rep,
+    }
     out["ratio"] = out["median_ms"]["tiers"] / out["median_ms"]["resident"]
     mgr.close()
     return out
@@ -230,17 +311,28 @@ def main() -> None:
     a.add_argument("--frames", type=int, default=7200)
     a.add_argument("--budget", default="64M", help="resident KV budget, or 'none' (all resident: the reference)")
     a.add_argument("--tau", type=float, default=0.9)
-    a.add_argument("--max-kept", type=int, default=4096,
-                   help="resv max_kept: retrieved tokens per KV head at most (0: no cap)")
-    a.add_argument("--fine", type=int, default=2048,
-                   help="resv fine: clusters per KV head with a resident representative; older ones retire in "
-                        "blocks with one coarse representative (0: all resident, the tables grow with the stream)")
+    a.add_argument(
+        "--max-kept", type=int, default=4096, help="resv max_kept: retrieved tokens per KV head at most (0: no cap)"
+    )
+    a.add_argument(
+        "--fine",
+        type=int,
+        default=2048,
+        help="resv fine: clusters per KV head with a resident representative; older ones retire in "
+        "blocks with one coarse representative (0: all resident, the tables grow with the stream)",
+    )
     a.add_argument("--block", type=int, default=16, help="resv block: clusters per retired block")
     a.add_argument("--tau-coarse", type=float, default=0.99, help="resv tau_coarse: WiCSum over the blocks")
     a.add_argument("--seed", type=int, default=1234, help="seed of the procedural world (segment k: seed + k)")
-    a.add_argument("--segment-s", type=float, default=600.0,
-                   help="a new world (same background) every this many seconds: one world's events end after ~15 min")
-    a.add_argument("--ask-every", type=int, default=1800, help="recall questions every this many frames, and at the end")
+    a.add_argument(
+        "--segment-s",
+        type=float,
+        default=600.0,
+        help="a new world (same background) every this many seconds: one world's events end after ~15 min",
+    )
+    a.add_argument(
+        "--ask-every", type=int, default=1800, help="recall questions every this many frames, and at the end"
+    )
     a.add_argument("--every", type=int, default=300)
     a.add_argument("--out", type=Path)
     b = sub.add_parser("latency")

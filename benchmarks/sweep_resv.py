@@ -21,8 +21,13 @@ from vrex_edge.runtime.retrieval.resv import DEFAULTS
 
 # option -> values tried (the default is the plain `resv` row); tau is swept by benchmarks/pareto.py
 SWEEP: dict[str, list[object]] = {
-    "bits": [16, 64], "hamming": [1, 4], "horizon": [32, 512], "max_cluster": [16, 64],
-    "sink": [4], "recent": [64, 256], "keys": ["pre"],
+    "bits": [16, 64],
+    "hamming": [1, 4],
+    "horizon": [32, 512],
+    "max_cluster": [16, 64],
+    "sink": [4],
+    "recent": [64, 256],
+    "keys": ["pre"],
 }
 
 
@@ -38,10 +43,26 @@ def main() -> None:
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
     wl = load_workload("text", progress=log)
     res = run_bench(wl, variants, [args.size], frames=args.frames, gen=args.gen, probes=args.probes, progress=log)
-    defaults = ", ".join(f"{k}={v}" for k, v in DEFAULTS.items() if k in SWEEP or k in ("tau", "positions", "cluster_batch"))
-    md = "\n".join(["# resv defaults sweep (one option at a time)", "", "```", "python3 " + shlex.join(sys.argv), "```", "",
-                    f"Workload: {wl.description}; {args.size:,}-token cache of real text, absolute positions. "
-                    f"Defaults at the time of the run: {defaults}.", "", counts_note(res, wl.chunk), "", table(res), ""])
+    defaults = ", ".join(
+        f"{k}={v}" for k, v in DEFAULTS.items() if k in SWEEP or k in ("tau", "positions", "cluster_batch")
+    )
+    md = "\n".join(
+        [
+            "# resv defaults sweep (one option at a time)",
+            "",
+            "```",
+            "python3 " + shlex.join(sys.argv),
+            "```",
+            "",
+            f"Workload: {wl.description}; {args.size:,}-token cache of real text, absolute positions. "
+            f"Defaults at the time of the run: {defaults}.",
+            "",
+            counts_note(res, wl.chunk),
+            "",
+            table(res),
+            "",
+        ]
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(md, encoding="utf-8")
     print(md)

@@ -47,7 +47,11 @@ class Reference:
 
     def layers(self) -> list:
         m = self.lm.model
-        return list((m.text_model if self.name == "smolvlm" else m.language_model if self.name == "llava_onevision" else m).layers)
+        return list(
+            (
+                m.text_model if self.name == "smolvlm" else m.language_model if self.name == "llava_onevision" else m
+            ).layers
+        )
 
     @torch.no_grad()
     def frame_tokens(self, px: torch.Tensor, tokens_per_frame: int) -> torch.Tensor:
@@ -68,7 +72,9 @@ class Reference:
         return torch.stack([self.model.model.get_video_features(f[None, None]).pooler_output[0] for f in px])
 
     @torch.no_grad()
-    def greedy(self, ids: list[int], frames: torch.Tensor, placeholder: int, stops: tuple[int, ...]) -> tuple[list[int], np.ndarray]:
+    def greedy(
+        self, ids: list[int], frames: torch.Tensor, placeholder: int, stops: tuple[int, ...]
+    ) -> tuple[list[int], np.ndarray]:
         """Greedy tokens after `ids` whose placeholder slots take `frames` [K, D]; and the first logits."""
         emb_layer = self.lm.get_input_embeddings()
         out, first = [], None

@@ -17,8 +17,9 @@ def spawn_cli(args: list[str], *, timeout: float = 30) -> Any:
 
     env = {**os.environ, "COLUMNS": "120", "LINES": "40", "TERM": "xterm"}
     gc.collect()  # a child forked with garbage pending could collect it before exec and hang there (seen in test_tiers)
-    child = pexpect.spawn(shutil.which("vrex-edge"), args, env=env, encoding="utf-8", timeout=timeout,
-                          dimensions=(40, 120))
+    child = pexpect.spawn(
+        shutil.which("vrex-edge"), args, env=env, encoding="utf-8", timeout=timeout, dimensions=(40, 120)
+    )
     child.logfile_read = sys.stdout if os.environ.get("VREX_TEST_VERBOSE") else None
     return child
 

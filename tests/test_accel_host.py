@@ -56,8 +56,11 @@ def test_cluster_assign_matches_sequential_definition(seed):
         got = HostBackend().cluster_assign(bits, cand, counts, threshold=threshold, max_size=max_size, horizon=horizon)
         assert np.array_equal(got, ref_assign(bits, cand, counts, threshold, max_size, horizon))
     # the vectorised fast path: every token fits an old cluster
-    got = HostBackend().cluster_assign(cand[:1].repeat(3, 0), cand[:1], np.array([1]), threshold=0, max_size=8,
-                                       horizon=4) if cand.size else np.zeros(3, np.int64)
+    got = (
+        HostBackend().cluster_assign(cand[:1].repeat(3, 0), cand[:1], np.array([1]), threshold=0, max_size=8, horizon=4)
+        if cand.size
+        else np.zeros(3, np.int64)
+    )
     assert (got == 0).all()
 
 
@@ -73,16 +76,20 @@ def test_batched_assign_matches_the_per_token_reference(seed):
         if m and rng.random() < 0.3:
             codes[:, m // 2 :] = codes[:, :1]  # a run of identical keys: long chains of dependent choices
         cand = pack_bits(rng.random((nb, c, nbits)) < 0.5)
-        kw = {"threshold": int(rng.integers(0, 4)), "max_size": int(rng.integers(1, 6)),
-              "horizon": int(rng.integers(1, 12))}
+        kw = {
+            "threshold": int(rng.integers(0, 4)),
+            "max_size": int(rng.integers(1, 6)),
+            "horizon": int(rng.integers(1, 12)),
+        }
         counts = rng.integers(1, kw["max_size"] + 2, size=(nb, c))
         ncand = rng.integers(0, c + 1, size=nb)
         got = assign_batch(codes, cand, counts, ncand, **kw)
         for b in range(nb):
             p = c - ncand[b]
             assert np.array_equal(got[b], cluster_assign_loop(codes[b], cand[b, p:], counts[b, p:], **kw))
-            assert np.array_equal(got[b], ref_assign(codes[b], cand[b, p:], counts[b, p:], kw["threshold"],
-                                                     kw["max_size"], kw["horizon"]))
+            assert np.array_equal(
+                got[b], ref_assign(codes[b], cand[b, p:], counts[b, p:], kw["threshold"], kw["max_size"], kw["horizon"])
+            )
 
 
 def test_masses_are_softmax_consistent():

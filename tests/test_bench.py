@@ -25,16 +25,43 @@ def _pct(cell: str) -> float:
 def test_bench_cli_table_and_files(workload: str, bundle: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     model = request.getfixturevalue(bundle)
     out = tmp_path / "out"
-    res = CliRunner().invoke(app, ["bench", "--workload", workload, "--model", str(model), "--sizes", "60,300",
-                                   "--policies", "resv topk:k=0.5 window:recent=64 oracle:tau=0.9",
-                                   "--opt", "sink=4", "--opt", "recent=32", "--frames", "3", "--gen", "2",
-                                   "--probes", "1", "--out", str(out)])
+    res = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "--workload",
+            workload,
+            "--model",
+            str(model),
+            "--sizes",
+            "60,300",
+            "--policies",
+            "resv topk:k=0.5 window:recent=64 oracle:tau=0.9",
+            "--opt",
+            "sink=4",
+            "--opt",
+            "recent=32",
+            "--frames",
+            "3",
+            "--gen",
+            "2",
+            "--probes",
+            "1",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     rows = _rows(res.output)
     assert [r[0] for r in rows] == ["60"] * 5 + ["300"] * 5
     variants = [r[1].strip("`") for r in rows[:5]]
-    assert variants == ["full", "resv:sink=4,recent=32", "topk:k=0.5,sink=4,recent=32", "window:recent=64,sink=4",
-                        "oracle:tau=0.9,sink=4,recent=32"]
+    assert variants == [
+        "full",
+        "resv:sink=4,recent=32",
+        "topk:k=0.5,sink=4,recent=32",
+        "window:recent=64,sink=4",
+        "oracle:tau=0.9,sink=4,recent=32",
+    ]
     for r in rows:
         size, var = int(r[0].replace(",", "")), r[1].strip("`")
         kept_pre, kept_dec = _pct(r[6]), _pct(r[7])

@@ -105,9 +105,14 @@ def test_missing_stage_file(bundle: Path) -> None:
         load_manifest(bundle)
 
 
-@pytest.mark.parametrize("rel, match", [("../outside.onnx", "escapes the bundle"),
-                                        ("stages/../../outside.onnx", "escapes the bundle"),
-                                        ("/etc/passwd", "must be relative")])
+@pytest.mark.parametrize(
+    "rel, match",
+    [
+        ("../outside.onnx", "escapes the bundle"),
+        ("stages/../../outside.onnx", "escapes the bundle"),
+        ("/etc/passwd", "must be relative"),
+    ],
+)
 def test_stage_path_escaping_the_bundle(bundle: Path, rel: str, match: str) -> None:
     (bundle.parent / "outside.onnx").write_bytes((bundle / "stages" / "head.onnx").read_bytes())
 

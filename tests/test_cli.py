@@ -42,8 +42,19 @@ def assert_one_line_error(result, pattern: str) -> None:
 
 
 def test_caption_jsonl_to_stdout(clip: Path, tiny_videollm_bundle: Path) -> None:
-    r = run("caption", clip, "--model", tiny_videollm_bundle, "--policy", "full", "--format", "jsonl", "-q",
-            "--ask", "1.2=what is on the table")
+    r = run(
+        "caption",
+        clip,
+        "--model",
+        tiny_videollm_bundle,
+        "--policy",
+        "full",
+        "--format",
+        "jsonl",
+        "-q",
+        "--ask",
+        "1.2=what is on the table",
+    )
     assert r.exit_code == 0, r.output
     records = [json.loads(line) for line in r.stdout.splitlines()]
     answers = [x for x in records if x["kind"] == "answer"]
@@ -55,8 +66,21 @@ def test_caption_jsonl_to_stdout(clip: Path, tiny_videollm_bundle: Path) -> None
 @pytest.mark.parametrize("fmt", ["text", "srt"])
 def test_caption_formats_to_file(clip: Path, tiny_videollm_bundle: Path, tmp_path: Path, fmt: str) -> None:
     out = tmp_path / f"captions.{fmt}"
-    r = run("caption", clip, "--model", tiny_videollm_bundle, "--policy", "full", "--format", fmt, "-o", out, "-q",
-            "--opt", "tau=0.9")
+    r = run(
+        "caption",
+        clip,
+        "--model",
+        tiny_videollm_bundle,
+        "--policy",
+        "full",
+        "--format",
+        fmt,
+        "-o",
+        out,
+        "-q",
+        "--opt",
+        "tau=0.9",
+    )
     assert_one_line_error(r, "takes no options")
     r = run("caption", clip, "--model", tiny_videollm_bundle, "--policy", "full", "--format", fmt, "-o", out, "-q")
     assert r.exit_code == 0, r.output
@@ -84,12 +108,17 @@ def test_user_errors_are_one_line(clip: Path, tiny_videollm_bundle: Path, tmp_pa
     assert_one_line_error(run("caption", tmp_path / "missing.mp4", "--model", tiny_videollm_bundle), "not found")
     assert_one_line_error(run("caption", clip, "--model", tmp_path), "manifest")
     assert_one_line_error(run("caption", clip, "--model", tmp_path / "nope"), "bundle not found")
-    assert_one_line_error(run("caption", clip, "--model", tiny_videollm_bundle, "--policy", "magic"), "unknown retrieval policy")
-    assert_one_line_error(run("caption", clip, "--model", tiny_videollm_bundle, "--format", "xml"), "unknown output format")
+    assert_one_line_error(
+        run("caption", clip, "--model", tiny_videollm_bundle, "--policy", "magic"), "unknown retrieval policy"
+    )
+    assert_one_line_error(
+        run("caption", clip, "--model", tiny_videollm_bundle, "--format", "xml"), "unknown output format"
+    )
     assert_one_line_error(run("caption", clip, "--model", tiny_videollm_bundle, "--ask", "soon=hello"), "--ask")
     assert_one_line_error(run("caption", clip, "--model", tiny_videollm_bundle, "--fps", "0"), "fps")
-    assert_one_line_error(run("caption", clip, "--model", tiny_videollm_bundle, "-o", tmp_path / "no" / "x.txt"),
-                          "does not exist")
+    assert_one_line_error(
+        run("caption", clip, "--model", tiny_videollm_bundle, "-o", tmp_path / "no" / "x.txt"), "does not exist"
+    )
     assert_one_line_error(run("info", tmp_path / "nope"), "bundle not found")
 
 

@@ -36,9 +36,12 @@ def bad_values(tp, meta) -> list[str]:
     return out
 
 
-CASES = [(name, f.name, v) for name, spec in POLICIES.items()
-         for f in dataclasses.fields(spec.options)
-         for v in bad_values(typing.get_type_hints(spec.options)[f.name], f.metadata)]
+CASES = [
+    (name, f.name, v)
+    for name, spec in POLICIES.items()
+    for f in dataclasses.fields(spec.options)
+    for v in bad_values(typing.get_type_hints(spec.options)[f.name], f.metadata)
+]
 
 
 @pytest.mark.parametrize("policy,option,value", CASES)

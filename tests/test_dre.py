@@ -163,10 +163,20 @@ def run_policy(accel, frames: int, seed: int):
 
     hd = 16
     inv = tuple(float(x) for x in 1.0 / (10000.0 ** (np.arange(0, hd, 2) / hd)))
-    text = TextSpec(num_layers=1, hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=hd, vocab_size=10,
-                    max_positions=4096, rms_norm_eps=1e-5, rope=RopeSpec(theta=10000.0, inv_freq=inv))
-    cache = make_policy("resv", accel=accel, tau=0.9, sink=4, recent=20, bits=32, hamming=3, max_cluster=6,
-                        horizon=16, dense_below=0)(0, text, Rope(text.rope))
+    text = TextSpec(
+        num_layers=1,
+        hidden_size=64,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=hd,
+        vocab_size=10,
+        max_positions=4096,
+        rms_norm_eps=1e-5,
+        rope=RopeSpec(theta=10000.0, inv_freq=inv),
+    )
+    cache = make_policy(
+        "resv", accel=accel, tau=0.9, sink=4, recent=20, bits=32, hamming=3, max_cluster=6, horizon=16, dense_below=0
+    )(0, text, Rope(text.rope))
     rng = np.random.default_rng(seed)
     scenes = rng.standard_normal((5, 2, 5, hd)).astype(np.float32)
     sels, outs = [], []
@@ -218,9 +228,28 @@ def test_caption_on_the_emulator_matches_the_fixed_reference(tiny_videollm_bundl
     w.release()
     outs = {}
     for accel in ("dre-emu", "fixed-ref", "host"):
-        r = CliRunner().invoke(app, ["caption", str(path), "--model", str(tiny_videollm_bundle), "--format", "jsonl",
-                                     "-q", "--fps", "10", "--opt", "sink=4", "--opt", "recent=12", "--opt", "dense_below=0",
-                                     "--accel", accel])
+        r = CliRunner().invoke(
+            app,
+            [
+                "caption",
+                str(path),
+                "--model",
+                str(tiny_videollm_bundle),
+                "--format",
+                "jsonl",
+                "-q",
+                "--fps",
+                "10",
+                "--opt",
+                "sink=4",
+                "--opt",
+                "recent=12",
+                "--opt",
+                "dense_below=0",
+                "--accel",
+                accel,
+            ],
+        )
         assert r.exit_code == 0, r.output
         outs[accel] = [(x["kind"], x["t"], x.get("text")) for x in map(json.loads, r.stdout.splitlines())]
     assert outs["dre-emu"] == outs["fixed-ref"] and len(outs["dre-emu"]) > 30

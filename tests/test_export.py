@@ -101,7 +101,9 @@ def test_bundle_reproduces_model_logits(request: pytest.FixtureRequest, name: st
     assert (got.argmax(-1) == ref.argmax(-1)).all()
 
 
-def test_manifest_describes_the_models(tiny_videollm_bundle: Path, tiny_llama_bundle: Path, tiny_qwen2_bundle: Path) -> None:
+def test_manifest_describes_the_models(
+    tiny_videollm_bundle: Path, tiny_llama_bundle: Path, tiny_qwen2_bundle: Path
+) -> None:
     v = load_manifest(tiny_videollm_bundle)
     assert v.family == "videollm" and v.dtype == "fp32"
     assert v.vision is not None and v.vision.tokens_per_frame == 10 and v.vision.image_size == (48, 48)

@@ -24,17 +24,27 @@ def smollm2(smollm2_export):
 def test_smollm2_gguf_exports_with_parity(smollm2) -> None:
     report, lm, tok = smollm2
     m = load_manifest(report.out)
-    assert (m.family, m.text.num_layers, m.text.num_heads, m.text.num_kv_heads, m.text.head_dim) == ("llama", 30, 9, 3, 64)
+    assert (m.family, m.text.num_layers, m.text.num_heads, m.text.num_kv_heads, m.text.head_dim) == (
+        "llama",
+        30,
+        9,
+        3,
+        64,
+    )
     assert m.notes["source_format"] == "gguf"
     assert [tok.convert_ids_to_tokens(i) for i in m.tokens.end_of_turn] == ["<|im_end|>"]
     assert len(report.errors) == 62 and all(np.isfinite(e) for e in report.errors.values())
 
-    text = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
-                                   tokenize=False, add_generation_prompt=True)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}], tokenize=False, add_generation_prompt=True
+    )
     ids = np.array(tok.encode(text, add_special_tokens=False), dtype=np.int64)
     # the manifest's prompt layout rebuilds the same ids
     layout = (*m.prompt.system_ids, *m.prompt.user_prefix_ids)
-    assert tuple(ids[: len(layout)]) == layout and tuple(ids[-len(m.prompt.reply_prefix_ids):]) == m.prompt.reply_prefix_ids
+    assert (
+        tuple(ids[: len(layout)]) == layout
+        and tuple(ids[-len(m.prompt.reply_prefix_ids) :]) == m.prompt.reply_prefix_ids
+    )
     with torch.no_grad():
         out = lm(torch.from_numpy(ids)[None], output_hidden_states=True)
     r = BundleRunner(report.out)
@@ -75,12 +85,15 @@ def test_smollm2_runtime_greedy_and_distributions_match_transformers(smollm2) ->
     from vrex_edge.runtime.session import StreamSession
 
     report, lm, tok = smollm2
-    text = tok.apply_chat_template([{"role": "user", "content": "Name three colours of the rainbow."}],
-                                   tokenize=False, add_generation_prompt=True)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "Name three colours of the rainbow."}], tokenize=False, add_generation_prompt=True
+    )
     ids = tok.encode(text, add_special_tokens=False)
     n_new = 24
     with torch.no_grad():
-        ref = lm.generate(torch.tensor([ids]), max_new_tokens=n_new, do_sample=False, min_new_tokens=n_new)[0, len(ids):]
+        ref = lm.generate(torch.tensor([ids]), max_new_tokens=n_new, do_sample=False, min_new_tokens=n_new)[
+            0, len(ids) :
+        ]
         ref_logits = lm(torch.cat([torch.tensor(ids), ref])[None]).logits[0, len(ids) - 1 : -1].numpy()  # [n_new, V]
     s = StreamSession(load_model(report.out), prefill_chunk=16)  # several prefill chunks
     s.prefill_text(ids)

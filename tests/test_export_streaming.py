@@ -15,8 +15,9 @@ from vrex_edge.export import export_bundle
 from .export_ref import BundleRunner
 
 
-def test_external_data_bundle_loads_and_matches(tiny_qwen2_hf: Path, tiny_qwen2_bundle: Path, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_external_data_bundle_loads_and_matches(
+    tiny_qwen2_hf: Path, tiny_qwen2_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """With the external-data threshold lowered, every weighted graph keeps its tensors in
     <file>.data (as the 8B embedding and head do past 2 GB): hashed, loadable, same outputs."""
     from vrex_edge.export import onnx_io
@@ -75,11 +76,17 @@ def test_lora_lookup_merges_as_peft(tmp_path: Path) -> None:
     lm = live_lm_class().from_pretrained(str(base), config=cfg, dtype=torch.float32)
     merged = PeftModel.from_pretrained(lm, str(ad)).merge_and_unload().state_dict()
     p = "base_model.model."
-    adapter = SafetensorsFolder(ad, files=("adapter_model.safetensors",),
-                                rename=lambda k: k[len(p):] if k.startswith(p) else None)
+    adapter = SafetensorsFolder(
+        ad, files=("adapter_model.safetensors",), rename=lambda k: k[len(p) :] if k.startswith(p) else None
+    )
     lookup = lora_lookup(SafetensorsFolder(base), adapter, acfg)
-    for name in ("model.layers.1.self_attn.q_proj.weight", "model.layers.0.mlp.down_proj.weight", "lm_head.weight",
-                 "connector.2.weight", "model.norm.weight"):
+    for name in (
+        "model.layers.1.self_attn.q_proj.weight",
+        "model.layers.0.mlp.down_proj.weight",
+        "lm_head.weight",
+        "connector.2.weight",
+        "model.norm.weight",
+    ):
         torch.testing.assert_close(lookup(name), merged[name], rtol=1e-5, atol=1e-6)
 
 
@@ -112,7 +119,11 @@ def test_synthetic_tokenizer_has_the_published_ids() -> None:
     tok = synthetic_tokenizer(49280 - len(sp), sp, words=(" what",))
     assert tok.get_vocab_size() == 49280
     assert [tok.token_to_id(t) for t in ("<|im_start|>", "<global-img>", "<image>", "<end_of_utterance>")] == [
-        1, 49152, 49190, 49279]
+        1,
+        49152,
+        49190,
+        49279,
+    ]
     ids = tok.encode("<|im_start|>User: what?<end_of_utterance>").ids
     assert ids[0] == 1 and ids[-1] == 49279 and tok.decode(ids, skip_special_tokens=True) == "User: what?"
     sp = _llama3_specials()

@@ -89,14 +89,21 @@ def test_stream_answer_matches_transformers_greedy(family_models, references, na
 def test_videollm_online_manifest(family_models) -> None:
     src, bundle = family_models["videollm_online"]
     m = load_manifest(bundle)
-    assert (m.family, m.vision.tokens_per_frame, m.vision.resize, m.prompt.speak_threshold) == ("videollm-online", 10, "pad", 0.725)
+    assert (m.family, m.vision.tokens_per_frame, m.vision.resize, m.prompt.speak_threshold) == (
+        "videollm-online",
+        10,
+        "pad",
+        0.725,
+    )
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(bundle / m.tokenizer))
     assert tok.id_to_token(m.tokens.frame_placeholder) == "<v>" and m.tokens.frame_placeholder == m.text.vocab_size
     assert tok.decode([m.tokens.frame_interval]) == ","
     assert tok.decode(list(m.prompt.reply_prefix_ids)) == "]\nAssistant:"
-    assert tok.decode(list(m.prompt.system_ids), skip_special_tokens=False).endswith("frames received by the assistant.\n\n[")
+    assert tok.decode(list(m.prompt.system_ids), skip_special_tokens=False).endswith(
+        "frames received by the assistant.\n\n["
+    )
     assert m.prompt.reply_suffix_ids[0] == m.tokens.end_of_turn[0]
     acfg = json.loads((src / "adapter_config.json").read_text())
     assert acfg["modules_to_save"] == ["connector"] and "lm_head" in acfg["target_modules"]

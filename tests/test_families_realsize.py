@@ -43,8 +43,12 @@ def _params():
     for name in FIXTURES:
         marks = [pytest.mark.slow]
         if not _wanted(name):
-            marks.append(pytest.mark.skip(reason=f"real-size {name}: set VREX_REALSIZE={name} (results committed in "
-                                                 "benchmarks/results/families_realsize.md)"))
+            marks.append(
+                pytest.mark.skip(
+                    reason=f"real-size {name}: set VREX_REALSIZE={name} (results committed in "
+                    "benchmarks/results/families_realsize.md)"
+                )
+            )
         yield pytest.param(name, marks=marks, id=name)
 
 
@@ -82,11 +86,18 @@ def test_real_size_export_stages_and_stream(cache: Path, name: str) -> None:
         text = cfg["text_config"]
     # the bundle has the published dimensions and token layout
     assert (m.text.num_layers, m.text.hidden_size, m.text.num_heads, m.text.num_kv_heads) == (
-        text["num_hidden_layers"], text["hidden_size"], text["num_attention_heads"], text["num_key_value_heads"])
+        text["num_hidden_layers"],
+        text["hidden_size"],
+        text["num_attention_heads"],
+        text["num_key_value_heads"],
+    )
     assert m.text.vocab_size == text["vocab_size"] and m.vision.image_size == (side, side)
     assert m.vision.tokens_per_frame == per_frame
-    placeholder = {"smolvlm": cfg.get("image_token_id"), "llava_onevision": cfg.get("video_token_index"),
-                   "videollm_online": text["vocab_size"]}[family]  # <v> is appended after the vocabulary
+    placeholder = {
+        "smolvlm": cfg.get("image_token_id"),
+        "llava_onevision": cfg.get("video_token_index"),
+        "videollm_online": text["vocab_size"],
+    }[family]  # <v> is appended after the vocabulary
     assert m.tokens.frame_placeholder == placeholder
     parity = m.notes["parity"]
     rel = {k: e / (1 + parity["max_abs_reference"][k]) for k, e in parity["max_abs_error"].items()}

@@ -99,7 +99,11 @@ def test_wrong_device_id(tmp_path):
 def test_timeout_resets_the_card(tmp_path):
     with DreCardModel(tmp_path, faults=["timeout"]) as c:
         b = FpgaBackend(c.prefix, timeout_s=0.2)
-        with pytest.raises(AccelError, match=r"DRE timed out after 0.2 s on LAYOUT \(seq 1, status 0x[01]\): the card did not finish; it was reset"):
+        with pytest.raises(
+            AccelError,
+            match=r"DRE timed out after 0.2 s on LAYOUT \(seq 1, status 0x[01]\): the card did not finish; it "
+            r"was reset",
+        ):
             b.layout(np.array([0]), np.array([0]), np.array([4]))
         b.close()
 
@@ -129,9 +133,11 @@ def test_device_side_errors_surface(card):
             drv.run(Desc(Op.ASSIGN, 0, m=1, bits=63), [b"\0" * 8], [4])
         with pytest.raises(AccelError, match=r"needs \d+ bytes of card memory, the card has 67108864"):
             drv.run(Desc(Op.LAYOUT, 0), [bytes(64 << 20)], [])
-        outs, n = drv.run(Desc(Op.LAYOUT, 0, m=1, c=1), [np.array([0], np.uint32).tobytes(),
-                                                          np.array([8], np.int64).tobytes(),
-                                                          np.array([4], np.int64).tobytes()], [16])
+        outs, n = drv.run(
+            Desc(Op.LAYOUT, 0, m=1, c=1),
+            [np.array([0], np.uint32).tobytes(), np.array([8], np.int64).tobytes(), np.array([4], np.int64).tobytes()],
+            [16],
+        )
         assert n == 1 and np.frombuffer(outs[0], np.int64).tolist() == [8, 12]  # the card still works
     finally:
         drv.close()

@@ -25,8 +25,11 @@ from vrex_edge.runtime.rope import Rope
 
 ROOT = Path(__file__).resolve().parent.parent
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
-needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason=f"onnxruntime {ort.__version__} has no CUDAExecutionProvider "
-                                "(install onnxruntime-gpu on a machine with an NVIDIA GPU)")
+needs_cuda = pytest.mark.skipif(
+    not HAS_CUDA,
+    reason=f"onnxruntime {ort.__version__} has no CUDAExecutionProvider "
+    "(install onnxruntime-gpu on a machine with an NVIDIA GPU)",
+)
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, needs_cuda])]
 CHUNKS = [10, 1, 7, 10, 3, 40, 1, 1, 10]
 
@@ -130,8 +133,11 @@ def test_cuda_session_device_kv_matches_host_kv() -> None:
 
     bundle = ROOT / "models" / "vrex-tiny"
     cpu, gpu = load_model(bundle), load_model(bundle, providers=["cuda"])
-    caches = {"cpu": cpu.make_caches(make_policy("full")), "cuda-host": gpu.make_caches(make_policy("full")),
-              "cuda-device": gpu.make_caches(make_policy("full", device="cuda"))}
+    caches = {
+        "cpu": cpu.make_caches(make_policy("full")),
+        "cuda-host": gpu.make_caches(make_policy("full")),
+        "cuda-device": gpu.make_caches(make_policy("full", device="cuda")),
+    }
     assert isinstance(caches["cuda-device"][0], DeviceFullKV) and isinstance(caches["cuda-host"][0], FullKV)
     rng = np.random.default_rng(3)
     pos = 0

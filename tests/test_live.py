@@ -21,8 +21,15 @@ from vrex_edge.runtime.live import CaptureThread, LiveStatus, OpenCVReader, live
 class SyntheticReader:
     """Frames at `rate` fps whose first pixel holds the frame number; optional failure window."""
 
-    def __init__(self, rate: float, *, count: int | None = None, fail_after: int | None = None,
-                 fail_reads: int = 0, recover: bool = True):
+    def __init__(
+        self,
+        rate: float,
+        *,
+        count: int | None = None,
+        fail_after: int | None = None,
+        fail_reads: int = 0,
+        recover: bool = True,
+    ):
         self.name, self.ended = "synthetic", False
         self.period, self.count = 1.0 / rate, count
         self.index = 0
@@ -163,7 +170,8 @@ def test_live_events_insert_questions(tiny_videollm_bundle: Path) -> None:
 def test_cli_under_a_terminal_answers_a_typed_question(clip: Path, tiny_videollm_bundle: Path, tmp_path: Path) -> None:
     pytest.importorskip("pexpect")
     out = tmp_path / "session.jsonl"
-    child = spawn_cli(["live", "--source", str(clip), "--model", str(tiny_videollm_bundle), "--policy", "full",
-                       "-o", str(out)])
+    child = spawn_cli(
+        ["live", "--source", str(clip), "--model", str(tiny_videollm_bundle), "--policy", "full", "-o", str(out)]
+    )
     ask_until_done(child, "where is it")
     assert answers(out, "where is it")

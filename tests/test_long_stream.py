@@ -39,8 +39,9 @@ def world() -> tuple[list, list[Question]]:
     return list(render_frames(stream)), questions
 
 
-def _answers(frames: list, questions: list[Question], policy: str, context: int | None,
-             **opts: object) -> tuple[dict[str, int], int]:
+def _answers(
+    frames: list, questions: list[Question], policy: str, context: int | None, **opts: object
+) -> tuple[dict[str, int], int]:
     """-> correct answers per question kind, the widest attended set (tokens)."""
     model = load_model(default_model())
     if context is not None:

@@ -16,11 +16,19 @@ ROOT = Path(__file__).resolve().parent.parent
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
 
 
-@pytest.mark.parametrize(("arg", "name"), [
-    ("cpu", "CPUExecutionProvider"), ("CPU", "CPUExecutionProvider"), ("cuda", "CUDAExecutionProvider"),
-    ("Cuda", "CUDAExecutionProvider"), ("tensorrt", "TensorrtExecutionProvider"), ("trt", "TensorrtExecutionProvider"),
-    ("CUDAExecutionProvider", "CUDAExecutionProvider"), ("CPUExecutionProvider", "CPUExecutionProvider"),
-])
+@pytest.mark.parametrize(
+    ("arg", "name"),
+    [
+        ("cpu", "CPUExecutionProvider"),
+        ("CPU", "CPUExecutionProvider"),
+        ("cuda", "CUDAExecutionProvider"),
+        ("Cuda", "CUDAExecutionProvider"),
+        ("tensorrt", "TensorrtExecutionProvider"),
+        ("trt", "TensorrtExecutionProvider"),
+        ("CUDAExecutionProvider", "CUDAExecutionProvider"),
+        ("CPUExecutionProvider", "CPUExecutionProvider"),
+    ],
+)
 def test_short_names(arg: str, name: str) -> None:
     assert provider_name(arg) == name
 
@@ -28,7 +36,8 @@ def test_short_names(arg: str, name: str) -> None:
 def test_check_providers_maps_short_names() -> None:
     assert check_providers(["cpu"]) == ["CPUExecutionProvider"]
     assert check_providers([("cpu", {"arena_extend_strategy": "kSameAsRequested"})]) == [
-        ("CPUExecutionProvider", {"arena_extend_strategy": "kSameAsRequested"})]
+        ("CPUExecutionProvider", {"arena_extend_strategy": "kSameAsRequested"})
+    ]
     assert not uses_cuda(["CPUExecutionProvider"])
     assert uses_cuda(["CUDAExecutionProvider", "CPUExecutionProvider"]) and uses_cuda(["TensorrtExecutionProvider"])
 

@@ -82,8 +82,13 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tmpfs(path: Path, *options: str) -> Iterator[Path]:
     """A small tmpfs at `path` (root only; skips the test where mounting is not allowed)."""
     path.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(("size=64k", *options)), "tmpfs",
-                                            str(path)], capture_output=True).returncode != 0:
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", ",".join(("size=64k", *options)), "tmpfs", str(path)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("needs root and mount for a real full or read-only file system")
     try:
         yield path
@@ -101,12 +106,16 @@ def test_output_into_proc(clip: Path) -> None:
 def test_output_into_read_only_folder(clip: Path, tmp_path: Path) -> None:
     if os.geteuid() == 0:
         with tmpfs(tmp_path / "ro", "ro") as ro:
-            assert_one_line_error(run("caption", clip, "-q", "-o", ro / "x.srt"), r"cannot create a file in .*Read-only")
+            assert_one_line_error(
+                run("caption", clip, "-q", "-o", ro / "x.srt"), r"cannot create a file in .*Read-only"
+            )
             assert os.listdir(ro) == []
         return
     ro = tmp_path / "ro"
     ro.mkdir(mode=0o555)
-    assert_one_line_error(run("caption", clip, "-q", "-o", ro / "x.srt"), r"cannot create a file in .*Permission denied")
+    assert_one_line_error(
+        run("caption", clip, "-q", "-o", ro / "x.srt"), r"cannot create a file in .*Permission denied"
+    )
     assert os.listdir(ro) == []
 
 
@@ -183,14 +192,17 @@ def test_stale_output_temps_of_dead_runs_are_removed(clip: Path, tmp_path: Path)
 # ---------------------------------------------------------------------------- bad inputs
 
 
-@pytest.mark.parametrize("ask, pattern", [
-    ("nan=q", "out of range: 'nan'"),
-    ("inf=q", "out of range: 'inf'"),
-    ("99:99:99=q", "out of range: '99:99:99'"),
-    ("1:60=q", "mm and ss below 60"),
-    ("-5=q", "out of range"),
-    ("1.5:00=q", r"\[hh:\]mm:ss"),
-])
+@pytest.mark.parametrize(
+    "ask, pattern",
+    [
+        ("nan=q", "out of range: 'nan'"),
+        ("inf=q", "out of range: 'inf'"),
+        ("99:99:99=q", "out of range: '99:99:99'"),
+        ("1:60=q", "mm and ss below 60"),
+        ("-5=q", "out of range"),
+        ("1.5:00=q", r"\[hh:\]mm:ss"),
+    ],
+)
 def test_bad_ask_times_are_refused_up_front(clip: Path, tmp_path: Path, ask: str, pattern: str) -> None:
     out = tmp_path / "out.txt"
     out.write_text("mine\n")
@@ -200,8 +212,10 @@ def test_bad_ask_times_are_refused_up_front(clip: Path, tmp_path: Path, ask: str
 
 
 def test_ask_after_the_end_of_the_video(clip: Path) -> None:
-    assert_one_line_error(run("caption", clip, "-q", "--ask", "30:00=what happened"),
-                          r"--ask at 00:30:00.000 is after the end of .*clip.avi \(00:00:20.000\)")
+    assert_one_line_error(
+        run("caption", clip, "-q", "--ask", "30:00=what happened"),
+        r"--ask at 00:30:00.000 is after the end of .*clip.avi \(00:00:20.000\)",
+    )
     r = run("caption", clip, "-q", "--format", "jsonl", "--ask", "19.5=what is there")  # before the end: answered
     assert r.exit_code == 0, r.output
     assert [json.loads(x)["kind"] for x in r.stdout.splitlines()].count("answer") == 1
@@ -225,22 +239,32 @@ def test_manifest_with_zero_image_size(clip: Path, tmp_path: Path) -> None:
 def test_export_without_torch_names_the_extra(tmp_path: Path) -> None:
     """The embedded model's real source checkpoint, in a Python where torch and transformers cannot be imported."""
     (tmp_path / "hide").mkdir()
-    (tmp_path / "hide" / "sitecustomize.py").write_text("import sys\nsys.modules['torch'] = None\n"
-                                                        "sys.modules['transformers'] = None\n")
+    (tmp_path / "hide" / "sitecustomize.py").write_text(
+        "import sys\nsys.modules['torch'] = None\nsys.modules['transformers'] = None\n"
+    )
     src = ROOT / "models" / "sources" / "vrex-tiny"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "hide"), str(ROOT)])}
-    p = subprocess.run([sys.executable, "-m", "vrex_edge.cli", "export", "-m", str(src), "-o", str(tmp_path / "out")],
-                       capture_output=True, text=True, env=env, timeout=60)
+    p = subprocess.run(
+        [sys.executable, "-m", "vrex_edge.cli", "export", "-m", str(src), "-o", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
     assert p.stderr.splitlines() == [p.stderr.strip()]
-    assert re.match(r"error: export needs the export extra \(torch, transformers not installed\): run "
-                    r"\.venv/bin/pip install -e '\.\[export\]'", p.stderr)
+    assert re.match(
+        r"error: export needs the export extra \(torch, transformers not installed\): run "
+        r"\.venv/bin/pip install -e '\.\[export\]'",
+        p.stderr,
+    )
     assert not (tmp_path / "out").exists()
 
 
 def test_export_that_cannot_write_keeps_what_was_there(tiny_videollm_checkpoint: Path, tmp_path: Path) -> None:
-    assert_one_line_error(run("export", "-m", tiny_videollm_checkpoint, "-o", "/proc/bundle"),
-                          r"cannot create the bundle in /proc")
+    assert_one_line_error(
+        run("export", "-m", tiny_videollm_checkpoint, "-o", "/proc/bundle"), r"cannot create the bundle in /proc"
+    )
     with tmpfs(tmp_path / "full") as full:
         old = full / "bundle"
         old.mkdir()
@@ -253,7 +277,9 @@ def test_export_that_cannot_write_keeps_what_was_there(tiny_videollm_checkpoint:
 
 
 def test_kv_store_on_a_read_only_place(clip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert_one_line_error(run("caption", clip, "-q", "--keep-kv", "/proc/kv"), r"cannot create the KV store at /proc/kv")
+    assert_one_line_error(
+        run("caption", clip, "-q", "--keep-kv", "/proc/kv"), r"cannot create the KV store at /proc/kv"
+    )
     blocked = tmp_path / "cache"
     blocked.write_text("a file where the cache folder should be")
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
@@ -274,9 +300,13 @@ def truncated(clip: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_truncated_video_writes_what_decoded_and_exits_3(truncated: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     r = run("caption", truncated, "-q", "--format", "jsonl", "-o", out)
-    err = assert_one_line_error(r, r"cut.avi decoded \d+ of the 40 frames its container states \(the last at "
-                                   r"00:00:\d\d\.\d{3} of 00:00:20.000\): the file is truncated or damaged; what "
-                                   r"decoded was processed and written to .*out.jsonl", code=3)
+    err = assert_one_line_error(
+        r,
+        r"cut.avi decoded \d+ of the 40 frames its container states \(the last at "
+        r"00:00:\d\d\.\d{3} of 00:00:20.000\): the file is truncated or damaged; what "
+        r"decoded was processed and written to .*out.jsonl",
+        code=3,
+    )
     n = int(re.search(r"decoded (\d+) of", err).group(1))
     assert 5 < n < 40
     records = [json.loads(x) for x in out.read_text().splitlines()]
@@ -367,8 +397,12 @@ def test_stale_kv_stores_of_dead_runs_are_removed(clip: Path) -> None:
     root.mkdir(parents=True)
     marker = {"host": socket.gethostname()}
     dead, alive, other_host, unmarked = (root / f"session-{n}" for n in ("dead", "alive", "otherhost", "old"))
-    for folder, info in ((dead, {**marker, "pid": dead_pid()}), (alive, {**marker, "pid": os.getppid()}),
-                         (other_host, {"host": "elsewhere", "pid": dead_pid()}), (unmarked, None)):
+    for folder, info in (
+        (dead, {**marker, "pid": dead_pid()}),
+        (alive, {**marker, "pid": os.getppid()}),
+        (other_host, {"host": "elsewhere", "pid": dead_pid()}),
+        (unmarked, None),
+    ):
         folder.mkdir()
         (folder / "L000.000000.kv").write_bytes(b"\0" * 1024)
         if info is not None:
@@ -403,9 +437,16 @@ def _foreground_signals() -> None:
 
 def cli(*args: object, **kw) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen([sys.executable, "-m", "vrex_edge.cli", *map(str, args)], env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_foreground_signals, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "vrex_edge.cli", *map(str, args)],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_foreground_signals,
+        **kw,
+    )
 
 
 def wait_for(cond, timeout: float = 20.0) -> None:
@@ -434,7 +475,9 @@ def test_caption_stops_on_a_signal_and_leaves_nothing(tmp_path: Path, sig: int) 
     _, err = p.communicate(timeout=20)
     assert p.returncode == 128 + sig, err
     name = signal.Signals(sig).name
-    assert re.fullmatch(rf"interrupted by {name} at 00:00:\d\d\.\d{{3}} of the stream; .*out.srt left as it was\n", err), err
+    assert re.fullmatch(
+        rf"interrupted by {name} at 00:00:\d\d\.\d{{3}} of the stream; .*out.srt left as it was\n", err
+    ), err
     assert out.read_text() == "the user's file\n" and temps(tmp_path) == []
     assert kv_sessions() == []
 
@@ -470,8 +513,10 @@ def test_live_output_on_a_full_device() -> None:
     p = cli("live", "--source", DEMO, "-o", "/dev/full")
     _, err = p.communicate(timeout=60)
     assert p.returncode == 1 and "Traceback" not in err, err
-    assert err.strip().splitlines()[-1] == "error: cannot write /dev/full: No space left on device; free some space or " \
-                                           "write elsewhere", err
+    assert (
+        err.strip().splitlines()[-1] == "error: cannot write /dev/full: No space left on device; free some space or "
+        "write elsewhere"
+    ), err
     assert kv_sessions() == []
 
 
@@ -519,4 +564,3 @@ def test_signal_module_in_process() -> None:
                 time.sleep(0.001)
         assert e.value.exit_code == 143 and not stops.clean_stop
     assert signal.getsignal(signal.SIGTERM) == before
-

@@ -13,8 +13,17 @@ from vrex_edge.runtime.rope import Rope
 
 def make_text(*, h: int = 4, kvh: int = 2, hd: int = 16, max_positions: int = 4096) -> TextSpec:
     inv = tuple(float(x) for x in 1.0 / (10000.0 ** (np.arange(0, hd, 2) / hd)))
-    return TextSpec(num_layers=1, hidden_size=h * hd, num_heads=h, num_kv_heads=kvh, head_dim=hd, vocab_size=32,
-                    max_positions=max_positions, rms_norm_eps=1e-5, rope=RopeSpec(theta=10000.0, inv_freq=inv))
+    return TextSpec(
+        num_layers=1,
+        hidden_size=h * hd,
+        num_heads=h,
+        num_kv_heads=kvh,
+        head_dim=hd,
+        vocab_size=32,
+        max_positions=max_positions,
+        rms_norm_eps=1e-5,
+        rope=RopeSpec(theta=10000.0, inv_freq=inv),
+    )
 
 
 def stream(rng: np.random.Generator, text: TextSpec, chunks: list[int], *, pool: int = 6, noise: float = 0.05):
@@ -88,13 +97,16 @@ def test_dense_fallback_equals_full(chunks):
     assert (st.kept < st.history).all() and cache.last_mass is not None
 
 
-@pytest.mark.parametrize("opts", [dict(), dict(cluster_batch=7, reselect=3), dict(max_cluster=4, horizon=4, keys="pre")])
+@pytest.mark.parametrize(
+    "opts", [dict(), dict(cluster_batch=7, reselect=3), dict(max_cluster=4, horizon=4, keys="pre")]
+)
 def test_incremental_gather_equals_full_gather(opts):
     """The buffer kept across calls (incremental=1) attends to the same tokens as gathering afresh."""
     text = make_text()
     chunks = CHUNKINGS[1] + [10] * 25 + [64] + [10] * 10  # a growing selection reallocates the buffer
-    caches = [build("resv", text, tau=0.7, hamming=6, sink=4, recent=16, dense_below=0, incremental=i, **opts)
-              for i in (0, 1)]
+    caches = [
+        build("resv", text, tau=0.7, hamming=6, sink=4, recent=16, dense_below=0, incremental=i, **opts) for i in (0, 1)
+    ]
     ref, got = (run(c, text, chunks) for c in caches)
     for a, b in zip(ref, got, strict=True):
         np.testing.assert_allclose(b, a, rtol=2e-5, atol=2e-5)
@@ -107,8 +119,11 @@ def test_incremental_gather_equals_full_gather(opts):
 def test_topk_all_and_huge_window_equal_full(chunks):
     text = make_text(h=6, kvh=3)
     ref = run(FullKV(text, Rope(text.rope)), text, chunks)
-    for name, opts in [("topk", dict(k=1.0)), ("topk", dict(k=10_000, recent=5, sink=2)),
-                       ("window", dict(recent=100_000))]:
+    for name, opts in [
+        ("topk", dict(k=1.0)),
+        ("topk", dict(k=10_000, recent=5, sink=2)),
+        ("window", dict(recent=100_000)),
+    ]:
         got = run(build(name, text, **opts), text, chunks)
         for a, b in zip(ref, got, strict=True):
             np.testing.assert_allclose(b, a, rtol=2e-5, atol=2e-5)
@@ -151,6 +166,7 @@ def test_clustering_invariants(opts):
         assert st.counts[h, :c].max() <= o["max_cluster"]
     # representative = mean of the member clustering keys, and codes within the Hamming threshold
     from vrex_edge.accel.host import hamming
+
     rng = np.random.default_rng(0)
     raw = np.concatenate([k for _, k, _, _ in stream(rng, text, chunks)], axis=1)  # [KVH, N, hd] un-rotated
     rot = Rope(text.rope).apply(raw, np.arange(raw.shape[1]))
@@ -212,8 +228,10 @@ def test_phase_totals_separate():
     assert set(cache.stats().seconds) == {"cluster", "select", "gather", "attend"}
 
 
-@pytest.mark.parametrize("name,opts", [("resv", dict(tau=1.0, sink=4, recent=16)), ("window", dict(recent=10**6)),
-                                       ("topk", dict(k=1.0, recent=8))])
+@pytest.mark.parametrize(
+    "name,opts",
+    [("resv", dict(tau=1.0, sink=4, recent=16)), ("window", dict(recent=10**6)), ("topk", dict(k=1.0, recent=8))],
+)
 def test_compact_equals_absolute_only_without_skips(name, opts):
     text = make_text()
     chunks = [10] * 15 + [1] * 5
@@ -310,8 +328,11 @@ def test_model_stream_with_policies(tiny_llama_bundle):
         caches = model.make_caches(make_policy(policy, **opts))
         rows, s = [], 0
         for m in sizes:
-            rows.append(model.head(model.forward(emb[s : s + m], np.arange(s, s + m), caches,
-                                                 "decode" if m == 1 else "prefill")))
+            rows.append(
+                model.head(
+                    model.forward(emb[s : s + m], np.arange(s, s + m), caches, "decode" if m == 1 else "prefill")
+                )
+            )
             s += m
         return np.concatenate(rows)
 
@@ -349,8 +370,9 @@ def test_two_level_tables_bound_the_resident_representatives(positions):
             fine = st.archive.get(h, np.array([j]))[0]
             cnt = st.counts[h, ids]
             assert st.ccounts[h, j] == cnt.sum()
-            np.testing.assert_allclose(st.cmeans_t[h, :, j], (fine * cnt[:, None]).sum(0) / cnt.sum(), rtol=1e-5,
-                                       atol=1e-6)
+            np.testing.assert_allclose(
+                st.cmeans_t[h, :, j], (fine * cnt[:, None]).sum(0) / cnt.sum(), rtol=1e-5, atol=1e-6
+            )
     q = np.random.default_rng(1).standard_normal((text.num_kv_heads, 3, text.head_dim)).astype(np.float32)
     st.tau_coarse = 0.5  # a coarse cut: old clusters only from the blocks it keeps
     nb = int(st.nblk.max())

@@ -71,7 +71,7 @@ def test_greedy_tokens_match_transformers(family, request):
     prompt = np.random.default_rng(2).integers(6, model.text.vocab_size, 40).tolist()
 
     with torch.no_grad():
-        out = hf.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False)[0, len(prompt):].tolist()
+        out = hf.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False)[0, len(prompt) :].tolist()
         session = StreamSession(model, prefill_chunk=16)  # several prefill chunks
         session.prefill_text(prompt)
         np.testing.assert_allclose(session.next_logits(), hf(torch.tensor([prompt])).logits[0, -1].numpy(), atol=2e-5)
@@ -163,7 +163,10 @@ def test_session_events_in_order(video_model):
     session = StreamSession(video_model, speak_threshold=1.01, max_reply_tokens=4)
     events = list(session.run(_frames(5), [(1.0, "where is the cup ?"), (9.0, "what now ?")]))
     kinds = [type(e).__name__ for e in events]
-    assert kinds == ["FrameProcessed", "Caption"] * 3 + ["Answer"] + ["FrameProcessed", "Caption"] * 2 + ["Answer", "Stats"]
+    assert kinds == ["FrameProcessed", "Caption"] * 3 + ["Answer"] + ["FrameProcessed", "Caption"] * 2 + [
+        "Answer",
+        "Stats",
+    ]
     frames = [e for e in events if isinstance(e, FrameProcessed)]
     assert [f.index for f in frames] == list(range(5)) and [f.t for f in frames] == [0.0, 0.5, 1.0, 1.5, 2.0]
     assert all(f.spoke and 0 <= f.p_interval <= 1 for f in frames)
@@ -211,7 +214,9 @@ def test_session_errors(tiny_llama_bundle, video_model):
 
 
 def _spec(resize: str) -> VisionSpec:
-    return VisionSpec(image_size=(48, 48), mean=(0.5, 0.4, 0.3), std=(0.5, 0.25, 0.2), tokens_per_frame=10, resize=resize)
+    return VisionSpec(
+        image_size=(48, 48), mean=(0.5, 0.4, 0.3), std=(0.5, 0.25, 0.2), tokens_per_frame=10, resize=resize
+    )
 
 
 def test_pad_keeps_aspect_ratio_and_pads_with_the_mean():

@@ -55,12 +55,20 @@ def feed(caches, text, chunks, *, mgr=None, budget=None, seed=0):
 CHUNKS = [10] * 120 + [1] * 10 + [10] * 40
 
 
-@pytest.mark.parametrize("opts,budget", [(dict(), 800_000), (dict(positions="compact", keys="pre"), 800_000),
-                                         (dict(cluster_batch=5, reselect=2), 800_000), (dict(incremental=1), 1_000_000),
-                                         (dict(incremental=1), 650_000), (dict(incremental=1), 500_000),
-                                         (dict(positions="compact", keys="pre"), 500_000),
-                                         (dict(fine=24, block=4, tau_coarse=0.9), 800_000),
-                                         (dict(fine=24, block=4, positions="compact", keys="pre"), 500_000)])
+@pytest.mark.parametrize(
+    "opts,budget",
+    [
+        (dict(), 800_000),
+        (dict(positions="compact", keys="pre"), 800_000),
+        (dict(cluster_batch=5, reselect=2), 800_000),
+        (dict(incremental=1), 1_000_000),
+        (dict(incremental=1), 650_000),
+        (dict(incremental=1), 500_000),
+        (dict(positions="compact", keys="pre"), 500_000),
+        (dict(fine=24, block=4, tau_coarse=0.9), 800_000),
+        (dict(fine=24, block=4, positions="compact", keys="pre"), 500_000),
+    ],
+)
 def test_tiered_equals_resident_under_a_small_budget(opts, budget, tmp_path: Path):
     text = make_text(max_positions=8192)
     ref = feed(layer_caches(text, 2, **opts), text, CHUNKS)
@@ -128,8 +136,9 @@ class QuotaWriter:
 @pytest.mark.parametrize("err", [errno.ENOSPC, errno.EIO])
 def test_write_failure_ends_with_a_clear_error(err, tmp_path: Path):
     text = make_text()
-    caches, mgr = tiered_caches(text, 2, TierConfig(budget=None, root=tmp_path, prefetch=False,
-                                                    writer=QuotaWriter(20_000, err)))
+    caches, mgr = tiered_caches(
+        text, 2, TierConfig(budget=None, root=tmp_path, prefetch=False, writer=QuotaWriter(20_000, err))
+    )
     with pytest.raises(KVStoreError, match="disk is full" if err == errno.ENOSPC else "write failed"):
         feed(caches, text, [10] * 60)
     mgr.close(ok=False)
@@ -139,8 +148,13 @@ def test_write_failure_ends_with_a_clear_error(err, tmp_path: Path):
 def test_full_disk_can_drop_the_oldest_clusters(tmp_path: Path):
     text = make_text()
     quota = QuotaWriter(60_000)
-    caches, mgr = tiered_caches(text, 2, TierConfig(budget=None, root=tmp_path, prefetch=False,
-                                                    on_full="drop-oldest", segment_bytes=8_000, writer=quota))
+    caches, mgr = tiered_caches(
+        text,
+        2,
+        TierConfig(
+            budget=None, root=tmp_path, prefetch=False, on_full="drop-oldest", segment_bytes=8_000, writer=quota
+        ),
+    )
 
     class Freeing:  # deleting a segment frees its bytes
         def __call__(self, fd, data, off):
@@ -409,8 +423,7 @@ def test_session_per_layer_buffers_with_prefetch(model, tmp_path: Path):
     ev = list(frames(model, FRAMES))
     _, ref = run_stream(model, None, ev, ask_at=(12,), incremental=1)
     budget = 1_000_000  # room for the buffers of every layer, not for everything
-    s, got = run_stream(model, TierConfig(budget=budget, root=tmp_path, prefetch=True), ev, ask_at=(12,),
-                        incremental=1)
+    s, got = run_stream(model, TierConfig(budget=budget, root=tmp_path, prefetch=True), ev, ask_at=(12,), incremental=1)
     assert [x[0] for x in ref] == [x[0] for x in got]
     for x, y in zip(ref, got, strict=True):
         if x[0] == "a":
@@ -428,14 +441,14 @@ def test_keep_and_resume_equal_no_break(model, tmp_path: Path, opts):
     ev = list(frames(model, FRAMES))
     _, ref = run_stream(model, None, ev, ask_at=(8, 20), **opts)
     keep = tmp_path / "kept"
-    s1, part1 = run_stream(model, TierConfig(budget=MODEL_BUDGET, keep=keep), ev[:14], ask_at=(8,), logits=False,
-                           **opts)
+    s1, part1 = run_stream(
+        model, TierConfig(budget=MODEL_BUDGET, keep=keep), ev[:14], ask_at=(8,), logits=False, **opts
+    )
     s1.close(stream_time=9.0)
     assert (keep / "state.json").is_file() and any(keep.glob("L000.*.kv"))
     if opts:  # retired representatives are part of the kept store
         assert any(keep.glob("L000.h0.reps")) and s1.tiers.report()["retired"]["blocks"] > 0
-    s2, part2 = run_stream(model, TierConfig(budget=MODEL_BUDGET, resume=keep), ev[14:], start=14, ask_at=(20,),
-                           **opts)
+    s2, part2 = run_stream(model, TierConfig(budget=MODEL_BUDGET, resume=keep), ev[14:], start=14, ask_at=(20,), **opts)
     assert s2.resumed_time == 9.0
     s2.close()
     same(ref, part1 + part2)
@@ -458,8 +471,7 @@ def test_a_full_disk_while_saving_keeps_the_previous_state(model, tmp_path: Path
 
     keep = _kept(model, tmp_path / "kept")
     before = (keep / "state.json").read_bytes()
-    s, _ = run_stream(model, TierConfig(budget=MODEL_BUDGET, resume=keep), list(frames(model, 4, seed=3)),
-                      logits=False)
+    s, _ = run_stream(model, TierConfig(budget=MODEL_BUDGET, resume=keep), list(frames(model, 4, seed=3)), logits=False)
 
     def full(f, **arrays):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -507,9 +519,16 @@ def _break_segment(f: Path) -> None:
     seg.write_bytes(seg.read_bytes()[:100])
 
 
-@pytest.mark.parametrize("breaker,match", [(_break_json, "malformed"), (_break_npz, "malformed"),
-                                           (_break_version, "another vrex-edge version"),
-                                           (_break_array, "malformed"), (_break_segment, "truncated")])
+@pytest.mark.parametrize(
+    "breaker,match",
+    [
+        (_break_json, "malformed"),
+        (_break_npz, "malformed"),
+        (_break_version, "another vrex-edge version"),
+        (_break_array, "malformed"),
+        (_break_segment, "truncated"),
+    ],
+)
 def test_corrupted_store_is_a_clear_error(model, tmp_path: Path, breaker, match):
     keep = _kept(model, tmp_path / "kept")
     breaker(keep / "state.json")
@@ -522,8 +541,9 @@ def test_mismatched_store_is_a_clear_error(model, tmp_path: Path):
 
     keep = _kept(model, tmp_path / "kept")
     with pytest.raises(KVStoreError, match="different options"):
-        StreamSession(model, policy="resv", policy_options=dict(OPTS, recent=24),
-                      kv=TierConfig(budget=MODEL_BUDGET, resume=keep))
+        StreamSession(
+            model, policy="resv", policy_options=dict(OPTS, recent=24), kv=TierConfig(budget=MODEL_BUDGET, resume=keep)
+        )
 
 
 def test_resume_errors(model, tmp_path: Path):
@@ -540,6 +560,7 @@ def test_resume_errors(model, tmp_path: Path):
 
 
 # ---------------------------------------------------------------- CLI: caption with tiers
+
 
 def test_cli_caption_tiers_keep_resume_and_faults(tiny_videollm_bundle, tmp_path: Path, monkeypatch):
     import cv2
@@ -597,8 +618,19 @@ def test_live_ctrl_c_keeps_the_store_and_resume_goes_on(tiny_videollm_bundle, tm
         w.write(frame)
     w.release()
     keep, out = tmp_path / "kept", tmp_path / "session.jsonl"
-    common = ["live", "--source", str(clip), "--model", str(tiny_videollm_bundle), "--opt", "dense_below=0",
-              "--kv-budget", "4M", "-o", str(out)]
+    common = [
+        "live",
+        "--source",
+        str(clip),
+        "--model",
+        str(tiny_videollm_bundle),
+        "--opt",
+        "dense_below=0",
+        "--kv-budget",
+        "4M",
+        "-o",
+        str(out),
+    ]
 
     def spawn(*extra: str):
         return spawn_cli([*common, *extra], timeout=60)

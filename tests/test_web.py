@@ -33,8 +33,17 @@ from vrex_edge.web.server import clean_question, public_name
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "samples" / "world_demo.mp4"
 TOKEN = "s3cret-token-0123456789"
-ROUTES = [("GET", "/"), ("GET", "/index.html"), ("GET", "/app.js"), ("GET", "/style.css"), ("GET", "/stream.mjpg"),
-          ("GET", "/frame.jpg"), ("GET", "/events"), ("POST", "/ask"), ("GET", "/nothing-here")]
+ROUTES = [
+    ("GET", "/"),
+    ("GET", "/index.html"),
+    ("GET", "/app.js"),
+    ("GET", "/style.css"),
+    ("GET", "/stream.mjpg"),
+    ("GET", "/frame.jpg"),
+    ("GET", "/events"),
+    ("POST", "/ask"),
+    ("GET", "/nothing-here"),
+]
 
 
 @pytest.fixture
@@ -44,8 +53,11 @@ def serve() -> Iterator:
 
     def start(token: str | None = None, **limits: object) -> tuple[WebView, queue.Queue[str]]:
         questions: queue.Queue[str] = queue.Queue()
-        view = WebView(WebConfig("127.0.0.1", 0, token, limits=WebLimits(**limits)), questions,
-                       title="rtsp://user:pw@cam.local:554/live?key=1").start()
+        view = WebView(
+            WebConfig("127.0.0.1", 0, token, limits=WebLimits(**limits)),
+            questions,
+            title="rtsp://user:pw@cam.local:554/live?key=1",
+        ).start()
         views.append(view)
         return view, questions
 
@@ -57,8 +69,15 @@ def serve() -> Iterator:
         assert view.server.errors == 0, "no handler failed"
 
 
-def request(view: WebView, method: str, path: str, *, body: bytes | None = None, headers: dict[str, str] | None = None,
-            read: bool = True) -> tuple[int, dict[str, str], bytes]:
+def request(
+    view: WebView,
+    method: str,
+    path: str,
+    *,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    read: bool = True,
+) -> tuple[int, dict[str, str], bytes]:
     """A raw request (the path is sent exactly as given); streams are read only up to their headers."""
     conn = http.client.HTTPConnection("127.0.0.1", view.port, timeout=5)
     conn.request(method, path, body=body, headers=headers or {})
@@ -127,7 +146,19 @@ def test_parse_web_values() -> None:
     given = parse_web("192.168.1.5:8080", env={TOKEN_ENV: TOKEN})
     assert given.token == TOKEN and given.token_from_env
     assert parse_web("8080", env={TOKEN_ENV: TOKEN}).token == TOKEN, "a given token is used on loopback too"
-    for bad in ("", "web", "80808", "-1", "host:", ":8080", "1.2.3.4:80:81", "[::1]8080", "[nope]:80", "a b:80", "8080x"):
+    for bad in (
+        "",
+        "web",
+        "80808",
+        "-1",
+        "host:",
+        ":8080",
+        "1.2.3.4:80:81",
+        "[::1]8080",
+        "[nope]:80",
+        "a b:80",
+        "8080x",
+    ):
         with pytest.raises(ConfigError, match="--web"):
             parse_web(bad, env={})
     with pytest.raises(ConfigError, match=TOKEN_ENV):
@@ -153,11 +184,13 @@ def test_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
         port = busy.getsockname()[1]
         with pytest.raises(ConfigError, match=f"port {port} is in use"):
             WebView(parse_web(f"127.0.0.1:{port}", env={}), queue.Queue())
-        result = CliRunner().invoke(app, ["live", "--source", str(DEMO), "--web", f"127.0.0.1:{port}", "-o",
-                                          str(tmp_path / "s.jsonl")])
+        result = CliRunner().invoke(
+            app, ["live", "--source", str(DEMO), "--web", f"127.0.0.1:{port}", "-o", str(tmp_path / "s.jsonl")]
+        )
     assert result.exit_code == 1
-    assert result.stderr.strip().splitlines() == [f"error: --web 127.0.0.1:{port}: port {port} is in use "
-                                                  "(choose another, or 0 for any free port)"]
+    assert result.stderr.strip().splitlines() == [
+        f"error: --web 127.0.0.1:{port}: port {port} is in use (choose another, or 0 for any free port)"
+    ]
     bad = CliRunner().invoke(app, ["live", "--source", str(DEMO), "--web", "localhost:99999"])
     assert bad.exit_code == 1 and bad.stderr.startswith("error: --web expects [HOST:]PORT")
 
@@ -200,8 +233,18 @@ def test_only_the_fixed_static_files_are_served(serve) -> None:
     assert "script-src 'self'" in headers["content-security-policy"] and headers["x-content-type-options"] == "nosniff"
     assert b"<title>vrex-edge live</title>" in body
     assert request(view, "GET", "/app.js")[1]["content-type"].startswith("text/javascript")
-    for path in ("/../pyproject.toml", "/static/app.js", "/%2e%2e/pyproject.toml", "/app.js/../server.py", "//etc/passwd",
-                 "/server.py", "/__init__.py", "/index.htm", "/App.js", "/..%2fserver.py"):
+    for path in (
+        "/../pyproject.toml",
+        "/static/app.js",
+        "/%2e%2e/pyproject.toml",
+        "/app.js/../server.py",
+        "//etc/passwd",
+        "/server.py",
+        "/__init__.py",
+        "/index.htm",
+        "/App.js",
+        "/..%2fserver.py",
+    ):
         assert request(view, "GET", path)[0] == 404, path
     assert request(view, "POST", "/app.js", body=b"", headers={"Content-Type": "application/json"})[0] == 405
     assert request(view, "GET", "/ask")[0] == 405
@@ -250,18 +293,26 @@ def test_status_reaches_a_viewer_at_most_status_hz(serve) -> None:
 
 
 def test_question_limits(serve) -> None:
-    view, questions = serve(question_chars=30, body_bytes=256, question_burst=2, question_every_s=60, pending_questions=3)
+    view, questions = serve(
+        question_chars=30, body_bytes=256, question_burst=2, question_every_s=60, pending_questions=3
+    )
     assert ask(view, "  where is\tthe\nred\x00square ?\u202e ") == (202, {"question": "where is the red square ?"})
     assert ask(view, "x" * 31)[0] == 400 and ask(view, " \n ")[0] == 400 and ask(view, 42)[0] == 400
-    status, _, body = request(view, "POST", "/ask", body=json.dumps({"question": "y" * 300}).encode(),
-                              headers={"Content-Type": "application/json"})
+    status, _, body = request(
+        view,
+        "POST",
+        "/ask",
+        body=json.dumps({"question": "y" * 300}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     assert status == 413 and b"256 bytes" in body
     assert request(view, "POST", "/ask", body=b"question=x", headers={"Content-Type": "text/plain"})[0] == 415
     assert request(view, "POST", "/ask", body=b"{not json", headers={"Content-Type": "application/json"})[0] == 400
     assert ask(view, "cross", Origin="http://evil.example")[0] == 403
     assert ask(view, "second")[0] == 202
-    status, headers, body = request(view, "POST", "/ask", body=b'{"question": "third"}',
-                                    headers={"Content-Type": "application/json"})
+    status, headers, body = request(
+        view, "POST", "/ask", body=b'{"question": "third"}', headers={"Content-Type": "application/json"}
+    )
     assert status == 429 and int(headers["retry-after"]) >= 1, "the burst is spent: one question per minute now"
     assert [questions.get_nowait() for _ in range(questions.qsize())] == ["where is the red square ?", "second"]
 
@@ -285,18 +336,37 @@ def test_publish_calls_fill_the_status_and_read_stats_sparingly(serve) -> None:
 
     def stats() -> Stats:
         calls.append(1)
-        return Stats(frames=1, tokens=20, frame_ms_mean=1, frame_ms_median=1, frame_ms_p95=1, fps=1, cache_bytes=2048,
-                     retrieval={"prefill_kept_fraction": 0.25, "decode_kept_fraction": 0.5})
+        return Stats(
+            frames=1,
+            tokens=20,
+            frame_ms_mean=1,
+            frame_ms_median=1,
+            frame_ms_p95=1,
+            fps=1,
+            cache_bytes=2048,
+            retrieval={"prefill_kept_fraction": 0.25, "decode_kept_fraction": 0.5},
+        )
 
     for i in range(50):
         view.frame(FrameProcessed(i, i / 2, {"total": 12.5}, 10 * i, False, None), stats)
-    view.status(LiveStatus(CaptureStatus(captured=40, sampled=40, dropped=3, state="stalled", message="retrying"),
-                           processed=20, elapsed=10.0, lag_ms=250.0))
+    view.status(
+        LiveStatus(
+            CaptureStatus(captured=40, sampled=40, dropped=3, state="stalled", message="retrying"),
+            processed=20,
+            elapsed=10.0,
+            lag_ms=250.0,
+        )
+    )
     assert len(calls) == 1, "session.stats runs at most status_hz times a second, not per frame"
     _, status = view.hub.status()
     assert status["frame_ms"] == 12.5 and status["cache_tokens"] == 490 and status["cache_bytes"] == 2048
     assert status["kept_prefill"] == 0.25 and status["frame_t"] is None
-    assert (status["captured_fps"], status["processed_fps"], status["dropped"], status["lag_ms"]) == (4.0, 2.0, 3, 250.0)
+    assert (status["captured_fps"], status["processed_fps"], status["dropped"], status["lag_ms"]) == (
+        4.0,
+        2.0,
+        3,
+        250.0,
+    )
     assert (status["state"], status["message"]) == ("stalled", "retrying")
 
 
@@ -393,15 +463,35 @@ def read_banner(proc: subprocess.Popen, timeout: float = 60.0) -> str:
     raise AssertionError(f"no web view line from the CLI: {seen!r}")
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"headless Chromium not installed at {CHROMIUM} (apt-get install chromium)")
+@pytest.mark.skipif(
+    not CHROMIUM.exists(), reason=f"headless Chromium not installed at {CHROMIUM} (apt-get install chromium)"
+)
 def test_page_in_headless_chromium(tmp_path: Path) -> None:
     """`vrex-edge live --source samples/world_demo.mp4 --web 127.0.0.1:0`: the page shows frames that
     advance, the narration, and answers a question typed into it; Ctrl-C stops the server.
     VREX_WEB_SCREENSHOT=docs/web.png saves the page."""
     out = tmp_path / "session.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "vrex_edge.cli", "live", "--source", str(DEMO.relative_to(ROOT)), "--web", "127.0.0.1:0",
-                             "--threads", "1", "-o", str(out)], cwd=ROOT, text=True,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vrex_edge.cli",
+            "live",
+            "--source",
+            str(DEMO.relative_to(ROOT)),
+            "--web",
+            "127.0.0.1:0",
+            "--threads",
+            "1",
+            "-o",
+            str(out),
+        ],
+        cwd=ROOT,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         url = re.search(r"http://\S+", read_banner(proc)).group(0)
         port = int(url.rsplit(":", 1)[1].strip("/"))
@@ -413,8 +503,9 @@ def test_page_in_headless_chromium(tmp_path: Path) -> None:
             t_first = b.eval("document.getElementById('frame-time').textContent")
             b.wait_for(f"(h => h !== null && h !== {first})({FRAME_HASH})", timeout=5)  # frames advance
             b.wait_for(f"document.getElementById('frame-time').textContent > '{t_first}'", timeout=5)
-            caption = b.wait_for("document.querySelector('#records li:not(.answer):not(.empty) .text')?.textContent",
-                                 timeout=30)
+            caption = b.wait_for(
+                "document.querySelector('#records li:not(.answer):not(.empty) .text')?.textContent", timeout=30
+            )
             assert "enters" in caption
             assert b.eval("document.getElementById('s-processed').textContent").endswith("fps")
             b.eval("document.getElementById('question').focus()")
@@ -422,8 +513,11 @@ def test_page_in_headless_chromium(tmp_path: Path) -> None:
             b.wait_for("document.querySelector('#records li.answer .a')?.textContent", timeout=15)
             b.eval("document.getElementById('question').focus()")
             b.type("<b>bold</b> & co")
-            shown = b.wait_for("[...document.querySelectorAll('#records li.answer .q')].map(e => e.textContent)"
-                               ".find(t => t.includes('bold'))", timeout=15)
+            shown = b.wait_for(
+                "[...document.querySelectorAll('#records li.answer .q')].map(e => e.textContent)"
+                ".find(t => t.includes('bold'))",
+                timeout=15,
+            )
             assert shown == "<b>bold</b> & co" and b.eval("document.querySelector('#records b')") is None
             if os.environ.get("VREX_WEB_SCREENSHOT"):  # with a few more captions in it
                 b.wait_for("document.querySelectorAll('#records li:not(.answer)').length >= 6", timeout=60)
@@ -443,7 +537,9 @@ def test_page_in_headless_chromium(tmp_path: Path) -> None:
             proc.wait()
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"headless Chromium not installed at {CHROMIUM} (apt-get install chromium)")
+@pytest.mark.skipif(
+    not CHROMIUM.exists(), reason=f"headless Chromium not installed at {CHROMIUM} (apt-get install chromium)"
+)
 def test_page_with_a_token_shows_markup_as_text(serve) -> None:
     """A token-protected server fed by the test: the page carries the token on every request (the
     assets, the video, the events, the question) and shows model output with markup as text."""

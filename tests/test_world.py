@@ -83,7 +83,7 @@ def test_entered_objects_are_drawn(streams):
             continue
         r = int(o.radius * 0.5)
         x, y = int(o.x), int(o.y)
-        patch = video[e.frame + 3, y - r:y + r + 1, x - r:x + r + 1].astype(int)  # object core
+        patch = video[e.frame + 3, y - r : y + r + 1, x - r : x + r + 1].astype(int)  # object core
         err = np.abs(patch - np.array(BGR[o.color])).max(-1)
         assert (err < 45).mean() > 0.8, (e, err.mean())
         checked += 1

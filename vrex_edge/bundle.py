@@ -245,8 +245,10 @@ def manifest_from_dict(m: dict[str, Any]) -> Manifest:
             )
         s = _req(m, "stages", "")
         layers = tuple(
-            LayerStages(pre=_stage(_req(ls, "pre", f"stages.layers[{i}]."), f"layers[{i}].pre"),
-                        post=_stage(_req(ls, "post", f"stages.layers[{i}]."), f"layers[{i}].post"))
+            LayerStages(
+                pre=_stage(_req(ls, "pre", f"stages.layers[{i}]."), f"layers[{i}].pre"),
+                post=_stage(_req(ls, "post", f"stages.layers[{i}]."), f"layers[{i}].post"),
+            )
             for i, ls in enumerate(_req(s, "layers", "stages."))
         )
         stages = Stages(
@@ -303,10 +305,14 @@ def _check_consistency(m: Manifest) -> None:
 
 def _check_vision(v: VisionSpec) -> None:
     if len(v.image_size) != 2 or min(v.image_size) < 1:
-        raise BundleError(f"manifest: vision.image_size must be [height, width] of positive integers, got {list(v.image_size)}")
+        raise BundleError(
+            f"manifest: vision.image_size must be [height, width] of positive integers, got {list(v.image_size)}"
+        )
     if len(v.mean) != 3 or len(v.std) != 3 or not all(math.isfinite(x) for x in v.mean + v.std) or min(v.std) <= 0:
-        raise BundleError(f"manifest: vision.mean and vision.std must be 3 finite numbers, std > 0 "
-                          f"(got {list(v.mean)} and {list(v.std)})")
+        raise BundleError(
+            f"manifest: vision.mean and vision.std must be 3 finite numbers, std > 0 "
+            f"(got {list(v.mean)} and {list(v.std)})"
+        )
     if v.tokens_per_frame < 1:
         raise BundleError(f"manifest: vision.tokens_per_frame must be >= 1, got {v.tokens_per_frame}")
     if v.resize not in ("pad", "stretch"):

@@ -67,15 +67,25 @@ def print_manifest(root: Path, m: Any, *, full: bool = False) -> None:
     table.add_column("field", style="bold")
     table.add_column("value")
     table.add_row("family", f"{m.family}  (format v{m.format_version}, {m.dtype})")
-    table.add_row("LM", f"{t.num_layers} layers, hidden {t.hidden_size}, {t.num_heads} heads / {t.num_kv_heads} KV heads, head_dim {t.head_dim}")
+    table.add_row(
+        "LM",
+        f"{t.num_layers} layers, hidden {t.hidden_size}, {t.num_heads} heads / {t.num_kv_heads} KV heads, "
+        f"head_dim {t.head_dim}",
+    )
     table.add_row("vocab / context", f"{t.vocab_size} tokens, {t.max_positions} trained positions")
     scaling = f", scaling {t.rope.scaling_type}" if t.rope.scaling_type else ""
     table.add_row("RoPE", f"theta {t.rope.theta:g}{scaling}")
     if m.vision is not None:
         v = m.vision
-        table.add_row("vision", f"{v.image_size[1]}x{v.image_size[0]} ({v.resize}), {v.tokens_per_frame} tokens per frame")
+        table.add_row(
+            "vision", f"{v.image_size[1]}x{v.image_size[0]} ({v.resize}), {v.tokens_per_frame} tokens per frame"
+        )
     tk = m.tokens
-    table.add_row("tokens", f"end of turn {list(tk.end_of_turn)}, frame placeholder {tk.frame_placeholder}, frame interval {tk.frame_interval}")
+    table.add_row(
+        "tokens",
+        f"end of turn {list(tk.end_of_turn)}, frame placeholder {tk.frame_placeholder}, frame interval "
+        f"{tk.frame_interval}",
+    )
     table.add_row("speak threshold", f"{m.prompt.speak_threshold:g}")
     size = sum((root / f).stat().st_size for f in m.files)
     how = "sha256 verified" + ("" if full else " (unchanged files: cached; --verify hashes all)")
@@ -93,9 +103,16 @@ class StreamProgress:
     def __init__(self, total: int | None, *, enabled: bool = True):
         self.enabled = enabled
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} frames"),
-            TextColumn("{task.fields[fps]:.1f} fps"), TextColumn("cache {task.fields[cache]}"),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False, disable=not enabled,
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} frames"),
+            TextColumn("{task.fields[fps]:.1f} fps"),
+            TextColumn("cache {task.fields[cache]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=err,
+            transient=False,
+            disable=not enabled,
         )
         self.task = self.progress.add_task("stream", total=total, fps=0.0, cache="0")
 
@@ -180,14 +197,20 @@ class LiveView:
             el = max(s.elapsed, 1e-6)
             cap = s.capture
             lag = f"{s.lag_ms:.0f} ms" if s.lag_ms is not None else "-"
-            line = (f"captured {cap.captured / el:.1f} fps | processed {s.processed / el:.1f} fps | dropped {cap.dropped} | "
-                    f"frame {self.frame_ms:.0f} ms | lag {lag} | cache {self.cache_tokens:,} tok")
+            line = (
+                f"captured {cap.captured / el:.1f} fps | processed {s.processed / el:.1f} fps | dropped "
+                f"{cap.dropped} | "
+                f"frame {self.frame_ms:.0f} ms | lag {lag} | cache {self.cache_tokens:,} tok"
+            )
             if cap.state != "running":
                 line += f" | {cap.state}: {cap.message}"
         else:
             line = "starting..."
-        return Group(Panel(body, title=f"vrex-edge live: {self.source_name}", title_align="left"),
-                     Text(line, style="dim"), Text(f"ask> {self.buffer}", style="bold"))
+        return Group(
+            Panel(body, title=f"vrex-edge live: {self.source_name}", title_align="left"),
+            Text(line, style="dim"),
+            Text(f"ask> {self.buffer}", style="bold"),
+        )
 
 
 class QuestionInput:
@@ -288,7 +311,9 @@ class FrameWindow:
         img = frame.copy()
         if self.caption:
             cv2.rectangle(img, (0, img.shape[0] - 28), (img.shape[1], img.shape[0]), (0, 0, 0), -1)
-            cv2.putText(img, self.caption[:90], (6, img.shape[0] - 9), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1)
+            cv2.putText(
+                img, self.caption[:90], (6, img.shape[0] - 9), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1
+            )
         cv2.imshow("vrex-edge", img)
         cv2.waitKey(1)
 

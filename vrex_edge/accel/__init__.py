@@ -17,6 +17,13 @@ register_backend("dre-emu", DreEmuBackend)
 register_backend("fpga", FpgaBackend)  # registered always; fails on instantiation without a device
 
 __all__ = [
-    "DreEmuBackend", "ENTRY_POINT_GROUP", "FpgaBackend", "HostBackend", "RetrievalBackend", "backend_names", "get_backend", "hyperplanes",
+    "DreEmuBackend",
+    "ENTRY_POINT_GROUP",
+    "FpgaBackend",
+    "HostBackend",
+    "RetrievalBackend",
+    "backend_names",
+    "get_backend",
+    "hyperplanes",
     "register_backend",
 ]

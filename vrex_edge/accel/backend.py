@@ -32,8 +32,14 @@ class RetrievalBackend(Protocol):
         ...
 
     def cluster_assign(
-        self, codes: np.ndarray, cand_codes: np.ndarray, cand_counts: np.ndarray,
-        *, threshold: int, max_size: int, horizon: int,
+        self,
+        codes: np.ndarray,
+        cand_codes: np.ndarray,
+        cand_counts: np.ndarray,
+        *,
+        threshold: int,
+        max_size: int,
+        horizon: int,
     ) -> np.ndarray:
         """Online clustering of one KV head's tokens leaving the recent window.
 
@@ -47,7 +53,12 @@ class RetrievalBackend(Protocol):
         ...
 
     def score_select(
-        self, q: np.ndarray, reps: np.ndarray, counts: np.ndarray, *, tau: float,
+        self,
+        q: np.ndarray,
+        reps: np.ndarray,
+        counts: np.ndarray,
+        *,
+        tau: float,
     ) -> tuple[np.ndarray, np.ndarray]:
         """WiCSum per KV head.
 

@@ -45,6 +45,7 @@ def _ceil(a, b):
 
 # ---- Hash-bit Cluster Unit ------------------------------------------------------------------
 
+
 def hash_unit(kq: np.ndarray, signs: np.ndarray) -> np.ndarray:
     """kq [..., m, hd] int16, signs [..., bits, hd] int8 -> codes [..., m, words] uint64."""
     hd = kq.shape[-1]
@@ -53,8 +54,16 @@ def hash_unit(kq: np.ndarray, signs: np.ndarray) -> np.ndarray:
     return pack_bits(proj > 0)
 
 
-def assign_unit(codes: np.ndarray, cand_codes: np.ndarray, cand_counts: np.ndarray, *, threshold: int,
-                max_size: int, horizon: int, lanes: int) -> tuple[np.ndarray, int]:
+def assign_unit(
+    codes: np.ndarray,
+    cand_codes: np.ndarray,
+    cand_counts: np.ndarray,
+    *,
+    threshold: int,
+    max_size: int,
+    horizon: int,
+    lanes: int,
+) -> tuple[np.ndarray, int]:
     """One KV head's tokens through the comparator array -> (assign [m] int64, compare cycles)."""
     m, c = codes.shape[0], cand_codes.shape[0]
     lo = max(0, c - horizon)
@@ -62,8 +71,9 @@ def assign_unit(codes: np.ndarray, cand_codes: np.ndarray, cand_counts: np.ndarr
         dd = popcount(codes[:, None, :] ^ cand_codes[None, lo:, :]).sum(-1, dtype=np.int64)  # [m, window]
         dd += np.where(cand_counts[lo:] >= max_size, _FAR, 0)
         best = dd.shape[1] - 1 - np.argmin(dd[:, ::-1], axis=1)  # ties: the newest
-        if (dd[np.arange(m), best] <= threshold).all() and \
-                (cand_counts[lo:] + np.bincount(best, minlength=dd.shape[1]) <= max_size).all():
+        if (dd[np.arange(m), best] <= threshold).all() and (
+            cand_counts[lo:] + np.bincount(best, minlength=dd.shape[1]) <= max_size
+        ).all():
             return best + lo, m * _ceil(c - lo, lanes)
     d = popcount(codes[:, None, :] ^ np.concatenate([cand_codes, codes])[None, :, :]).sum(-1, dtype=np.int64)
     cnt = np.zeros(c + m, np.int64)  # [c+m] list entries: the given clusters, then new ones
@@ -95,6 +105,7 @@ def table_unit(sums: np.ndarray, counts: np.ndarray, assign: np.ndarray, kq: np.
 
 
 # ---- WiCSum Threshold Unit ------------------------------------------------------------------
+
 
 def exact_dot(qq: np.ndarray, rq: np.ndarray) -> np.ndarray:
     """qq [K, R, hd], rq [K, C, hd] int16 -> q.r [K, R, C], exact integers held in float64.
@@ -167,6 +178,7 @@ def wicsum_unit(m: np.ndarray, valid: np.ndarray, tq: int) -> tuple[np.ndarray, 
 
 # ---- KV management unit ---------------------------------------------------------------------
 
+
 def layout_unit(selected: np.ndarray, start: np.ndarray, length: np.ndarray) -> np.ndarray:
     """Scan the selection bitmask in arena order, merging touching ranges -> runs [r, 2] int64."""
     if selected.size == 0:
@@ -195,8 +207,14 @@ class DreEmuBackend:
     def stats(self) -> dict:
         """Cycle and call counters per unit since the last reset, the total, and its time at the clock."""
         total = sum(self._cyc.values())
-        return dict(cycles=dict(self._cyc), calls=dict(self._calls), events=dict(self._ev), total_cycles=total,
-                    seconds=self.model.seconds(total), model=asdict(self.model))
+        return dict(
+            cycles=dict(self._cyc),
+            calls=dict(self._calls),
+            events=dict(self._ev),
+            total_cycles=total,
+            seconds=self.model.seconds(total),
+            model=asdict(self.model),
+        )
 
     def _count(self, unit: str, cycles: int) -> None:
         self._cyc[unit] += int(cycles)
@@ -216,15 +234,31 @@ class DreEmuBackend:
     def hash_codes(self, keys: np.ndarray, planes: np.ndarray) -> np.ndarray:
         return self.hash_q(self._q(keys)[0], fx.plane_signs(planes))
 
-    def cluster_assign(self, codes: np.ndarray, cand_codes: np.ndarray, cand_counts: np.ndarray,
-                       *, threshold: int, max_size: int, horizon: int) -> np.ndarray:
-        out, cyc = assign_unit(codes, cand_codes, cand_counts, threshold=threshold, max_size=max_size,
-                               horizon=horizon, lanes=self.model.cmp_lanes)
+    def cluster_assign(
+        self,
+        codes: np.ndarray,
+        cand_codes: np.ndarray,
+        cand_counts: np.ndarray,
+        *,
+        threshold: int,
+        max_size: int,
+        horizon: int,
+    ) -> np.ndarray:
+        out, cyc = assign_unit(
+            codes,
+            cand_codes,
+            cand_counts,
+            threshold=threshold,
+            max_size=max_size,
+            horizon=horizon,
+            lanes=self.model.cmp_lanes,
+        )
         self._count("assign", cyc + codes.shape[0] * self.model.assign_cycles)
         return out
 
-    def score_q(self, qq: np.ndarray, rq: np.ndarray, counts: np.ndarray, tq: int,
-                shift: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    def score_q(
+        self, qq: np.ndarray, rq: np.ndarray, counts: np.ndarray, tq: int, shift: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
         """qq [KVH, R, hd], rq [KVH, C, hd] Q7.8, counts [KVH, C], TAU_Q, the two block exponents' sum
         -> keep [KVH, C], M [KVH, C] int64."""
         kvh, c = counts.shape
@@ -244,8 +278,14 @@ class DreEmuBackend:
         self._count("wicsum", wcyc)
         return keep, mm
 
-    def score_select(self, q: np.ndarray, reps: np.ndarray, counts: np.ndarray, *, tau: float,
-                     ) -> tuple[np.ndarray, np.ndarray]:
+    def score_select(
+        self,
+        q: np.ndarray,
+        reps: np.ndarray,
+        counts: np.ndarray,
+        *,
+        tau: float,
+    ) -> tuple[np.ndarray, np.ndarray]:
         kvh, c = counts.shape
         if c == 0:
             return np.zeros((kvh, 0), bool), np.zeros((kvh, 0), np.float32)

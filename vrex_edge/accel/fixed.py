@@ -75,6 +75,7 @@ def plane_signs(planes: np.ndarray) -> np.ndarray:
 
 # ---- Hash-bit Cluster Unit ------------------------------------------------------------------
 
+
 def project(kq: np.ndarray, signs: np.ndarray) -> np.ndarray:
     """kq [..., m, hd] int16, signs [..., bits, hd] int8 -> [..., m, bits] int32 (adds/subtracts)."""
     return np.matmul(kq.astype(np.int64), np.swapaxes(signs, -1, -2).astype(np.int64)).astype(np.int32)
@@ -85,8 +86,9 @@ def hash_codes(kq: np.ndarray, signs: np.ndarray) -> np.ndarray:
     return pack_bits(project(kq, signs) > 0)
 
 
-def cluster_assign(codes: np.ndarray, cand_codes: np.ndarray, cand_counts: np.ndarray,
-                   *, threshold: int, max_size: int, horizon: int) -> np.ndarray:
+def cluster_assign(
+    codes: np.ndarray, cand_codes: np.ndarray, cand_counts: np.ndarray, *, threshold: int, max_size: int, horizon: int
+) -> np.ndarray:
     """The sequential definition (RetrievalBackend.cluster_assign), one token at a time."""
     lst = [c for c in cand_codes]
     cnt = [int(c) for c in cand_counts]
@@ -122,6 +124,7 @@ def representatives(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
 
 
 # ---- WiCSum Threshold Unit ------------------------------------------------------------------
+
 
 def scores(qq: np.ndarray, rq: np.ndarray, shift: int = 0) -> np.ndarray:
     """qq [R, hd], rq [C, hd] Q7.8 (prescaled by 2^shift together) -> t [R, C] int64:
@@ -178,13 +181,20 @@ def wicsum(m: np.ndarray, valid: np.ndarray, tq: int) -> np.ndarray:
     return keep
 
 
-def score_select(qq: np.ndarray, rq: np.ndarray, counts: np.ndarray, tq: int,
-                 shift: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def score_select(
+    qq: np.ndarray, rq: np.ndarray, counts: np.ndarray, tq: int, shift: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """qq [KVH, R, hd], rq [KVH, C, hd] Q7.8, counts [KVH, C] -> keep [KVH, C] bool, M [KVH, C] int64."""
-    mm = np.stack([masses(qq[h], rq[h], counts[h], shift) for h in range(counts.shape[0])]) if counts.size else \
-        np.zeros(counts.shape, np.int64)
-    keep = np.stack([wicsum(mm[h], counts[h] > 0, tq) for h in range(counts.shape[0])]) if counts.size else \
-        np.zeros(counts.shape, bool)
+    mm = (
+        np.stack([masses(qq[h], rq[h], counts[h], shift) for h in range(counts.shape[0])])
+        if counts.size
+        else np.zeros(counts.shape, np.int64)
+    )
+    keep = (
+        np.stack([wicsum(mm[h], counts[h] > 0, tq) for h in range(counts.shape[0])])
+        if counts.size
+        else np.zeros(counts.shape, bool)
+    )
     return keep, mm
 
 
@@ -194,6 +204,7 @@ def mass_float(m: np.ndarray, r: int) -> np.ndarray:
 
 
 # ---- KV management unit ---------------------------------------------------------------------
+
 
 def layout(selected: np.ndarray, start: np.ndarray, length: np.ndarray) -> np.ndarray:
     """Selected clusters in arena order, touching ranges merged -> runs [r, 2] int64 (one at a time)."""

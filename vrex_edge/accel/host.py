@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 if hasattr(np, "bitwise_count"):
+
     def popcount(x: np.ndarray) -> np.ndarray:
         """Set bits per uint64 element (same shape, uint8)."""
         return np.bitwise_count(x)
@@ -44,8 +45,9 @@ def wicsum(mass: np.ndarray, tau: float) -> np.ndarray:
     kvh, c = mass.shape
     with np.errstate(divide="ignore"):
         b = np.minimum(-2.0 * np.log2(mass), _BUCKETS - 1).astype(np.int64)  # [KVH, C], 0 = heaviest
-    hist = np.bincount((b + _BUCKETS * np.arange(kvh)[:, None]).ravel(), weights=mass.ravel(),
-                       minlength=kvh * _BUCKETS).reshape(kvh, _BUCKETS)
+    hist = np.bincount(
+        (b + _BUCKETS * np.arange(kvh)[:, None]).ravel(), weights=mass.ravel(), minlength=kvh * _BUCKETS
+    ).reshape(kvh, _BUCKETS)
     cum = np.cumsum(hist, axis=1)  # [KVH, B]
     goal = tau * cum[:, -1]
     cross = np.minimum((cum < goal[:, None]).sum(1), _BUCKETS - 1)  # [KVH]
@@ -60,8 +62,13 @@ def wicsum(mass: np.ndarray, tau: float) -> np.ndarray:
 
 
 def cluster_assign_loop(
-    codes: np.ndarray, cand_codes: np.ndarray, cand_counts: np.ndarray,
-    *, threshold: int, max_size: int, horizon: int,
+    codes: np.ndarray,
+    cand_codes: np.ndarray,
+    cand_counts: np.ndarray,
+    *,
+    threshold: int,
+    max_size: int,
+    horizon: int,
 ) -> np.ndarray:
     """The per-token reference of RetrievalBackend.cluster_assign (one head; the tests' oracle for assign_batch)."""
     m, c = codes.shape[0], cand_codes.shape[0]
@@ -102,8 +109,17 @@ def _hamming_b(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return popcount(a[:, :, None, :] ^ b[:, None, :, :]).sum(-1, dtype=np.int64)
 
 
-def assign_batch(codes: np.ndarray, cand_codes: np.ndarray, cand_counts: np.ndarray, ncand: np.ndarray,
-                 *, threshold: int, max_size: int, horizon: int, rounds: int = 8) -> np.ndarray:
+def assign_batch(
+    codes: np.ndarray,
+    cand_codes: np.ndarray,
+    cand_counts: np.ndarray,
+    ncand: np.ndarray,
+    *,
+    threshold: int,
+    max_size: int,
+    horizon: int,
+    rounds: int = 8,
+) -> np.ndarray:
     """RetrievalBackend.cluster_assign for B independent heads, without a loop over tokens.
 
     codes [B, m, W]; cand_codes [B, c, W], cand_counts [B, c]: head b's open clusters are its last ncand[b]
@@ -147,8 +163,19 @@ def assign_batch(codes: np.ndarray, cand_codes: np.ndarray, cand_counts: np.ndar
             break
         a = new
     else:  # a long chain of dependent choices (rare): the per-token reference
-        return np.stack([cluster_assign_loop(codes[b], cand_codes[b, p:], cand_counts[b, p:], threshold=threshold,
-                                             max_size=max_size, horizon=horizon) for b, p in enumerate(pad.tolist())])
+        return np.stack(
+            [
+                cluster_assign_loop(
+                    codes[b],
+                    cand_codes[b, p:],
+                    cand_counts[b, p:],
+                    threshold=threshold,
+                    max_size=max_size,
+                    horizon=horizon,
+                )
+                for b, p in enumerate(pad.tolist())
+            ]
+        )
     opened = a == c + tok
     founded = ncand[:, None] + np.cumsum(opened, 1) - opened  # [B, m] list index of the cluster token j founds
     return np.where(a < c, a - pad[:, None], np.take_along_axis(founded, np.maximum(a - c, 0), 1))  # [B, m]
@@ -164,21 +191,42 @@ class HostBackend:
         return pack_bits(proj > 0)
 
     def cluster_assign(
-        self, codes: np.ndarray, cand_codes: np.ndarray, cand_counts: np.ndarray,
-        *, threshold: int, max_size: int, horizon: int,
+        self,
+        codes: np.ndarray,
+        cand_codes: np.ndarray,
+        cand_counts: np.ndarray,
+        *,
+        threshold: int,
+        max_size: int,
+        horizon: int,
     ) -> np.ndarray:
         c = cand_codes.shape[0]
-        return assign_batch(codes[None], cand_codes[None], np.asarray(cand_counts, np.int64)[None], np.array([c]),
-                            threshold=threshold, max_size=max_size, horizon=horizon)[0]
+        return assign_batch(
+            codes[None],
+            cand_codes[None],
+            np.asarray(cand_counts, np.int64)[None],
+            np.array([c]),
+            threshold=threshold,
+            max_size=max_size,
+            horizon=horizon,
+        )[0]
 
     def cluster_assign_batch(
-        self, codes: np.ndarray, cand_codes: np.ndarray, cand_counts: np.ndarray, ncand: np.ndarray,
-        *, threshold: int, max_size: int, horizon: int,
+        self,
+        codes: np.ndarray,
+        cand_codes: np.ndarray,
+        cand_counts: np.ndarray,
+        ncand: np.ndarray,
+        *,
+        threshold: int,
+        max_size: int,
+        horizon: int,
     ) -> np.ndarray:
         """cluster_assign for B heads at once: codes [B, m, W]; head b's candidates are the last ncand[b]
         rows of cand_codes [B, c, W] / cand_counts [B, c] (rows before them are padding) -> assign [B, m]."""
-        return assign_batch(codes, cand_codes, cand_counts, ncand, threshold=threshold, max_size=max_size,
-                            horizon=horizon)
+        return assign_batch(
+            codes, cand_codes, cand_counts, ncand, threshold=threshold, max_size=max_size, horizon=horizon
+        )
 
     def masses(self, q: np.ndarray, reps: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """q [KVH, R, hd], reps [KVH, C, hd], counts [KVH, C] -> mass [KVH, C] f32 (sums to 1 per head).
@@ -197,7 +245,12 @@ class HostBackend:
         return np.matmul(w, p)[:, 0, :] * tc  # [KVH, C] f32
 
     def score_select(
-        self, q: np.ndarray, reps: np.ndarray, counts: np.ndarray, *, tau: float,
+        self,
+        q: np.ndarray,
+        reps: np.ndarray,
+        counts: np.ndarray,
+        *,
+        tau: float,
     ) -> tuple[np.ndarray, np.ndarray]:
         kvh, c = counts.shape
         if c == 0:

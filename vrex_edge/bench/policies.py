@@ -90,13 +90,21 @@ class Runner:
     def __init__(self, wl: Workload, variant: str, caches: list[LayerCache], size: int):
         self.wl, self.variant, self.caches = wl, variant, caches
         L, kvh = wl.model.text.num_layers, wl.model.text.num_kv_heads
-        self.res = Result(variant, size, PhaseTally(np.zeros((L, kvh)), np.zeros(L)),
-                          PhaseTally(np.zeros((L, kvh)), np.zeros(L)))
+        self.res = Result(
+            variant, size, PhaseTally(np.zeros((L, kvh)), np.zeros(L)), PhaseTally(np.zeros((L, kvh)), np.zeros(L))
+        )
         self.pos = size
         self.last: np.ndarray | None = None  # [V] logits after the last fed token
 
-    def feed(self, emb: np.ndarray, phase: Phase, *, rows: bool = False, caches: list[LayerCache] | None = None,
-             pos: int | None = None) -> np.ndarray:
+    def feed(
+        self,
+        emb: np.ndarray,
+        phase: Phase,
+        *,
+        rows: bool = False,
+        caches: list[LayerCache] | None = None,
+        pos: int | None = None,
+    ) -> np.ndarray:
         """emb [n, D] -> logits [n, V] (rows) or [1, V]; measured into the tally unless caches is given."""
         m = self.wl.model
         own = caches is None
@@ -140,8 +148,9 @@ def _fill(wl: Workload, caches: list[LayerCache], n: int, extra: int) -> None:
         c.extend(k[:, p:], v[:, p:], pos[p:], chunk=wl.chunk)  # type: ignore[attr-defined]
 
 
-def make_filled(wl: Workload, variants: list[str], size: int, extra: int = 0,
-                progress: Progress | None = None) -> tuple[dict[str, list[LayerCache]], dict[str, float]]:
+def make_filled(
+    wl: Workload, variants: list[str], size: int, extra: int = 0, progress: Progress | None = None
+) -> tuple[dict[str, list[LayerCache]], dict[str, float]]:
     """Caches per variant, filled to `size`. Variants of one policy that differ only in tau share
     one fill (a deep copy with tau set: tau does not change what is stored)."""
     out: dict[str, list[LayerCache]] = {}
@@ -169,8 +178,16 @@ def make_filled(wl: Workload, variants: list[str], size: int, extra: int = 0,
     return out, secs
 
 
-def run_size(wl: Workload, variants: list[str], size: int, *, frames: int, gen: int, probes: int,
-             progress: Progress | None = None) -> list[Result]:
+def run_size(
+    wl: Workload,
+    variants: list[str],
+    size: int,
+    *,
+    frames: int,
+    gen: int,
+    probes: int,
+    progress: Progress | None = None,
+) -> list[Result]:
     """Measure every variant at one cache size (variants[0] must be 'full'). See the module docstring."""
     if not variants or variants[0] != "full":
         raise ConfigError("the variant list must start with 'full' (the reference)")
@@ -228,8 +245,17 @@ def _probe(wl: Workload, runners: list[Runner], gen: int, fidelity: bool) -> Non
         tok = int(logits[0][-1].argmax())
 
 
-def run_bench(wl: Workload, variants: list[str], sizes: list[int], *, frames: int, gen: int, probes: int,
-              progress: Progress | None = None, on_size: Callable[[list[Result]], None] | None = None) -> list[Result]:
+def run_bench(
+    wl: Workload,
+    variants: list[str],
+    sizes: list[int],
+    *,
+    frames: int,
+    gen: int,
+    probes: int,
+    progress: Progress | None = None,
+    on_size: Callable[[list[Result]], None] | None = None,
+) -> list[Result]:
     """run_size for each size after computing the real KV once (up to the largest size it can cover)."""
     variants = ["full", *[v for v in variants if v != "full"]]
     for v in variants:  # validate every variant before any heavy work

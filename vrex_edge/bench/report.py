@@ -9,8 +9,10 @@ import numpy as np
 
 from vrex_edge.bench.policies import Result, parse_variant
 
-HEADER = ("| cached | policy | frame ms (median) | p95 | speedup vs full | retrieval share | prefill kept "
-          "| decode kept | top-1 | mean KL | decode top-1 | decode KL | identical greedy |")
+HEADER = (
+    "| cached | policy | frame ms (median) | p95 | speedup vs full | retrieval share | prefill kept "
+    "| decode kept | top-1 | mean KL | decode top-1 | decode KL | identical greedy |"
+)
 
 
 def _pct(x: float) -> str:
@@ -32,12 +34,21 @@ def row(r: Result, full_ms: float) -> str:
     ms = np.asarray(r.prefill.ms)
     fid = r.fidelity and bool(r.top1)
     dfid = r.fidelity and bool(r.dtop1)
-    cells = [f"{r.size:,}", f"`{r.variant}`", f"{np.median(ms):.1f}", f"{np.percentile(ms, 95):.1f}",
-             f"{full_ms / np.median(ms):.2f}x", _pct(retrieval_share(r)), _pct(r.prefill.kept_fraction),
-             _pct(r.decode.kept_fraction),
-             f"{100 * np.mean(r.top1):.1f}%" if fid else "n/a", f"{np.mean(r.kl):.4f}" if fid else "n/a",
-             f"{100 * np.mean(r.dtop1):.1f}%" if dfid else "n/a", f"{np.mean(r.dkl):.4f}" if dfid else "n/a",
-             f"{sum(r.greedy)}/{len(r.greedy)}" if r.fidelity and r.greedy else "n/a"]
+    cells = [
+        f"{r.size:,}",
+        f"`{r.variant}`",
+        f"{np.median(ms):.1f}",
+        f"{np.percentile(ms, 95):.1f}",
+        f"{full_ms / np.median(ms):.2f}x",
+        _pct(retrieval_share(r)),
+        _pct(r.prefill.kept_fraction),
+        _pct(r.decode.kept_fraction),
+        f"{100 * np.mean(r.top1):.1f}%" if fid else "n/a",
+        f"{np.mean(r.kl):.4f}" if fid else "n/a",
+        f"{100 * np.mean(r.dtop1):.1f}%" if dfid else "n/a",
+        f"{np.mean(r.dkl):.4f}" if dfid else "n/a",
+        f"{sum(r.greedy)}/{len(r.greedy)}" if r.fidelity and r.greedy else "n/a",
+    ]
     return "| " + " | ".join(cells) + " |"
 
 
@@ -52,16 +63,25 @@ def table(results: Sequence[Result]) -> str:
 def counts_note(results: Sequence[Result], chunk: int) -> str:
     r = results[0]
     n_pre, n_dec, probes = len(r.prefill.ms), len(r.decode.ms), len(r.greedy)
-    lines = [f"Per size: {n_pre} measured frames of {chunk} tokens ({n_pre * chunk} predicted positions), "
-             f"{n_dec} teacher-forced decode steps" + (f" in {probes} replies, each also decoded greedily by every "
-                                                       f"policy from a copy of its caches" if probes else "") + ".",
-             "Retrieval share: (cluster + select + gather) time / frame time. Kept: cached tokens attended (sink + "
-             "retrieved + recent window) / cached tokens before the chunk, summed over layers x KV heads and calls "
-             "(prefill: the measured frames; decode: the reply tokens)."]
+    lines = [
+        f"Per size: {n_pre} measured frames of {chunk} tokens ({n_pre * chunk} predicted positions), "
+        f"{n_dec} teacher-forced decode steps"
+        + (
+            f" in {probes} replies, each also decoded greedily by every policy from a copy of its caches"
+            if probes
+            else ""
+        )
+        + ".",
+        "Retrieval share: (cluster + select + gather) time / frame time. Kept: cached tokens attended (sink + "
+        "retrieved + recent window) / cached tokens before the chunk, summed over layers x KV heads and calls "
+        "(prefill: the measured frames; decode: the reply tokens).",
+    ]
     if any(not x.fidelity for x in results):
-        lines.append("n/a: fidelity vs full is not measured where the cache is filled with repeated KV or the "
-                     "stream passes the model's trained positions (full attention with absolute positions is "
-                     "meaningless there); those rows measure latency and kept fractions only.")
+        lines.append(
+            "n/a: fidelity vs full is not measured where the cache is filled with repeated KV or the "
+            "stream passes the model's trained positions (full attention with absolute positions is "
+            "meaningless there); those rows measure latency and kept fractions only."
+        )
     return "\n".join(lines)
 
 
@@ -122,7 +142,9 @@ def pareto_points(results: Sequence[Result]) -> dict[str, list[tuple[float, floa
         name = parse_variant(r.variant)[0]
         if name == "full" or not r.top1:
             continue
-        out.setdefault(name, []).append((r.prefill.kept_fraction, float(np.mean(r.kl)), float(np.mean(r.top1)), r.variant))
+        out.setdefault(name, []).append(
+            (r.prefill.kept_fraction, float(np.mean(r.kl)), float(np.mean(r.top1)), r.variant)
+        )
     return {k: sorted(v) for k, v in out.items()}
 
 

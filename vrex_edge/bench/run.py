@@ -23,8 +23,9 @@ class BenchReport:
     results: tuple[Result, ...]
 
 
-def expand_variants(policies: Sequence[str], options: Mapping[str, object] | None = None,
-                    accels: Sequence[str] = ()) -> list[str]:
+def expand_variants(
+    policies: Sequence[str], options: Mapping[str, object] | None = None, accels: Sequence[str] = ()
+) -> list[str]:
     """Policy specs + shared options + backends -> variant specs.
 
     An option goes to every policy that knows it (unless the spec sets it); each resv variant is
@@ -47,10 +48,22 @@ def expand_variants(policies: Sequence[str], options: Mapping[str, object] | Non
     return list(dict.fromkeys(out))
 
 
-def run(*, workload: str = "text", sizes: Sequence[int] = (1000, 10000, 40000), policies: Sequence[str] = DEFAULT_POLICIES,
-        options: Mapping[str, object] | None = None, accels: Sequence[str] = (), frames: int = 20, gen: int = 8,
-        probes: int = 2, out: Path | None = None, bundle: Path | None = None, cache_dir: Path = CACHE_DIR,
-        command: str = "", progress: Progress | None = None) -> BenchReport:
+def run(
+    *,
+    workload: str = "text",
+    sizes: Sequence[int] = (1000, 10000, 40000),
+    policies: Sequence[str] = DEFAULT_POLICIES,
+    options: Mapping[str, object] | None = None,
+    accels: Sequence[str] = (),
+    frames: int = 20,
+    gen: int = 8,
+    probes: int = 2,
+    out: Path | None = None,
+    bundle: Path | None = None,
+    cache_dir: Path = CACHE_DIR,
+    command: str = "",
+    progress: Progress | None = None,
+) -> BenchReport:
     """Run the benchmark; with `out`, write policies_<workload>.md and the PNG plots there."""
     if not sizes or min(sizes) < 1:
         raise ConfigError("--sizes must be positive token counts")
@@ -66,29 +79,53 @@ def run(*, workload: str = "text", sizes: Sequence[int] = (1000, 10000, 40000), 
             out.mkdir(parents=True, exist_ok=True)
             (out / f"policies_{workload}.partial.md").write_text(table(partial) + "\n", encoding="utf-8")
 
-    results = run_bench(wl, variants, sorted(sizes), frames=frames, gen=gen, probes=probes if gen else 0,
-                        progress=progress, on_size=write_partial)
+    results = run_bench(
+        wl,
+        variants,
+        sorted(sizes),
+        frames=frames,
+        gen=gen,
+        probes=probes if gen else 0,
+        progress=progress,
+        on_size=write_partial,
+    )
     if out is not None:
         (out / f"policies_{workload}.partial.md").unlink(missing_ok=True)
     head = [f"# vrex-edge bench: {workload}", ""]
     if command:
         head += ["```", command, "```", ""]
-    head += [f"Workload: {wl.description}. Machine: {platform.machine()}, {os.cpu_count()} cores, "
-             f"{platform.python_implementation()} {platform.python_version()}; all policies in one run, in "
-             f"lockstep on the same stream. Caches are filled with the model's real KV of the stream's first "
-             f"{wl.real_tokens:,} tokens (repeated past that); model context: {wl.max_positions:,} positions.", "",
-             counts_note(results, wl.chunk), "", table(results), ""]
+    head += [
+        f"Workload: {wl.description}. Machine: {platform.machine()}, {os.cpu_count()} cores, "
+        f"{platform.python_implementation()} {platform.python_version()}; all policies in one run, in "
+        f"lockstep on the same stream. Caches are filled with the model's real KV of the stream's first "
+        f"{wl.real_tokens:,} tokens (repeated past that); model context: {wl.max_positions:,} positions.",
+        "",
+        counts_note(results, wl.chunk),
+        "",
+        table(results),
+        "",
+    ]
     md = "\n".join(head)
     files: list[Path] = []
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         files.append(out / f"policies_{workload}.md")
         files[-1].write_text(md, encoding="utf-8")
-        files.append(plot_latency(results, out / f"latency_{workload}.png",
-                                  f"{wl.model.manifest.name}, {workload}: per-frame latency ({wl.chunk} new tokens)"))
+        files.append(
+            plot_latency(
+                results,
+                out / f"latency_{workload}.png",
+                f"{wl.model.manifest.name}, {workload}: per-frame latency ({wl.chunk} new tokens)",
+            )
+        )
         resv = [r for r in results if parse_variant(r.variant)[0] == "resv"]
         if resv:
             pick = max(resv, key=lambda r: (r.fidelity, r.size))  # the largest cache with real content
-            files.append(plot_heatmap(pick, out / f"heatmap_{workload}.png",
-                                      f"{pick.variant} at {pick.size:,} cached tokens ({workload}): history kept per layer x KV head"))
+            files.append(
+                plot_heatmap(
+                    pick,
+                    out / f"heatmap_{workload}.png",
+                    f"{pick.variant} at {pick.size:,} cached tokens ({workload}): history kept per layer x KV head",
+                )
+            )
     return BenchReport(md, tuple(files), tuple(results))

@@ -115,14 +115,16 @@ def tiny_video_bundle(cache_dir: Path = CACHE_DIR, progress: Progress | None = N
 
         if progress:
             progress("exporting a tiny random videollm (first run only)")
-        ckpt = make_tiny_checkpoint(cache_dir / "ckpt" / "tiny-videollm-bench", seed=0,
-                                    text_config={"max_position_embeddings": 65536})
+        ckpt = make_tiny_checkpoint(
+            cache_dir / "ckpt" / "tiny-videollm-bench", seed=0, text_config={"max_position_embeddings": 65536}
+        )
         export_bundle(ckpt, bundle, force=True)
     return bundle
 
 
-def text_workload(bundle: Path | None = None, *, cache_dir: Path = CACHE_DIR, chunk: int = 10,
-                  progress: Progress | None = None) -> Workload:
+def text_workload(
+    bundle: Path | None = None, *, cache_dir: Path = CACHE_DIR, chunk: int = 10, progress: Progress | None = None
+) -> Workload:
     model = load_model(bundle or smollm2_bundle(cache_dir, progress))
     ids = np.asarray(model.tokenizer.encode(reference_text()), np.int64)  # [N]
 
@@ -130,13 +132,16 @@ def text_workload(bundle: Path | None = None, *, cache_dir: Path = CACHE_DIR, ch
         s = (i * chunk) % (ids.size - chunk)  # wraps around past the corpus (~120K tokens)
         return model.embed(ids[s : s + chunk])
 
-    desc = (f"{model.manifest.name}: real English text (Python language reference, {ids.size:,} tokens), "
-            f"{chunk} tokens per frame")
+    desc = (
+        f"{model.manifest.name}: real English text (Python language reference, {ids.size:,} tokens), "
+        f"{chunk} tokens per frame"
+    )
     return Workload("text", model, chunk, desc, frame)
 
 
-def video_workload(bundle: Path | None = None, *, cache_dir: Path = CACHE_DIR, seed: int = 0,
-                   progress: Progress | None = None) -> Workload:
+def video_workload(
+    bundle: Path | None = None, *, cache_dir: Path = CACHE_DIR, seed: int = 0, progress: Progress | None = None
+) -> Workload:
     """Frames of the synthetic world through the bundle's vision stage (VIDEO_MODEL by default)."""
     from vrex_edge.runtime.preprocess import Preprocessor
     from vrex_edge.world.render import frames as render_frames
@@ -161,13 +166,16 @@ def video_workload(bundle: Path | None = None, *, cache_dir: Path = CACHE_DIR, s
         return done[i]
 
     prefix = model.embed(list(model.manifest.prompt.system_ids))  # [S, D]
-    desc = (f"{model.manifest.name}: synthetic world video (vrex_edge.world, {FPS:g} fps, seed {seed}) through its "
-            f"vision stage, {chunk} tokens per frame")
+    desc = (
+        f"{model.manifest.name}: synthetic world video (vrex_edge.world, {FPS:g} fps, seed {seed}) through its "
+        f"vision stage, {chunk} tokens per frame"
+    )
     return Workload("video", model, chunk, desc, frame, prefix_embeds=prefix)
 
 
-def load_workload(name: str, bundle: Path | None = None, *, cache_dir: Path = CACHE_DIR,
-                  progress: Progress | None = None) -> Workload:
+def load_workload(
+    name: str, bundle: Path | None = None, *, cache_dir: Path = CACHE_DIR, progress: Progress | None = None
+) -> Workload:
     if name == "text":
         return text_workload(bundle, cache_dir=cache_dir, progress=progress)
     if name == "video":

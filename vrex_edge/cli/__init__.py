@@ -34,9 +34,12 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _options(
-    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     pass
+
 
 app.add_typer(accel_app, name="accel")
 
@@ -64,7 +67,9 @@ def parse_ask(values: list[str]) -> list[tuple[float, str]]:
         except ValueError:
             raise ConfigError(f"--ask time must be seconds or [hh:]mm:ss, got {t_str!r}") from None
         if len(parts) > 3 or not all(math.isfinite(p) and p >= 0 for p in parts) or any(p >= 60 for p in parts[1:]):
-            raise ConfigError(f"--ask time out of range: {t_str!r} (seconds >= 0, or [hh:]mm:ss with mm and ss below 60)")
+            raise ConfigError(
+                f"--ask time out of range: {t_str!r} (seconds >= 0, or [hh:]mm:ss with mm and ss below 60)"
+            )
         t = 0.0
         for p in parts:
             t = t * 60 + p
@@ -72,26 +77,64 @@ def parse_ask(values: list[str]) -> list[tuple[float, str]]:
     return sorted(out, key=lambda x: x[0])
 
 
-def session_config(*, model: Path | None, policy: str, opt: list[str], accel: str | None, provider: list[str],
-                   threads: int | None, fps: float, kv: object) -> object:
+def session_config(
+    *,
+    model: Path | None,
+    policy: str,
+    opt: list[str],
+    accel: str | None,
+    provider: list[str],
+    threads: int | None,
+    fps: float,
+    kv: object,
+) -> object:
     """The flags shared by caption and live -> one SessionConfig (validated before anything loads)."""
     from vrex_edge.runtime.config import SessionConfig
 
-    return SessionConfig.from_cli(model=model or default_model(), policy=policy, opts=opt, accel=accel,
-                                  providers=provider, threads=threads, kv=kv, fps=fps)
+    return SessionConfig.from_cli(
+        model=model or default_model(),
+        policy=policy,
+        opts=opt,
+        accel=accel,
+        providers=provider,
+        threads=threads,
+        kv=kv,
+        fps=fps,
+    )
 
 
-ModelOpt = Annotated[Path | None, typer.Option("--model", "-m", help="Bundle folder (default: the embedded vrex-tiny).")]
+ModelOpt = Annotated[
+    Path | None, typer.Option("--model", "-m", help="Bundle folder (default: the embedded vrex-tiny).")
+]
 PolicyOpt = Annotated[str, typer.Option("--policy", help="KV retrieval policy: resv, full, window, topk.")]
 OptOpt = Annotated[list[str], typer.Option("--opt", help="Policy option key=value (repeatable), e.g. tau=0.95.")]
-ProviderOpt = Annotated[list[str], typer.Option("--provider", help="onnxruntime execution provider: cpu, cuda, tensorrt or a full name (repeatable; default cpu).")]
+ProviderOpt = Annotated[
+    list[str],
+    typer.Option(
+        "--provider",
+        help="onnxruntime execution provider: cpu, cuda, tensorrt or a full name (repeatable; default cpu).",
+    ),
+]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="onnxruntime intra-op threads (default: all cores).")]
 AccelOpt = Annotated[str | None, typer.Option("--accel", help="Retrieval backend for resv: host, dre-emu, fpga.")]
-KVBudgetOpt = Annotated[str | None, typer.Option("--kv-budget", help="Resident KV bytes (e.g. 512M, 2G); older KV goes to a disk store.")]
-KeepKVOpt = Annotated[Path | None, typer.Option("--keep-kv", help="Keep the KV disk store (and a resume state) in this folder.")]
-ResumeOpt = Annotated[Path | None, typer.Option("--resume", help="Continue the stream kept by --keep-kv in this folder.")]
+KVBudgetOpt = Annotated[
+    str | None, typer.Option("--kv-budget", help="Resident KV bytes (e.g. 512M, 2G); older KV goes to a disk store.")
+]
+KeepKVOpt = Annotated[
+    Path | None, typer.Option("--keep-kv", help="Keep the KV disk store (and a resume state) in this folder.")
+]
+ResumeOpt = Annotated[
+    Path | None, typer.Option("--resume", help="Continue the stream kept by --keep-kv in this folder.")
+]
 KVFullOpt = Annotated[str, typer.Option("--kv-on-full", help="When the KV store's disk is full: error or drop-oldest.")]
-WebOpt = Annotated[str | None, typer.Option("--web", metavar="[HOST:]PORT", help="Also serve a web view here (host 127.0.0.1 unless given; any other host needs a token).")]
+WebOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--web",
+        metavar="[HOST:]PORT",
+        help="Also serve a web view here (host 127.0.0.1 unless given; any other host needs a token).",
+    ),
+]
 
 
 @app.command()
@@ -118,7 +161,10 @@ def export(
 @app.command()
 def info(
     bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
-    verify: Annotated[bool, typer.Option("--verify", help="Hash every file again (runs trust files verified before and unchanged since).")] = False,
+    verify: Annotated[
+        bool,
+        typer.Option("--verify", help="Hash every file again (runs trust files verified before and unchanged since)."),
+    ] = False,
 ) -> None:
     """Show what a bundle holds."""
     from vrex_edge.bundle import load_manifest
@@ -136,7 +182,9 @@ def caption(
     policy: PolicyOpt = "resv",
     opt: OptOpt = [],  # noqa: B006 (typer reads the default)
     fmt: Annotated[str, typer.Option("--format", "-f", help="text, srt or jsonl.")] = "text",
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here (atomically) instead of stdout.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write here (atomically) instead of stdout.")
+    ] = None,
     ask: Annotated[list[str], typer.Option("--ask", help="Question at a stream time: 'T=question' (repeatable).")] = [],  # noqa: B006
     provider: ProviderOpt = [],  # noqa: B006
     threads: ThreadsOpt = None,
@@ -152,15 +200,25 @@ def caption(
 
     with user_errors():
         questions = parse_ask(ask)
-        config = session_config(model=model, policy=policy, opt=opt, accel=accel, provider=provider, threads=threads,
-                                fps=fps, kv=kv_config(kv_budget, keep_kv, resume, kv_on_full))
+        config = session_config(
+            model=model,
+            policy=policy,
+            opt=opt,
+            accel=accel,
+            provider=provider,
+            threads=threads,
+            fps=fps,
+            kv=kv_config(kv_budget, keep_kv, resume, kv_on_full),
+        )
         caption_video(video, config, fmt=fmt, output=output, questions=questions, quiet=quiet)
 
 
 @app.command()
 def live(
     camera: Annotated[int | None, typer.Option("--camera", help="Camera index (e.g. 0 for /dev/video0).")] = None,
-    source: Annotated[str | None, typer.Option("--source", help="Video file (played in real time), RTSP/HTTP URL, or device path.")] = None,
+    source: Annotated[
+        str | None, typer.Option("--source", help="Video file (played in real time), RTSP/HTTP URL, or device path.")
+    ] = None,
     model: ModelOpt = None,
     fps: Annotated[float, typer.Option(help="Frames per second fed to the model.")] = 2.0,
     policy: PolicyOpt = "resv",
@@ -168,7 +226,9 @@ def live(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Append the session here as it goes.")] = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="Format of --output: jsonl, srt or text.")] = "jsonl",
     show: Annotated[bool, typer.Option("--show", help="Open a window with the frame and the latest caption.")] = False,
-    retry: Annotated[float, typer.Option("--retry", help="Seconds to keep retrying a source that stops delivering.")] = 10.0,
+    retry: Annotated[
+        float, typer.Option("--retry", help="Seconds to keep retrying a source that stops delivering.")
+    ] = 10.0,
     provider: ProviderOpt = [],  # noqa: B006
     threads: ThreadsOpt = None,
     accel: AccelOpt = None,
@@ -182,24 +242,61 @@ def live(
     from vrex_edge.cli.commands import kv_config, live_stream
 
     with user_errors():
-        config = session_config(model=model, policy=policy, opt=opt, accel=accel, provider=provider, threads=threads,
-                                fps=fps, kv=kv_config(kv_budget, keep_kv, resume, kv_on_full))
-        live_stream(config, camera=camera, source=source, output=output, fmt=fmt, show=show, retry_s=retry, web=web,
-                    notice=lambda line: typer.echo(line, err=True))
+        config = session_config(
+            model=model,
+            policy=policy,
+            opt=opt,
+            accel=accel,
+            provider=provider,
+            threads=threads,
+            fps=fps,
+            kv=kv_config(kv_budget, keep_kv, resume, kv_on_full),
+        )
+        live_stream(
+            config,
+            camera=camera,
+            source=source,
+            output=output,
+            fmt=fmt,
+            show=show,
+            retry_s=retry,
+            web=web,
+            notice=lambda line: typer.echo(line, err=True),
+        )
 
 
 @app.command()
 def bench(
-    workload: Annotated[str, typer.Option("--workload", "-w", help="text (SmolLM2-135M on real text) or video (generated world).")] = "text",
-    sizes: Annotated[list[str], typer.Option("--sizes", help="Cached tokens before measuring: '1000,10000,40000' (or repeat).")] = ["1000,10000,40000"],  # noqa: B006
-    policies: Annotated[list[str], typer.Option("--policies", help="Variants 'policy[:key=val,...]', space separated (or repeat); full always runs.")] = ["full resv topk window"],  # noqa: B006
+    workload: Annotated[
+        str, typer.Option("--workload", "-w", help="text (SmolLM2-135M on real text) or video (generated world).")
+    ] = "text",
+    sizes: Annotated[
+        list[str], typer.Option("--sizes", help="Cached tokens before measuring: '1000,10000,40000' (or repeat).")
+    ] = ["1000,10000,40000"],  # noqa: B006
+    policies: Annotated[
+        list[str],
+        typer.Option(
+            "--policies", help="Variants 'policy[:key=val,...]', space separated (or repeat); full always runs."
+        ),
+    ] = ["full resv topk window"],  # noqa: B006
     opt: OptOpt = [],  # noqa: B006
-    accel: Annotated[list[str], typer.Option("--accel", help="Retrieval backend(s) for resv rows (repeatable): host, dre-emu, ...")] = [],  # noqa: B006
+    accel: Annotated[
+        list[str], typer.Option("--accel", help="Retrieval backend(s) for resv rows (repeatable): host, dre-emu, ...")
+    ] = [],  # noqa: B006
     frames: Annotated[int, typer.Option("--frames", help="Measured frames per size.")] = 20,
     gen: Annotated[int, typer.Option("--gen", help="Tokens per reply (decode phase); 0 skips decoding.")] = 8,
     probes: Annotated[int, typer.Option("--probes", help="Replies per size, spread over the frames.")] = 2,
-    model: Annotated[Path | None, typer.Option("--model", "-m", help="Bundle (default: SmolLM2-135M for text, vrex-tiny or a tiny random videollm for video).")] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for the Markdown table and PNG plots.")] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Bundle (default: SmolLM2-135M for text, vrex-tiny or a tiny random videollm for video).",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Folder for the Markdown table and PNG plots.")
+    ] = None,
 ) -> None:
     """Benchmark the retrieval policies side by side: latency, kept fraction and fidelity vs full."""
     from vrex_edge.bench import run
@@ -211,14 +308,39 @@ def bench(
         except ValueError:
             raise ConfigError(f"--sizes expects token counts like 1000,10000,40000, got {' '.join(sizes)!r}") from None
         variants = [x for v in policies for x in v.split()]
-        argv = ["--workload", workload, "--sizes", ",".join(map(str, size_list)), "--policies", " ".join(variants),
-                *[a for o in opt for a in ("--opt", o)], *[a for b in accel for a in ("--accel", b)], "--frames",
-                str(frames), "--gen", str(gen), "--probes", str(probes), *(["--model", str(model)] if model else []),
-                *(["--out", str(out)] if out else [])]
+        argv = [
+            "--workload",
+            workload,
+            "--sizes",
+            ",".join(map(str, size_list)),
+            "--policies",
+            " ".join(variants),
+            *[a for o in opt for a in ("--opt", o)],
+            *[a for b in accel for a in ("--accel", b)],
+            "--frames",
+            str(frames),
+            "--gen",
+            str(gen),
+            "--probes",
+            str(probes),
+            *(["--model", str(model)] if model else []),
+            *(["--out", str(out)] if out else []),
+        ]
         line = "vrex-edge bench " + shlex.join(argv)  # the run, reproducible (written at the top of the table)
-        report = run(workload=workload, sizes=size_list, policies=variants, options=parse_pairs(opt), accels=accel,
-                     frames=frames, gen=gen, probes=probes, out=out, bundle=model, command=line,
-                     progress=lambda msg: typer.echo(msg, err=True))
+        report = run(
+            workload=workload,
+            sizes=size_list,
+            policies=variants,
+            options=parse_pairs(opt),
+            accels=accel,
+            frames=frames,
+            gen=gen,
+            probes=probes,
+            out=out,
+            bundle=model,
+            command=line,
+            progress=lambda msg: typer.echo(msg, err=True),
+        )
         typer.echo(report.markdown)
         for f in report.files:
             typer.echo(f"wrote {f}", err=True)

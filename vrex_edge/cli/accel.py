@@ -46,8 +46,9 @@ def _list() -> None:
 @accel_app.command("probe")
 def probe(
     name: Annotated[str, typer.Argument(help="Backend name, e.g. host, dre-emu, fpga.")],
-    prefix: Annotated[str, typer.Option("--prefix", help="fpga: XDMA device prefix (default /dev/xdma0 "
-                                                         "or $VREX_XDMA_PREFIX).")] = "",
+    prefix: Annotated[
+        str, typer.Option("--prefix", help="fpga: XDMA device prefix (default /dev/xdma0 or $VREX_XDMA_PREFIX).")
+    ] = "",
 ) -> None:
     """Show the details of one backend: the cycle model, or the device nodes looked for."""
     with user_errors():
@@ -68,8 +69,9 @@ def _probe(name: str, prefix: str) -> None:
             typer.echo(f"  {kind:5s} {path}  {'found' if exists else 'not found'}")
         if "device" in info:
             d = info["device"]
-            typer.echo(f"  DRE {d.version}, {d.mem_size >> 20} MiB card memory, {d.clock_hz / 1e6:g} MHz, "
-                       f"lanes {d.caps}")
+            typer.echo(
+                f"  DRE {d.version}, {d.mem_size >> 20} MiB card memory, {d.clock_hz / 1e6:g} MHz, lanes {d.caps}"
+            )
         else:
             reason = info.get("error") or "no device node: the fpga backend is unavailable"
             typer.echo(f"  {reason}")

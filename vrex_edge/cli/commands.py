@@ -31,8 +31,11 @@ def stats_rows(stats: Any) -> list[tuple[str, str]]:
     rows = [
         ("frames", f"{stats.frames:,} in {stats.wall_s:.1f} s ({stats.fps:.1f} fps, replies included)"),
         ("frame latency", f"median {stats.frame_ms_median:.1f} ms, p95 {stats.frame_ms_p95:.1f} ms"),
-        ("replies", f"{count(stats.captions, 'caption')}, {count(stats.answers, 'answer')}, "
-                    f"{count(stats.generated_tokens, 'token')} generated"),
+        (
+            "replies",
+            f"{count(stats.captions, 'caption')}, {count(stats.answers, 'answer')}, "
+            f"{count(stats.generated_tokens, 'token')} generated",
+        ),
         ("KV cache", f"{stats.tokens:,} tokens, {human_bytes(stats.cache_bytes)}"),
     ]
     retrieval = stats.retrieval or {}
@@ -44,12 +47,20 @@ def stats_rows(stats: Any) -> list[tuple[str, str]]:
     if tiers:
         budget = "unbounded" if tiers["budget"] is None else human_bytes(tiers["budget"])
         pf = (tiers.get("prefetch") or {}).get("recall")
-        rows.append(("KV tiers", f"resident {human_bytes(tiers['kv'])} (peak {human_bytes(tiers['peak'])}) of {budget}, "
-                                 f"tables {human_bytes(tiers['tables'])}, on disk {human_bytes(tiers['cold_bytes'])}, "
-                                 f"{count(tiers['fetched'], 'cluster')} read on demand"
-                                 + (f", prefetch recall {100 * pf:.0f}%" if pf is not None else "")
-                                 + (f", {count(tiers['retired']['blocks'], 'block')} of representatives retired to disk"
-                                    if (tiers.get("retired") or {}).get("blocks") else "")))
+        rows.append(
+            (
+                "KV tiers",
+                f"resident {human_bytes(tiers['kv'])} (peak {human_bytes(tiers['peak'])}) of {budget}, "
+                f"tables {human_bytes(tiers['tables'])}, on disk {human_bytes(tiers['cold_bytes'])}, "
+                f"{count(tiers['fetched'], 'cluster')} read on demand"
+                + (f", prefetch recall {100 * pf:.0f}%" if pf is not None else "")
+                + (
+                    f", {count(tiers['retired']['blocks'], 'block')} of representatives retired to disk"
+                    if (tiers.get("retired") or {}).get("blocks")
+                    else ""
+                ),
+            )
+        )
     failure = ((tiers or {}).get("prefetch") or {}).get("failure")
     if failure:
         rows.append(("warning", f"KV prefetch stopped after an error ({failure}); clusters were read on demand"))
@@ -59,8 +70,15 @@ def stats_rows(stats: Any) -> list[tuple[str, str]]:
     return rows
 
 
-def caption_video(video: Path, config: SessionConfig, *, fmt: str, output: Path | None,
-                  questions: list[tuple[float, str]], quiet: bool) -> None:
+def caption_video(
+    video: Path,
+    config: SessionConfig,
+    *,
+    fmt: str,
+    output: Path | None,
+    questions: list[tuple[float, str]],
+    quiet: bool,
+) -> None:
     """Narrate `video` at config.fps; answer `questions` (t, text); write records to `output` or stdout."""
     from vrex_edge.runtime.capture import open_video
     from vrex_edge.runtime.events import Answer, Caption, FrameProcessed, Stats
@@ -123,8 +141,18 @@ def open_live_reader(camera: int | None, source: str | None) -> Any:
     return OpenCVReader(source, paced=is_file)
 
 
-def live_stream(config: SessionConfig, *, camera: int | None, source: str | None, output: Path | None, fmt: str,
-                show: bool, retry_s: float, web: str | None = None, notice: Callable[[str], None] | None = None) -> None:
+def live_stream(
+    config: SessionConfig,
+    *,
+    camera: int | None,
+    source: str | None,
+    output: Path | None,
+    fmt: str,
+    show: bool,
+    retry_s: float,
+    web: str | None = None,
+    notice: Callable[[str], None] | None = None,
+) -> None:
     """Narrate a camera or stream in real time at config.fps; typed questions are answered in the stream.
     web: also serve a web view at [HOST:]PORT (vrex_edge.web); notice: where its address is said."""
     import queue
@@ -143,7 +171,9 @@ def live_stream(config: SessionConfig, *, camera: int | None, source: str | None
     window = FrameWindow.open() if show else None
     questions: queue.Queue[str] = queue.Queue()
     web_view = _open_web(web_config, questions, reader.name, notice)
-    stops = StopOnSignal()  # SIGINT/SIGTERM/SIGHUP end the stream cleanly (a kept KV store is saved); a second one at once
+    stops = (
+        StopOnSignal()
+    )  # SIGINT/SIGTERM/SIGHUP end the stream cleanly (a kept KV store is saved); a second one at once
     stop = stops.event
     capture = CaptureThread(reader, fps=fps, retry_s=retry_s)
     offset = session.resumed_time or 0.0  # --resume: time goes on
@@ -160,9 +190,15 @@ def live_stream(config: SessionConfig, *, camera: int | None, source: str | None
     try:
         with QuestionInput(questions, view) as typing_, view.running(interactive=typing_.interactive):
             capture.start()
-            for event in live_events(session, clock, questions, stop=stop,
-                                     on_frame=_fan_out(window.show if window is not None else None,
-                                                       web_view.image if web_view is not None else None)):
+            for event in live_events(
+                session,
+                clock,
+                questions,
+                stop=stop,
+                on_frame=_fan_out(
+                    window.show if window is not None else None, web_view.image if web_view is not None else None
+                ),
+            ):
                 if isinstance(event, Caption | Answer):
                     question = event.question if isinstance(event, Answer) else None
                     view.record(event.t, event.text, question)
@@ -171,7 +207,9 @@ def live_stream(config: SessionConfig, *, camera: int | None, source: str | None
                     if window is not None:
                         window.show_caption(event.text)
                     if writer is not None:
-                        writer.write(t=event.t, kind="answer" if question else "caption", text=event.text, question=question)
+                        writer.write(
+                            t=event.t, kind="answer" if question else "caption", text=event.text, question=question
+                        )
                 elif isinstance(event, FrameProcessed):
                     last_t = event.t
                     view.frame(event)
@@ -202,8 +240,14 @@ def live_stream(config: SessionConfig, *, camera: int | None, source: str | None
     status = capture.status()
     stats = session.stats()
     rows = stats_rows(stats)
-    rows.insert(1, ("capture", f"{status.captured:,} frames read, {status.sampled:,} sampled at {fps:g} fps, "
-                               f"{status.dropped:,} dropped while the model was busy"))
+    rows.insert(
+        1,
+        (
+            "capture",
+            f"{status.captured:,} frames read, {status.sampled:,} sampled at {fps:g} fps, "
+            f"{status.dropped:,} dropped while the model was busy",
+        ),
+    )
     if final_status is not None and final_status.lag_ms is not None:
         rows.insert(2, ("lag", f"{final_status.lag_ms:.0f} ms capture -> last reply"))
     rows.append(("ended", (stops.name or "Ctrl-C") if interrupted else status.message or status.state))

@@ -88,7 +88,9 @@ def export_bundle(
             out.parent.mkdir(parents=True, exist_ok=True)
             tmp.mkdir()
         except OSError as e:
-            raise ExportError(f"cannot create the bundle in {out.parent}: {e.strerror or e}; choose another --out") from None
+            raise ExportError(
+                f"cannot create the bundle in {out.parent}: {e.strerror or e}; choose another --out"
+            ) from None
         try:
             say(f"loading {fam.name} model from {src.gguf_file or src.path}")
             model = fam.load(src)
@@ -99,12 +101,15 @@ def export_bundle(
         from vrex_edge.export.pipeline import write_bundle
 
         try:
-            errors = write_bundle(model, tmp, family=fam.name, dtype=dtype, source=str(source), verify=verify, progress=say)
+            errors = write_bundle(
+                model, tmp, family=fam.name, dtype=dtype, source=str(source), verify=verify, progress=say
+            )
             _swap_into_place(tmp, out, force=force)
         except OSError as e:  # a full disk or a permission error: nothing partial stays, an old bundle is kept
             shutil.rmtree(tmp, ignore_errors=True)
-            raise ExportError(f"cannot write the bundle {out}: {e.strerror or e}; free some space or choose another "
-                              "--out") from None
+            raise ExportError(
+                f"cannot write the bundle {out}: {e.strerror or e}; free some space or choose another --out"
+            ) from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -112,8 +117,9 @@ def export_bundle(
     seconds = time.perf_counter() - start
     peak = peak_rss_bytes()
     say(f"wrote {out} ({sum(sizes.values()) / 1e6:.1f} MB) in {seconds:.1f} s; peak RSS {peak / 2**30:.2f} GiB")
-    return ExportReport(out=out, family=fam.name, dtype=dtype, errors=errors, sizes=sizes, seconds=seconds,
-                        peak_rss_bytes=peak)
+    return ExportReport(
+        out=out, family=fam.name, dtype=dtype, errors=errors, sizes=sizes, seconds=seconds, peak_rss_bytes=peak
+    )
 
 
 def peak_rss_bytes() -> int:

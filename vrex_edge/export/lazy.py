@@ -38,8 +38,9 @@ class SafetensorsFolder:
 
     `rename` maps a checkpoint key to the key the caller asks for (None drops it)."""
 
-    def __init__(self, folder: Path, *, rename: Callable[[str], str | None] = lambda k: k,
-                 files: tuple[str, ...] | None = None):
+    def __init__(
+        self, folder: Path, *, rename: Callable[[str], str | None] = lambda k: k, files: tuple[str, ...] | None = None
+    ):
         from safetensors import safe_open
 
         self.folder = Path(folder)
@@ -106,8 +107,10 @@ def _hf_renamings(model: nn.Module) -> list[Any]:
         return []
     transforms = get_model_conversion_mapping(model)
     if any(not isinstance(t, WeightRenaming) for t in transforms):
-        raise ExportError(f"{type(model).__name__} checkpoints need weight conversions that a streaming export "
-                          "does not apply; report this model")
+        raise ExportError(
+            f"{type(model).__name__} checkpoints need weight conversions that a streaming export "
+            "does not apply; report this model"
+        )
     return list(transforms)
 
 

@@ -51,8 +51,14 @@ class VideoLLMConfig:
             "model_type": MODEL_TYPE,
             "vision_config": self.vision_config,
             "text_config": self.text_config,
-            "frame": {"image_size": list(f.image_size), "mean": list(f.mean), "std": list(f.std),
-                      "pooled_grid": list(f.pooled_grid), "use_cls": f.use_cls, "resize": f.resize},
+            "frame": {
+                "image_size": list(f.image_size),
+                "mean": list(f.mean),
+                "std": list(f.std),
+                "pooled_grid": list(f.pooled_grid),
+                "use_cls": f.use_cls,
+                "resize": f.resize,
+            },
             "tokens": self.tokens,
             "prompt": self.prompt,
         }
@@ -151,7 +157,9 @@ def load_checkpoint(path: str | Path) -> VideoLLM:
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied embeddings
     if missing or unexpected:
-        raise ValueError(f"checkpoint {path} does not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise ValueError(
+            f"checkpoint {path} does not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
     if cfg.text_config.get("tie_word_embeddings"):
         model.language_model.tie_weights()
     return model.eval()

@@ -35,8 +35,14 @@ def save_model(model, path: Path) -> None:  # model: onnx.ModelProto with every 
         data.unlink()
     size = sum(t.ByteSize() for t in model.graph.initializer)
     if size > EXTERNAL_DATA_BYTES:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data.name, size_threshold=1024)
+        onnx.save_model(
+            model,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=data.name,
+            size_threshold=1024,
+        )
     else:
         onnx.save_model(model, str(path))
 
@@ -58,8 +64,15 @@ def export_onnx(
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about python scalars are expected
             torch.onnx.export(
-                module, example, str(work / path.name), input_names=input_names, output_names=output_names,
-                dynamic_axes=dynamic_axes, opset_version=OPSET, do_constant_folding=True, dynamo=False,
+                module,
+                example,
+                str(work / path.name),
+                input_names=input_names,
+                output_names=output_names,
+                dynamic_axes=dynamic_axes,
+                opset_version=OPSET,
+                do_constant_folding=True,
+                dynamo=False,
             )
         written = work / path.name
         if len(list(work.iterdir())) > 1 or written.stat().st_size > EXTERNAL_DATA_BYTES:  # one .data file

@@ -74,38 +74,69 @@ def plan_stages(model: LoadedModel) -> list[StagePlan]:
         vs = model.vision_spec
         assert vs is not None, "a vision module needs a VisionSpec"
         ih, iw = vs.image_size
-        plans.append(StagePlan(
-            "vision", "stages/vision.onnx", model.vision,
-            (TensorSpec("pixel_values", "float32", ("F", 3, ih, iw)),),
-            (TensorSpec("frame_embeds", "float32", ("F", vs.tokens_per_frame, d)),),
-            lambda f, rng: {"pixel_values": rng.uniform(-1, 1, (f, 3, ih, iw)).astype(np.float32)},
-        ))
-    plans.append(StagePlan(
-        "embed", "stages/embed.onnx", EmbedStage(embed),
-        (TensorSpec("input_ids", "int64", ("n",)),), (TensorSpec("embeds", "float32", ("n", d)),),
-        lambda n, rng: {"input_ids": rng.integers(0, vocab, (n,), dtype=np.int64)},
-    ))
-    qkv = (TensorSpec("q", "float32", (h, "n", hd)), TensorSpec("k", "float32", (kvh, "n", hd)),
-           TensorSpec("v", "float32", (kvh, "n", hd)))
+        plans.append(
+            StagePlan(
+                "vision",
+                "stages/vision.onnx",
+                model.vision,
+                (TensorSpec("pixel_values", "float32", ("F", 3, ih, iw)),),
+                (TensorSpec("frame_embeds", "float32", ("F", vs.tokens_per_frame, d)),),
+                lambda f, rng: {"pixel_values": rng.uniform(-1, 1, (f, 3, ih, iw)).astype(np.float32)},
+            )
+        )
+    plans.append(
+        StagePlan(
+            "embed",
+            "stages/embed.onnx",
+            EmbedStage(embed),
+            (TensorSpec("input_ids", "int64", ("n",)),),
+            (TensorSpec("embeds", "float32", ("n", d)),),
+            lambda n, rng: {"input_ids": rng.integers(0, vocab, (n,), dtype=np.int64)},
+        )
+    )
+    qkv = (
+        TensorSpec("q", "float32", (h, "n", hd)),
+        TensorSpec("k", "float32", (kvh, "n", hd)),
+        TensorSpec("v", "float32", (kvh, "n", hd)),
+    )
     for i, layer in enumerate(layers):
-        plans.append(StagePlan(
-            f"layers.{i}.pre", f"stages/layer{i:02d}_pre.onnx", PreAttention(layer, dims), (hid,), qkv,
+        plans.append(
+            StagePlan(
+                f"layers.{i}.pre",
+                f"stages/layer{i:02d}_pre.onnx",
+                PreAttention(layer, dims),
+                (hid,),
+                qkv,
+                lambda n, rng: {"hidden": _f32(rng, n, d)},
+            )
+        )
+        plans.append(
+            StagePlan(
+                f"layers.{i}.post",
+                f"stages/layer{i:02d}_post.onnx",
+                PostAttention(layer),
+                (hid, TensorSpec("attn", "float32", ("n", h * hd))),
+                (TensorSpec("hidden_out", "float32", ("n", d)),),
+                lambda n, rng: {"hidden": _f32(rng, n, d), "attn": _f32(rng, n, h * hd)},
+            )
+        )
+    plans.append(
+        StagePlan(
+            "head",
+            "stages/head.onnx",
+            HeadStage(norm, lm_head),
+            (hid,),
+            (TensorSpec("logits", "float32", ("n", vocab)),),
             lambda n, rng: {"hidden": _f32(rng, n, d)},
-        ))
-        plans.append(StagePlan(
-            f"layers.{i}.post", f"stages/layer{i:02d}_post.onnx", PostAttention(layer),
-            (hid, TensorSpec("attn", "float32", ("n", h * hd))), (TensorSpec("hidden_out", "float32", ("n", d)),),
-            lambda n, rng: {"hidden": _f32(rng, n, d), "attn": _f32(rng, n, h * hd)},
-        ))
-    plans.append(StagePlan(
-        "head", "stages/head.onnx", HeadStage(norm, lm_head), (hid,), (TensorSpec("logits", "float32", ("n", vocab)),),
-        lambda n, rng: {"hidden": _f32(rng, n, d)},
-    ))
+        )
+    )
     return plans
 
 
 def _dynamic_axes(plan: StagePlan) -> dict[str, dict[int, str]]:
-    return {t.name: {ax: s for ax, s in enumerate(t.shape) if isinstance(s, str)} for t in (*plan.inputs, *plan.outputs)}
+    return {
+        t.name: {ax: s for ax, s in enumerate(t.shape) if isinstance(s, str)} for t in (*plan.inputs, *plan.outputs)
+    }
 
 
 def export_stage(plan: StagePlan, root: Path, rng: np.random.Generator) -> None:
@@ -115,8 +146,14 @@ def export_stage(plan: StagePlan, root: Path, rng: np.random.Generator) -> None:
     feeds = plan.make_inputs(2 if plan.key == "vision" else EXAMPLE_N, rng)
     example = tuple(torch.from_numpy(v) for v in feeds.values())
     try:
-        onnx_io.export_onnx(plan.module, example, path, [t.name for t in plan.inputs],
-                            [t.name for t in plan.outputs], _dynamic_axes(plan))
+        onnx_io.export_onnx(
+            plan.module,
+            example,
+            path,
+            [t.name for t in plan.inputs],
+            [t.name for t in plan.outputs],
+            _dynamic_axes(plan),
+        )
     except Exception as e:  # the tracer and the ONNX converter raise many kinds of errors
         raise ExportError(f"stage {plan.key} cannot be exported to ONNX: {first_line(e)}") from e
 
@@ -152,14 +189,29 @@ def text_spec(lm: nn.Module) -> TextSpec:
     dims = attn_dims(cfg)
     embed, layers, norm, _ = decoder_parts(lm)
     return TextSpec(
-        num_layers=len(layers), hidden_size=int(cfg.hidden_size), num_heads=dims.num_heads,
-        num_kv_heads=dims.num_kv_heads, head_dim=dims.head_dim, vocab_size=int(embed.num_embeddings),
-        max_positions=int(cfg.max_position_embeddings), rms_norm_eps=float(cfg.rms_norm_eps), rope=rope_spec(lm),
+        num_layers=len(layers),
+        hidden_size=int(cfg.hidden_size),
+        num_heads=dims.num_heads,
+        num_kv_heads=dims.num_kv_heads,
+        head_dim=dims.head_dim,
+        vocab_size=int(embed.num_embeddings),
+        max_positions=int(cfg.max_position_embeddings),
+        rms_norm_eps=float(cfg.rms_norm_eps),
+        rope=rope_spec(lm),
     )
 
 
-def build_manifest(model: LoadedModel, plans: list[StagePlan], root: Path, *, family: str, dtype: str,
-                   source: str, errors: dict[str, float], scales: dict[str, float]) -> Manifest:
+def build_manifest(
+    model: LoadedModel,
+    plans: list[StagePlan],
+    root: Path,
+    *,
+    family: str,
+    dtype: str,
+    source: str,
+    errors: dict[str, float],
+    scales: dict[str, float],
+) -> Manifest:
     specs = {p.key: p.spec for p in plans}
     n_layers = sum(1 for k in specs if k.endswith(".pre"))
     stages = Stages(
@@ -175,18 +227,39 @@ def build_manifest(model: LoadedModel, plans: list[StagePlan], root: Path, *, fa
             files[str(data.relative_to(root))] = sha256_file(data)
     files[TOKENIZER_FILE] = sha256_file(root / TOKENIZER_FILE)
     notes = dict(model.notes)
-    notes["parity"] = {"max_abs_error": errors, "max_abs_reference": scales, "inputs": "random",
-                       "tolerance": f"{onnx_io.TOLERANCE[dtype]} * (1 + max_abs_reference)"}
+    notes["parity"] = {
+        "max_abs_error": errors,
+        "max_abs_reference": scales,
+        "inputs": "random",
+        "tolerance": f"{onnx_io.TOLERANCE[dtype]} * (1 + max_abs_reference)",
+    }
     notes["versions"] = {"torch": torch.__version__, "opset": onnx_io.OPSET}
     return Manifest(
-        name=model.name, family=family, dtype=dtype, text=text_spec(model.lm), tokens=model.tokens,
-        prompt=model.prompt, stages=stages, tokenizer=TOKENIZER_FILE, files=files, vision=model.vision_spec,
-        source=source, notes=notes,
+        name=model.name,
+        family=family,
+        dtype=dtype,
+        text=text_spec(model.lm),
+        tokens=model.tokens,
+        prompt=model.prompt,
+        stages=stages,
+        tokenizer=TOKENIZER_FILE,
+        files=files,
+        vision=model.vision_spec,
+        source=source,
+        notes=notes,
     )
 
 
-def write_bundle(model: LoadedModel, root: Path, *, family: str, dtype: str, source: str, verify: bool,
-                 progress: Callable[[str], None]) -> dict[str, float]:
+def write_bundle(
+    model: LoadedModel,
+    root: Path,
+    *,
+    family: str,
+    dtype: str,
+    source: str,
+    verify: bool,
+    progress: Callable[[str], None],
+) -> dict[str, float]:
     """Write every stage, the tokenizer and the manifest into `root`; returns per-stage errors.
 
     One stage at a time: its weights are read (when the model is lazy), the fp32 graph and
@@ -205,10 +278,14 @@ def write_bundle(model: LoadedModel, root: Path, *, family: str, dtype: str, sou
         precision.convert(root / plan.file, dtype)
         if verify:
             errors[plan.key], scales[plan.key] = verify_stage(plan, root, dtype, trials)
-            progress(f"verified {plan.key}: max abs error {errors[plan.key]:.2e} (outputs up to {scales[plan.key]:.3g})")
+            progress(
+                f"verified {plan.key}: max abs error {errors[plan.key]:.2e} (outputs up to {scales[plan.key]:.3g})"
+            )
         del trials
         gc.collect()
     (root / TOKENIZER_FILE).write_text(model.tokenizer_json, encoding="utf-8")
-    write_manifest(root, build_manifest(model, plans, root, family=family, dtype=dtype, source=source, errors=errors,
-                                                 scales=scales))
+    write_manifest(
+        root,
+        build_manifest(model, plans, root, family=family, dtype=dtype, source=source, errors=errors, scales=scales),
+    )
     return errors

@@ -46,8 +46,14 @@ def _weight_matmuls(graph) -> list:  # [onnx.NodeProto] whose second input is a 
     import onnx
 
     inits = {i.name: i for i in graph.initializer}
-    return [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in inits
-            and inits[n.input[1]].data_type == onnx.TensorProto.FLOAT and len(inits[n.input[1]].dims) == 2]
+    return [
+        n
+        for n in graph.node
+        if n.op_type == "MatMul"
+        and n.input[1] in inits
+        and inits[n.input[1]].data_type == onnx.TensorProto.FLOAT
+        and len(inits[n.input[1]].dims) == 2
+    ]
 
 
 def _to_fp16(path: Path, *, matmuls: bool = True) -> None:
@@ -63,14 +69,22 @@ def _to_fp16(path: Path, *, matmuls: bool = True) -> None:
         if matmuls and node.op_type == "MatMul" and w is not None and w.data_type == TensorProto.FLOAT:
             _store_fp16(w, numpy_helper)
             x16, y16 = node.input[0] + f"/{node.name}/fp16", node.output[0] + "/fp16"
-            new_nodes.append(helper.make_node("Cast", [node.input[0]], [x16], name=f"{node.name}/cast_in", to=TensorProto.FLOAT16))
+            new_nodes.append(
+                helper.make_node("Cast", [node.input[0]], [x16], name=f"{node.name}/cast_in", to=TensorProto.FLOAT16)
+            )
             new_nodes.append(helper.make_node("MatMul", [x16, node.input[1]], [y16], name=node.name))
-            new_nodes.append(helper.make_node("Cast", [y16], [node.output[0]], name=f"{node.name}/cast_out", to=TensorProto.FLOAT))
-        elif node.op_type == "Gather" and node.input[0] in inits and inits[node.input[0]].data_type == TensorProto.FLOAT:
+            new_nodes.append(
+                helper.make_node("Cast", [y16], [node.output[0]], name=f"{node.name}/cast_out", to=TensorProto.FLOAT)
+            )
+        elif (
+            node.op_type == "Gather" and node.input[0] in inits and inits[node.input[0]].data_type == TensorProto.FLOAT
+        ):
             _store_fp16(inits[node.input[0]], numpy_helper)  # embedding table: look up in fp16, widen the rows
             y16 = node.output[0] + "/fp16"
             new_nodes.append(helper.make_node("Gather", list(node.input), [y16], name=node.name, axis=_axis(node)))
-            new_nodes.append(helper.make_node("Cast", [y16], [node.output[0]], name=f"{node.name}/cast_out", to=TensorProto.FLOAT))
+            new_nodes.append(
+                helper.make_node("Cast", [y16], [node.output[0]], name=f"{node.name}/cast_out", to=TensorProto.FLOAT)
+            )
         else:
             new_nodes.append(node)
     del g.node[:]
@@ -118,8 +132,9 @@ def _to_nbits(path: Path, bits: int) -> None:
                 from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig
 
                 algo = HQQWeightOnlyQuantConfig(block_size=INT8_BLOCK, bits=4)
-            q = MatMulNBitsQuantizer(model, bits=bits, block_size=INT8_BLOCK, is_symmetric=bits == 8,
-                                     accuracy_level=4, algo_config=algo)
+            q = MatMulNBitsQuantizer(
+                model, bits=bits, block_size=INT8_BLOCK, is_symmetric=bits == 8, accuracy_level=4, algo_config=algo
+            )
             q.process()
     finally:
         for lg, level in zip(quiet, levels, strict=True):

@@ -170,8 +170,10 @@ def adapter_model_type(adapter_config: dict[str, Any]) -> str:
         raise ExportError(f"{ADAPTER_CONFIG} must hold a JSON object")
     if "connector" in (adapter_config.get("modules_to_save") or ()):
         return "live_llama"
-    raise ExportError(f"this PEFT adapter (base '{adapter_config.get('base_model_name_or_path')}') is not a "
-                      "VideoLLM-online checkpoint; merge it into its base model and export the merged folder")
+    raise ExportError(
+        f"this PEFT adapter (base '{adapter_config.get('base_model_name_or_path')}') is not a "
+        "VideoLLM-online checkpoint; merge it into its base model and export the merged folder"
+    )
 
 
 def detect_family(source: str | Path | Source) -> str:
@@ -186,5 +188,7 @@ def _hub_download(repo_id: str) -> Path:
 
         return Path(snapshot_download(repo_id))
     except Exception as e:  # offline, unknown repo, gated model, ...
-        raise ExportError(f"model source not found: '{repo_id}' is not a local path and could not be "
-                          f"fetched from the Hugging Face Hub ({type(e).__name__})") from None
+        raise ExportError(
+            f"model source not found: '{repo_id}' is not a local path and could not be "
+            f"fetched from the Hugging Face Hub ({type(e).__name__})"
+        ) from None

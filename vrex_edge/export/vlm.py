@@ -37,8 +37,10 @@ def local_path(name_or_path: str, *, what: str, relative_to: Path | None = None)
 
         return Path(snapshot_download(name_or_path))
     except Exception as e:  # offline, unknown repo, gated model, ...
-        raise ExportError(f"{what} '{name_or_path}' is not a local folder and could not be fetched from "
-                          f"the Hugging Face Hub ({type(e).__name__}); download it first") from None
+        raise ExportError(
+            f"{what} '{name_or_path}' is not a local folder and could not be fetched from "
+            f"the Hugging Face Hub ({type(e).__name__}); download it first"
+        ) from None
 
 
 def text_ids(tok: Any, text: str) -> tuple[int, ...]:
@@ -81,7 +83,9 @@ def load_hf_vlm(source: Any) -> tuple[Any, Any, Any]:
             model = empty_model(lambda: AutoModelForImageTextToText.from_config(config))
             tok = AutoTokenizer.from_pretrained(str(source.path), use_fast=True)
     except ImportError as e:
-        raise ExportError(f"loading this model needs an optional package: {e}; pip install 'vrex-edge[export]'") from None
+        raise ExportError(
+            f"loading this model needs an optional package: {e}; pip install 'vrex-edge[export]'"
+        ) from None
     except (OSError, ValueError, KeyError) as e:
         raise ExportError(f"cannot load a model from {source.path}: {first_line(e)}") from None
     if not getattr(tok, "is_fast", False):

@@ -13,8 +13,16 @@ def capacity(cap: int, need: int, *, factor: float = 2.0, minimum: int = 0) -> i
     return max(need, int(cap * factor), minimum)
 
 
-def grow(a: np.ndarray, need: int, *, axis: int = 0, used: int | None = None, fill: Any = None,
-         factor: float = 2.0, minimum: int = 0) -> np.ndarray:
+def grow(
+    a: np.ndarray,
+    need: int,
+    *,
+    axis: int = 0,
+    used: int | None = None,
+    fill: Any = None,
+    factor: float = 2.0,
+    minimum: int = 0,
+) -> np.ndarray:
     """`a` if its length along `axis` is >= need; else a new array of capacity(...) along `axis`
     holding a's first `used` entries (default: all of them), the rest `fill` (None: uninitialised).
 

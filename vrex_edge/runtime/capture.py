@@ -67,8 +67,10 @@ class Incomplete:
     stated_duration: float  # s
 
     def message(self) -> str:
-        return (f"{self.path} decoded {self.frames} of the {self.stated_frames} frames its container states "
-                f"(the last at {clock(self.last_t)} of {clock(self.stated_duration)}): the file is truncated or damaged")
+        return (
+            f"{self.path} decoded {self.frames} of the {self.stated_frames} frames its container states "
+            f"(the last at {clock(self.last_t)} of {clock(self.stated_duration)}): the file is truncated or damaged"
+        )
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,8 @@ class VideoFileSource:
             self._cap = None
 
 
-def open_video(path: str | os.PathLike[str], *, fps: float | None = 2.0, max_frames: int | None = None) -> VideoFileSource:
+def open_video(
+    path: str | os.PathLike[str], *, fps: float | None = 2.0, max_frames: int | None = None
+) -> VideoFileSource:
     """A FrameSource over a video file (raises SourceError for a missing or unreadable file)."""
     return VideoFileSource(path, fps=fps, max_frames=max_frames)

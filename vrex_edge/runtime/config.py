@@ -51,15 +51,31 @@ class SessionConfig:
             raise ConfigError(f"--kv-budget, --keep-kv and --resume need --policy resv (got '{self.policy}')")
 
     @classmethod
-    def from_cli(cls, *, model: Path, policy: str = "resv", opts: Sequence[str] = (), accel: str | None = None,
-                 providers: Sequence[Any] = (), threads: int | None = None, kv: TierConfig | None = None,
-                 fps: float = 2.0) -> SessionConfig:
+    def from_cli(
+        cls,
+        *,
+        model: Path,
+        policy: str = "resv",
+        opts: Sequence[str] = (),
+        accel: str | None = None,
+        providers: Sequence[Any] = (),
+        threads: int | None = None,
+        kv: TierConfig | None = None,
+        fps: float = 2.0,
+    ) -> SessionConfig:
         """From the CLI's strings: --opt key=value pairs, --accel NAME (the resv/topk option accel)."""
         values: dict[str, Any] = parse_pairs(opts)
         if accel:
             values["accel"] = accel
-        return cls(model=Path(model), policy=policy, options=get_spec(policy).options.parse(values),
-                   providers=tuple(providers), threads=threads, kv=kv, fps=fps)
+        return cls(
+            model=Path(model),
+            policy=policy,
+            options=get_spec(policy).options.parse(values),
+            providers=tuple(providers),
+            threads=threads,
+            kv=kv,
+            fps=fps,
+        )
 
 
 def open_session(config: SessionConfig, *, need_vision: bool = True) -> StreamSession:
@@ -68,14 +84,19 @@ def open_session(config: SessionConfig, *, need_vision: bool = True) -> StreamSe
     from vrex_edge.runtime.retrieval.policy import Policy
     from vrex_edge.runtime.session import StreamSession
 
-    model = load_model(config.model, providers=list(config.providers) or list(DEFAULT_PROVIDERS),
-                       threads=config.threads)
+    model = load_model(
+        config.model, providers=list(config.providers) or list(DEFAULT_PROVIDERS), threads=config.threads
+    )
     if need_vision and not model.has_vision:
-        raise ConfigError(f"{config.model} is a text-only bundle ({model.manifest.family}); captioning needs a video model")
+        raise ConfigError(
+            f"{config.model} is a text-only bundle ({model.manifest.family}); captioning needs a video model"
+        )
     assert config.options is not None
     policy = Policy(get_spec(config.policy), config.options, device="cuda" if uses_cuda(model.providers) else "cpu")
     try:
         return StreamSession(model, policy=policy, kv=config.kv, **config.extra)
     except OSError as e:  # only the KV store's folder is created here (read-only file system, permissions)
-        raise KVStoreError(f"cannot create the KV store at {e.filename or 'its folder'}: {e.strerror or e}; give --keep-kv "
-                           "a writable folder (temporary stores go to $XDG_CACHE_HOME/vrex-edge/kv)") from None
+        raise KVStoreError(
+            f"cannot create the KV store at {e.filename or 'its folder'}: {e.strerror or e}; give --keep-kv "
+            "a writable folder (temporary stores go to $XDG_CACHE_HOME/vrex-edge/kv)"
+        ) from None

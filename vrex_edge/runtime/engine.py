@@ -67,8 +67,10 @@ PROVIDER_ALIASES: dict[str, str] = {
     "trt": "TensorrtExecutionProvider",
 }
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
-GPU_INSTALL_HINT = ("install onnxruntime-gpu on a PC (pip install 'vrex-edge[gpu]', after pip uninstall onnxruntime), "
-                    "or NVIDIA's onnxruntime-gpu wheel for your JetPack on a Jetson (README: Installing on a Jetson)")
+GPU_INSTALL_HINT = (
+    "install onnxruntime-gpu on a PC (pip install 'vrex-edge[gpu]', after pip uninstall onnxruntime), "
+    "or NVIDIA's onnxruntime-gpu wheel for your JetPack on a Jetson (README: Installing on a Jetson)"
+)
 
 
 def provider_name(p: str) -> str:
@@ -80,11 +82,15 @@ def missing_provider_message(name: str, available: Sequence[str], version: str) 
     """The one-line ConfigError text for a provider this onnxruntime build lacks, saying what to install."""
     listed = ", ".join(available)
     if name in GPU_PROVIDERS:
-        return (f"execution provider '{name}' is not available in this onnxruntime {version} (it has: {listed}); "
-                f"{GPU_INSTALL_HINT}")
+        return (
+            f"execution provider '{name}' is not available in this onnxruntime {version} (it has: {listed}); "
+            f"{GPU_INSTALL_HINT}"
+        )
     short = ", ".join(sorted(PROVIDER_ALIASES))
-    return (f"execution provider '{name}' is not available in this onnxruntime {version} (it has: {listed}; "
-            f"short names: {short}); install the matching onnxruntime build or use cpu")
+    return (
+        f"execution provider '{name}' is not available in this onnxruntime {version} (it has: {listed}; "
+        f"short names: {short}); install the matching onnxruntime build or use cpu"
+    )
 
 
 def check_providers(providers: Sequence[ProviderArg]) -> list[ProviderArg]:
@@ -125,7 +131,9 @@ class _Stage:
         self.outputs = [t.name for t in spec.outputs]
 
     def __call__(self, *arrays: np.ndarray) -> list[np.ndarray]:
-        feed = {n: (a if a.dtype == dt else a.astype(dt)) for n, dt, a in zip(self.inputs, self.dtypes, arrays, strict=True)}
+        feed = {
+            n: (a if a.dtype == dt else a.astype(dt)) for n, dt, a in zip(self.inputs, self.dtypes, arrays, strict=True)
+        }
         outs = self.sess.run(self.outputs, feed)
         return [o if o.dtype != np.float16 else o.astype(np.float32) for o in outs]
 
@@ -210,8 +218,15 @@ class Model:
         self.timer.add("embed", time.perf_counter() - t0)
         return out
 
-    def forward(self, embeds: np.ndarray, positions: np.ndarray, caches: Sequence[LayerCache], phase: Phase, *,
-                lookahead: Lookahead | None = None) -> np.ndarray:
+    def forward(
+        self,
+        embeds: np.ndarray,
+        positions: np.ndarray,
+        caches: Sequence[LayerCache],
+        phase: Phase,
+        *,
+        lookahead: Lookahead | None = None,
+    ) -> np.ndarray:
         """Run every decoder layer over a chunk; each cache appends the chunk and attends.
 
         embeds [n, D], positions [n] (stream positions) -> final hidden [n, D] (before the norm).

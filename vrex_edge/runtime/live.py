@@ -64,8 +64,10 @@ class OpenCVReader:
 
     def _hint(self) -> str:
         if isinstance(self.target, int):
-            return (f"cannot open camera {self.target}: no such device or no permission "
-                    f"(check /dev/video{self.target} and the video group, or use --source FILE_OR_URL)")
+            return (
+                f"cannot open camera {self.target}: no such device or no permission "
+                f"(check /dev/video{self.target} and the video group, or use --source FILE_OR_URL)"
+            )
         if "://" in str(self.target):
             return f"cannot open stream {self.target} (unreachable, or a protocol/codec OpenCV lacks)"
         if not os.path.exists(str(self.target)):
@@ -129,8 +131,16 @@ class CaptureThread:
     exponential backoff for `retry_s` seconds before the thread gives up ("failed").
     """
 
-    def __init__(self, reader: FrameReader, *, fps: float | None = 2.0, queue_size: int = 1,
-                 retry_s: float = 10.0, backoff: tuple[float, float] = (0.05, 2.0), clock: Clock = time.monotonic):
+    def __init__(
+        self,
+        reader: FrameReader,
+        *,
+        fps: float | None = 2.0,
+        queue_size: int = 1,
+        retry_s: float = 10.0,
+        backoff: tuple[float, float] = (0.05, 2.0),
+        clock: Clock = time.monotonic,
+    ):
         if queue_size < 1:
             raise ValueError("queue_size must be >= 1")
         self.reader, self.clock = reader, clock
@@ -229,9 +239,15 @@ class LiveStatus:
     lag_ms: float | None  # capture -> end of the latest caption/answer
 
 
-def live_events(session, capture: CaptureThread, questions: queue.Queue[str], *,
-                stop: threading.Event | None = None, poll_s: float = 0.1,
-                on_frame: Callable[[float, np.ndarray], None] | None = None) -> Iterator[object]:
+def live_events(
+    session,
+    capture: CaptureThread,
+    questions: queue.Queue[str],
+    *,
+    stop: threading.Event | None = None,
+    poll_s: float = 0.1,
+    on_frame: Callable[[float, np.ndarray], None] | None = None,
+) -> Iterator[object]:
     """Drive `session` from `capture`, inserting questions typed meanwhile at the current time.
 
     Yields the session's events interleaved with LiveStatus; returns when the source ends,

@@ -132,9 +132,15 @@ class StreamSession:
     def state(self) -> dict[str, Any]:
         """The stream's own state (the caches declare theirs): position, tokens not yet fed, the last
         hidden state, counters."""
-        return {"position": self.position, "pending": list(self._pending), "last_hidden": self._last_hidden,
-                "prev_silent": self._prev_silent, "started": self._started, "counts": dict(self._counts),
-                "kept": {k: list(v) for k, v in self._kept.items()}}
+        return {
+            "position": self.position,
+            "pending": list(self._pending),
+            "last_hidden": self._last_hidden,
+            "prev_silent": self._prev_silent,
+            "started": self._started,
+            "counts": dict(self._counts),
+            "kept": {k: list(v) for k, v in self._kept.items()},
+        }
 
     def restore(self, s: dict[str, Any]) -> None:
         missing = [k for k in STATE if k not in s]
@@ -268,7 +274,9 @@ class StreamSession:
         self._counts["answers"] += 1
         yield Answer(float(t), question, self._text(gen), len(gen.tokens), (time.perf_counter() - t0) * 1e3)
 
-    def run(self, frames: Iterable[tuple[float, np.ndarray]], questions: Sequence[tuple[float, str]] = ()) -> Iterator[Event]:
+    def run(
+        self, frames: Iterable[tuple[float, np.ndarray]], questions: Sequence[tuple[float, str]] = ()
+    ) -> Iterator[Event]:
         """Feed (t, frame_bgr) pairs; each question is asked after the frames with t <= its time.
         Ends with Stats."""
         self.start()

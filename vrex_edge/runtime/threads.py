@@ -11,8 +11,12 @@ from __future__ import annotations
 import ctypes
 from functools import lru_cache
 
-_SETTERS = ("openblas_set_num_threads", "scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_",
-            "scipy_openblas_set_num_threads")
+_SETTERS = (
+    "openblas_set_num_threads",
+    "scipy_openblas_set_num_threads64_",
+    "openblas_set_num_threads64_",
+    "scipy_openblas_set_num_threads",
+)
 
 
 @lru_cache(maxsize=1)

@@ -35,8 +35,17 @@ def word_tokenizer(specials: list[str], words: tuple[str, ...] = WORDS) -> Any:
     return tok
 
 
-def make_tiny_lm(path: str | Path, *, model_type: str = "llama", seed: int = 0, hidden: int = 64,
-                 layers: int = 2, heads: int = 4, kv_heads: int = 2, rope: dict[str, Any] | None = None) -> Path:
+def make_tiny_lm(
+    path: str | Path,
+    *,
+    model_type: str = "llama",
+    seed: int = 0,
+    hidden: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    rope: dict[str, Any] | None = None,
+) -> Path:
     """Save a tiny random Llama (tied embeddings, llama3 RoPE scaling) or Qwen2 (q/k/v biases)
     causal LM with a ChatML tokenizer as a Hugging Face folder."""
     import torch
@@ -48,17 +57,35 @@ def make_tiny_lm(path: str | Path, *, model_type: str = "llama", seed: int = 0, 
     specials = ["<unk>", "<pad>", "<bos>", "<|im_start|>", "<|im_end|>", "<|endoftext|>"]
     backend = word_tokenizer(specials)
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", bos_token="<bos>",
-        eos_token="<|im_end|>", chat_template=CHATML_TEMPLATE,
+        tokenizer_object=backend,
+        unk_token="<unk>",
+        pad_token="<pad>",
+        bos_token="<bos>",
+        eos_token="<|im_end|>",
+        chat_template=CHATML_TEMPLATE,
     )
     if rope is None and model_type == "llama":
-        rope = {"rope_type": "llama3", "rope_theta": 50000.0, "factor": 4.0, "low_freq_factor": 1.0,
-                "high_freq_factor": 4.0, "original_max_position_embeddings": 128}
+        rope = {
+            "rope_type": "llama3",
+            "rope_theta": 50000.0,
+            "factor": 4.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 128,
+        }
     cfg_kw: dict[str, Any] = dict(
-        vocab_size=backend.get_vocab_size(), hidden_size=hidden, intermediate_size=2 * hidden,
-        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-        max_position_embeddings=2048, rms_norm_eps=1e-5, tie_word_embeddings=model_type == "llama",
-        bos_token_id=2, eos_token_id=4, pad_token_id=1,
+        vocab_size=backend.get_vocab_size(),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=2048,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=model_type == "llama",
+        bos_token_id=2,
+        eos_token_id=4,
+        pad_token_id=1,
     )
     if rope is not None:
         cfg_kw["rope_parameters"] = rope
@@ -93,23 +120,55 @@ def make_tiny_checkpoint(
     path.mkdir(parents=True, exist_ok=True)
     tok = word_tokenizer(VIDEOLLM_SPECIALS)
     ids = {s: tok.token_to_id(s) for s in VIDEOLLM_SPECIALS}
-    vision_config = dict(hidden_size=vision_hidden, intermediate_size=2 * vision_hidden, num_hidden_layers=2,
-                         num_attention_heads=4, image_size=image_size, patch_size=patch_size, num_channels=3)
-    tc = dict(vocab_size=tok.get_vocab_size(), hidden_size=hidden, intermediate_size=2 * hidden,
-              num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-              max_position_embeddings=4096, rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
-              bos_token_id=ids["<bos>"], eos_token_id=ids["<eot>"], pad_token_id=ids["<pad>"])
+    vision_config = dict(
+        hidden_size=vision_hidden,
+        intermediate_size=2 * vision_hidden,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=image_size,
+        patch_size=patch_size,
+        num_channels=3,
+    )
+    tc = dict(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+        bos_token_id=ids["<bos>"],
+        eos_token_id=ids["<eot>"],
+        pad_token_id=ids["<pad>"],
+    )
     tc.update(text_config or {})
     system_text = "you are watching a video stream ."
     config = VideoLLMConfig(
-        vision_config=vision_config, text_config=tc,
+        vision_config=vision_config,
+        text_config=tc,
         frame=FrameConfig(image_size=(image_size, image_size), pooled_grid=(3, 3), use_cls=True),
-        tokens={"bos": ids["<bos>"], "frame_placeholder": ids["<v>"], "frame_interval": ids["<int>"],
-                "end_of_turn": [ids["<eot>"]], "pad": ids["<pad>"]},
-        prompt={"system_ids": [ids["<bos>"], *tok.encode(system_text, add_special_tokens=False).ids],
-                "user_prefix_ids": [ids["<user>"]], "user_suffix_ids": [], "reply_prefix_ids": [ids["<asst>"]],
-                "reply_suffix_ids": [ids["<eot>"]], "speak_threshold": speak_threshold, "system_text": system_text,
-                "frame_placeholder": ids["<v>"], "frame_interval": ids["<int>"], "end_of_turn": [ids["<eot>"]]},
+        tokens={
+            "bos": ids["<bos>"],
+            "frame_placeholder": ids["<v>"],
+            "frame_interval": ids["<int>"],
+            "end_of_turn": [ids["<eot>"]],
+            "pad": ids["<pad>"],
+        },
+        prompt={
+            "system_ids": [ids["<bos>"], *tok.encode(system_text, add_special_tokens=False).ids],
+            "user_prefix_ids": [ids["<user>"]],
+            "user_suffix_ids": [],
+            "reply_prefix_ids": [ids["<asst>"]],
+            "reply_suffix_ids": [ids["<eot>"]],
+            "speak_threshold": speak_threshold,
+            "system_text": system_text,
+            "frame_placeholder": ids["<v>"],
+            "frame_interval": ids["<int>"],
+            "end_of_turn": [ids["<eot>"]],
+        },
     )
     torch.manual_seed(seed)
     model = VideoLLM(config).eval()

@@ -25,8 +25,12 @@ def bpe_tokenizer(specials: list[str], *, vocab_size: int = 400) -> Any:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
     return tok
 
@@ -58,22 +62,59 @@ def make_tiny_videollm_online(root: str | Path, *, seed: int = 0, resolution: in
     vocab = len(tok)
     torch.manual_seed(seed)
     vcfg = SiglipConfig(
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=resolution, patch_size=patch),
-        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-                         vocab_size=64, max_position_embeddings=16, bos_token_id=1, eos_token_id=2, pad_token_id=0),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=resolution,
+            patch_size=patch,
+        ),
+        text_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            vocab_size=64,
+            max_position_embeddings=16,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+        ),
     )
     with quiet():
         SiglipModel(vcfg).eval().save_pretrained(str(vis_dir))
-    live = dict(vision_pretrained=str(vis_dir), frame_resolution=resolution, frame_token_cls=True,
-                frame_token_pooled=[3, 3], frame_num_tokens=10, v_placeholder="<v>", frame_token_interval=",",
-                vision_hidden_size=32)
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                      rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=tok.bos_token_id,
-                      eos_token_id=tok.eos_token_id, rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0,
-                      "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                      "original_max_position_embeddings": 256})
+    live = dict(
+        vision_pretrained=str(vis_dir),
+        frame_resolution=resolution,
+        frame_token_cls=True,
+        frame_token_pooled=[3, 3],
+        frame_num_tokens=10,
+        v_placeholder="<v>",
+        frame_token_interval=",",
+        vision_hidden_size=32,
+    )
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        rope_parameters={
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 256,
+        },
+    )
     with quiet():
         LlamaForCausalLM(cfg).eval().save_pretrained(str(base_dir))
         tok.save_pretrained(str(base_dir))
@@ -82,8 +123,14 @@ def make_tiny_videollm_online(root: str | Path, *, seed: int = 0, resolution: in
     cfg.vision_hidden_size = 32
     with quiet():
         model = live_lm_class().from_pretrained(str(base_dir), config=cfg, dtype=torch.float32)
-    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.05, task_type="CAUSAL_LM", modules_to_save=["connector"],
-                      target_modules="model.*(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)|lm_head$")
+    lora = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        lora_dropout=0.05,
+        task_type="CAUSAL_LM",
+        modules_to_save=["connector"],
+        target_modules="model.*(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)|lm_head$",
+    )
     peft_model = get_peft_model(model, lora)
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
@@ -104,18 +151,46 @@ def make_tiny_smolvlm(path: str | Path, *, seed: int = 0, image_size: int = 32, 
     from vrex_edge.export.hf import quiet
 
     path = Path(path)
-    specials = ["<|endoftext|>", "<|im_start|>", "<end_of_utterance>", "<fake_token_around_image>",
-                "<global-img>", "<image>"]
-    tok = _hf_tokenizer(specials, bos_token="<|im_start|>", eos_token="<end_of_utterance>",
-                        pad_token="<|endoftext|>", unk_token="<|endoftext|>")
+    specials = [
+        "<|endoftext|>",
+        "<|im_start|>",
+        "<end_of_utterance>",
+        "<fake_token_around_image>",
+        "<global-img>",
+        "<image>",
+    ]
+    tok = _hf_tokenizer(
+        specials,
+        bos_token="<|im_start|>",
+        eos_token="<end_of_utterance>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+    )
     cfg = SmolVLMConfig(
-        image_token_id=tok.convert_tokens_to_ids("<image>"), scale_factor=scale,
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=image_size, patch_size=patch),
-        text_config=dict(model_type="llama", vocab_size=len(tok), hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=2048, rms_norm_eps=1e-5, rope_theta=100000.0,
-                         tie_word_embeddings=False, pad_token_id=0),
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        scale_factor=scale,
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=image_size,
+            patch_size=patch,
+        ),
+        text_config=dict(
+            model_type="llama",
+            vocab_size=len(tok),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=2048,
+            rms_norm_eps=1e-5,
+            rope_theta=100000.0,
+            tie_word_embeddings=False,
+            pad_token_id=0,
+        ),
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
@@ -136,14 +211,32 @@ def make_tiny_llava_onevision(path: str | Path, *, seed: int = 0, image_size: in
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
     tok = _hf_tokenizer(specials, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token="<|endoftext|>")
     cfg = LlavaOnevisionConfig(
-        image_token_id=tok.convert_tokens_to_ids("<image>"), video_token_id=tok.convert_tokens_to_ids("<video>"),
-        vision_feature_layer=-1, vision_feature_select_strategy="full",
-        vision_config=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64,
-                           num_hidden_layers=2, num_attention_heads=4, image_size=image_size, patch_size=patch),
-        text_config=dict(model_type="qwen2", vocab_size=len(tok), hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=2048, rms_norm_eps=1e-6, rope_theta=1000000.0,
-                         tie_word_embeddings=False),
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        video_token_id=tok.convert_tokens_to_ids("<video>"),
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        vision_config=dict(
+            model_type="siglip_vision_model",
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=image_size,
+            patch_size=patch,
+        ),
+        text_config=dict(
+            model_type="qwen2",
+            vocab_size=len(tok),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=2048,
+            rms_norm_eps=1e-6,
+            rope_theta=1000000.0,
+            tie_word_embeddings=False,
+        ),
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)

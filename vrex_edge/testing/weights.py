@@ -46,10 +46,17 @@ def random_tensor(name: str, shape: tuple[int, ...], dtype: Any, *, seed: int, s
     return t.to(dtype)
 
 
-def write_shards(folder: Path, specs: Iterable[tuple[str, tuple[int, ...]]], *, dtype: Any, seed: int,
-                 shard_bytes: int = SHARD_BYTES, single_name: str = "model.safetensors",
-                 draw: Callable[[str, tuple[int, ...]], Any] | None = None,
-                 progress: Callable[[str], None] | None = None) -> int:
+def write_shards(
+    folder: Path,
+    specs: Iterable[tuple[str, tuple[int, ...]]],
+    *,
+    dtype: Any,
+    seed: int,
+    shard_bytes: int = SHARD_BYTES,
+    single_name: str = "model.safetensors",
+    draw: Callable[[str, tuple[int, ...]], Any] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> int:
     """Write random tensors for `specs` into safetensors shards in `folder`; returns the total bytes.
 
     One shard is in memory at a time. One shard: `single_name`; several: model-0000k-of-0000n

@@ -3,8 +3,9 @@
 A publish call takes one short lock, replaces a value and notifies; it never waits on a viewer.
 Viewers keep only cursors (the last frame and record they sent) and wait on conditions, so a
 slow viewer skips frames instead of queueing them. There is one condition per kind of news, so
-a publish call wakes only the viewers that will send something (every wake-up costs the GIL). The newest frame is JPEG-encoded once, by
-whichever viewer thread wants it first (OpenCV releases the GIL while it encodes).
+a publish call wakes only the viewers that will send something (every wake-up costs the GIL). The
+newest frame is JPEG-encoded once, by whichever viewer thread wants it first (OpenCV releases the
+GIL while it encodes).
 """
 
 from __future__ import annotations
@@ -104,10 +105,12 @@ class Hub:
         now = time.monotonic()
         with self.lock:
             if now < status_due:
-                return self._records_cv.wait_for(lambda: self.closed or self.record_id > record_id,
-                                                 min(timeout, status_due - now))
-            return self._news.wait_for(lambda: self.closed or self.record_id > record_id or self.status_seq > status_seq,
-                                       timeout)
+                return self._records_cv.wait_for(
+                    lambda: self.closed or self.record_id > record_id, min(timeout, status_due - now)
+                )
+            return self._news.wait_for(
+                lambda: self.closed or self.record_id > record_id or self.status_seq > status_seq, timeout
+            )
 
     def sleep(self, seconds: float) -> bool:
         """Sleep unless the hub closes first; True if it closed."""

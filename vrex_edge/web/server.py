@@ -38,12 +38,22 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
 }
-PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-STATIC = {"/app.js": ("app.js", "text/javascript; charset=utf-8"), "/style.css": ("style.css", "text/css; charset=utf-8"),
-          "/": ("index.html", "text/html; charset=utf-8"), "/index.html": ("index.html", "text/html; charset=utf-8")}
-API = {"/stream.mjpg": ("GET", "_stream_mjpg"), "/frame.jpg": ("GET", "_frame_jpg"), "/events": ("GET", "_events"),
-       "/ask": ("POST", "_ask")}  # route -> (method, handler method)
+PAGE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+STATIC = {
+    "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/style.css": ("style.css", "text/css; charset=utf-8"),
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/index.html": ("index.html", "text/html; charset=utf-8"),
+}
+API = {
+    "/stream.mjpg": ("GET", "_stream_mjpg"),
+    "/frame.jpg": ("GET", "_frame_jpg"),
+    "/events": ("GET", "_events"),
+    "/ask": ("POST", "_ask"),
+}  # route -> (method, handler method)
 BOUNDARY = b"vrexframe"
 log = logging.getLogger("vrex_edge.web")
 KEEPALIVE_S = 15.0
@@ -91,8 +101,16 @@ class _Server(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, address: tuple[Any, ...], family: int, *, hub: Hub, config: WebConfig,
-                 questions: queue.Queue[str], title: str):
+    def __init__(
+        self,
+        address: tuple[Any, ...],
+        family: int,
+        *,
+        hub: Hub,
+        config: WebConfig,
+        questions: queue.Queue[str],
+        title: str,
+    ):
         self.address_family = family
         super().__init__(address, _Handler, bind_and_activate=False)
         self.hub, self.config, self.limits, self.questions, self.title = hub, config, config.limits, questions, title
@@ -216,8 +234,11 @@ class _Handler(BaseHTTPRequestHandler):
         if not given and auth.lower().startswith("bearer "):
             given = auth[7:].strip()
         if not given:
-            self._json(401, {"error": "a token is needed: open the link printed at start"},
-                       {"WWW-Authenticate": 'Bearer realm="vrex-edge"'})
+            self._json(
+                401,
+                {"error": "a token is needed: open the link printed at start"},
+                {"WWW-Authenticate": 'Bearer realm="vrex-edge"'},
+            )
             return False
         if not hmac.compare_digest(given.encode("utf-8", "replace"), token.encode()):
             self._json(403, {"error": "wrong token"})
@@ -261,7 +282,10 @@ class _Handler(BaseHTTPRequestHandler):
                     sent = jpeg.seq if jpeg is not None else sent
                     continue
                 # the next boundary goes right after the image, so the browser shows it without waiting
-                head = b"Content-Type: image/jpeg\r\nContent-Length: %d\r\nX-Stream-Time: %.3f\r\n\r\n" % (len(jpeg.data), jpeg.t)
+                head = b"Content-Type: image/jpeg\r\nContent-Length: %d\r\nX-Stream-Time: %.3f\r\n\r\n" % (
+                    len(jpeg.data),
+                    jpeg.t,
+                )
                 self.wfile.write(head + jpeg.data + b"\r\n--" + BOUNDARY + b"\r\n")
                 sent, next_at = jpeg.seq, time.monotonic() + period
         finally:
@@ -305,7 +329,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _ask(self) -> None:
         limits = self.server.limits
         if not (self.headers.get("Content-Type") or "").lower().startswith("application/json"):
-            self._json(415, {"error": "send JSON: {\"question\": \"...\"}"})
+            self._json(415, {"error": 'send JSON: {"question": "..."}'})
             return
         origin = self.headers.get("Origin")
         if origin is not None and urlsplit(origin).netloc.lower() != (self.headers.get("Host") or "").lower():
@@ -325,7 +349,7 @@ class _Handler(BaseHTTPRequestHandler):
             payload = None
         raw = payload.get("question") if isinstance(payload, dict) else None
         if not isinstance(raw, str):
-            self._json(400, {"error": "send JSON: {\"question\": \"...\"}"})
+            self._json(400, {"error": 'send JSON: {"question": "..."}'})
             return
         question = clean_question(raw)
         if not question:
@@ -335,8 +359,11 @@ class _Handler(BaseHTTPRequestHandler):
         elif self.server.questions.qsize() >= limits.pending_questions:
             self._json(429, {"error": "the model has questions waiting; ask again in a moment"}, {"Retry-After": "2"})
         elif (wait := self.server.gate.take()) > 0:
-            self._json(429, {"error": f"too many questions; ask again in {math.ceil(wait)} s"},
-                       {"Retry-After": str(math.ceil(wait))})
+            self._json(
+                429,
+                {"error": f"too many questions; ask again in {math.ceil(wait)} s"},
+                {"Retry-After": str(math.ceil(wait))},
+            )
         else:
             self.server.questions.put(question)
             self._json(202, {"question": question})
@@ -366,10 +393,12 @@ def bind(config: WebConfig, *, hub: Hub, questions: queue.Queue[str], title: str
         import errno
 
         if e.errno == errno.EADDRINUSE:
-            raise ConfigError(f"--web {where}: port {config.port} is in use (choose another, or 0 for any free port)") from None
+            raise ConfigError(
+                f"--web {where}: port {config.port} is in use (choose another, or 0 for any free port)"
+            ) from None
         if e.errno == errno.EACCES:
-            raise ConfigError(f"--web {where}: no permission to bind port {config.port} (use a port above 1023)") from None
+            raise ConfigError(
+                f"--web {where}: no permission to bind port {config.port} (use a port above 1023)"
+            ) from None
         raise ConfigError(f"--web {where}: cannot listen there ({e.strerror})") from None
     return server
-
-

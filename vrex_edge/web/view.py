@@ -38,8 +38,9 @@ class WebView:
         self.hub = Hub(jpeg_quality=config.limits.jpeg_quality, max_side=config.limits.max_side)
         self.server = bind(config, hub=self.hub, questions=questions, title=public_name(title))
         self.port = self.server.server_port
-        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="vrex-web", daemon=True)
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.2}, name="vrex-web", daemon=True
+        )
         self._closed = False
         self._stats_due = 0.0
 
@@ -96,9 +97,17 @@ class WebView:
 
     def status(self, status: LiveStatus) -> None:
         el, cap = max(status.elapsed, 1e-6), status.capture
-        self.hub.update(captured=cap.captured, processed=status.processed, dropped=cap.dropped,
-                        captured_fps=cap.captured / el, processed_fps=status.processed / el, lag_ms=status.lag_ms,
-                        state=cap.state, message=cap.message, elapsed=status.elapsed)
+        self.hub.update(
+            captured=cap.captured,
+            processed=status.processed,
+            dropped=cap.dropped,
+            captured_fps=cap.captured / el,
+            processed_fps=status.processed / el,
+            lag_ms=status.lag_ms,
+            state=cap.state,
+            message=cap.message,
+            elapsed=status.elapsed,
+        )
 
     # ------------------------------------------------------------------ stop
 

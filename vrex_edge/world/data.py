@@ -78,8 +78,16 @@ def corrupt_names(ids: np.ndarray, kinds: np.ndarray, vocab: Vocab, rng: np.rand
     return out
 
 
-def make_batch(rng: np.random.Generator, vocab: Vocab, *, tokens: int, min_s: float, max_s: float,
-               offset_p: float = 0.5, name_noise: float = 0.0) -> Batch:
+def make_batch(
+    rng: np.random.Generator,
+    vocab: Vocab,
+    *,
+    tokens: int,
+    min_s: float,
+    max_s: float,
+    offset_p: float = 0.5,
+    name_noise: float = 0.0,
+) -> Batch:
     if rng.random() < 0.4:
         dur = float(rng.uniform(min_s, min(max_s, 180.0)))
     else:
@@ -107,5 +115,6 @@ def make_batch(rng: np.random.Generator, vocab: Vocab, *, tokens: int, min_s: fl
             ids[i, :k] = corrupt_names(lay.input_ids, lay.kinds, vocab, rng, name_noise)
         if rng.random() < offset_p:
             offsets[i] = rng.integers(0, MAX_POSITIONS - n)
-    return Batch(np.concatenate(frames), ids, labels, kinds, offsets,
-                 *(np.concatenate([a[i] for a in aux]) for i in range(3)))
+    return Batch(
+        np.concatenate(frames), ids, labels, kinds, offsets, *(np.concatenate([a[i] for a in aux]) for i in range(3))
+    )

@@ -51,8 +51,12 @@ class TorchStreamer:
     def _step(self, emb, cache, pos: int):
         torch = self.torch
         n = emb.shape[1]
-        out = self.model.language_model(inputs_embeds=emb, past_key_values=cache, use_cache=True,
-                                        position_ids=torch.arange(pos, pos + n, device=self.dev)[None])
+        out = self.model.language_model(
+            inputs_embeds=emb,
+            past_key_values=cache,
+            use_cache=True,
+            position_ids=torch.arange(pos, pos + n, device=self.dev)[None],
+        )
         return out.logits[0].float()  # [n, V]
 
     def _embed_ids(self, ids: list[int]):
@@ -81,7 +85,7 @@ class TorchStreamer:
 
         with torch.inference_mode():
             pix = torch.from_numpy(frames_rgb).to(self.dev).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-            ft = torch.cat([self.model.encode_frames(pix[i:i + 256]) for i in range(0, len(pix), 256)])  # [N, T_v, D]
+            ft = torch.cat([self.model.encode_frames(pix[i : i + 256]) for i in range(0, len(pix), 256)])  # [N, T_v, D]
             cache = DynamicCache()
             self._step(self._embed_ids([self.sp["bos"]]), cache, 0)
             pos, silent_before, f, n = 1, False, 0, len(frames_rgb)
@@ -151,8 +155,16 @@ def _worker(job: tuple[str, list[int], dict]) -> list[dict]:
         frames = _frames_via_mp4(stream, size) if opt["mp4"] else preprocess(render(stream), size)
         t = time.time()
         res = streamer.run(frames, qs)
-        out.append({"seed": seed, "duration": stream.duration, "wall_s": time.time() - t, "events": len(stream.events),
-                    "captions": res.captions, "answers": [(q.to_dict(), a) for q, a in res.answers]})
+        out.append(
+            {
+                "seed": seed,
+                "duration": stream.duration,
+                "wall_s": time.time() - t,
+                "events": len(stream.events),
+                "captions": res.captions,
+                "answers": [(q.to_dict(), a) for q, a in res.answers],
+            }
+        )
     return out
 
 
@@ -166,12 +178,18 @@ def report(results: list[dict], min_s: float, max_s: float) -> dict:
         by_text = {(q.frame, q.text): q for q in qs}
         answers += [(by_text[(d["frame"], d["question"])], a) for d, a in r["answers"]]
     acc = score_answers(answers)
-    return {"streams": len(results), "minutes": round(sum(r["duration"] for r in results) / 60, 1),
-            "narration_f1": round(narr.f1, 4), "narration_timing_f1": round(narr.timing_f1, 4),
-            "events": narr.events, "captions": narr.captions, "matched": narr.matched,
-            "recall_by_event_kind": {k: round(m / max(1, t), 3) for k, (m, t) in sorted(narr.by_kind.items())},
-            "question_accuracy": {k: round(c / max(1, t), 4) for k, (c, t) in acc.items()},
-            "questions": {k: t for k, (c, t) in acc.items()}}
+    return {
+        "streams": len(results),
+        "minutes": round(sum(r["duration"] for r in results) / 60, 1),
+        "narration_f1": round(narr.f1, 4),
+        "narration_timing_f1": round(narr.timing_f1, 4),
+        "events": narr.events,
+        "captions": narr.captions,
+        "matched": narr.matched,
+        "recall_by_event_kind": {k: round(m / max(1, t), 3) for k, (m, t) in sorted(narr.by_kind.items())},
+        "question_accuracy": {k: round(c / max(1, t), 4) for k, (c, t) in acc.items()},
+        "questions": {k: t for k, (c, t) in acc.items()},
+    }
 
 
 def run_jobs(worker: Callable[[Any], list[dict]], jobs: list) -> list[dict]:
@@ -191,7 +209,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed-base", type=int, default=0)
     ap.add_argument("--min-s", type=float, default=120.0)
     ap.add_argument("--max-s", type=float, default=600.0)
-    ap.add_argument("--threshold", type=float, default=None, help="speak when P(<int>) < this (default: the checkpoint's)")
+    ap.add_argument(
+        "--threshold", type=float, default=None, help="speak when P(<int>) < this (default: the checkpoint's)"
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--procs", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
@@ -200,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     seeds = list(range(args.seed_base, args.seed_base + args.n))
     opt = {k: getattr(args, k) for k in ("device", "threads", "threshold", "min_s", "max_s", "mp4")}
-    jobs = [(args.ckpt, seeds[i::args.procs], opt) for i in range(args.procs)]
+    jobs = [(args.ckpt, seeds[i :: args.procs], opt) for i in range(args.procs)]
     t0 = time.time()
     results = run_jobs(_worker, jobs)
     rep = report(results, args.min_s, args.max_s)

@@ -45,8 +45,14 @@ def run_stream(session_factory, seed: int, min_s: float, max_s: float) -> dict:
                 answers.append((by_key[(ev.t, ev.question)].to_dict(), ev.text))
         wall = time.time() - t
         session.close()
-    return {"seed": seed, "duration": stream.duration, "wall_s": wall, "events": len(stream.events),
-            "captions": captions, "answers": answers}
+    return {
+        "seed": seed,
+        "duration": stream.duration,
+        "wall_s": wall,
+        "events": len(stream.events),
+        "captions": captions,
+        "answers": answers,
+    }
 
 
 def _worker(job: tuple[str, str, dict, list[int], dict]) -> list[dict]:
@@ -66,8 +72,13 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bundle", default="models/vrex-tiny")
     ap.add_argument("--policy", nargs="+", default=["full", "resv", "window"])
-    ap.add_argument("--opt", action="append", default=[], metavar="POLICY:KEY=VALUE",
-                    help="policy option, e.g. resv:tau=0.95 or window:recent=2048 (repeatable)")
+    ap.add_argument(
+        "--opt",
+        action="append",
+        default=[],
+        metavar="POLICY:KEY=VALUE",
+        help="policy option, e.g. resv:tau=0.95 or window:recent=2048 (repeatable)",
+    )
     ap.add_argument("--n", type=int, default=50)
     ap.add_argument("--seed-base", type=int, default=0)
     ap.add_argument("--min-s", type=float, default=120.0)
@@ -86,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     out: dict[str, dict] = {}
     streams: dict[str, list[dict]] = {}
     for policy, options in per_policy.items():
-        jobs = [(args.bundle, policy, options, seeds[i::args.procs], opt) for i in range(args.procs)]
+        jobs = [(args.bundle, policy, options, seeds[i :: args.procs], opt) for i in range(args.procs)]
         t0 = time.time()
         results = run_jobs(_worker, jobs)
         rep = report(results, args.min_s, args.max_s)
@@ -94,11 +105,28 @@ def main(argv: list[str] | None = None) -> None:
         rep["wall_s"] = round(time.time() - t0, 1)
         rep["runtime_fps_per_process"] = round(frames / max(1e-9, sum(r["wall_s"] for r in results)), 1)
         rep["settings"] = {k: v for k, v in vars(args).items() if k not in ("out", "policy", "opt")} | {
-            "policy": policy, "options": options}
+            "policy": policy,
+            "options": options,
+        }
         out[policy] = rep
         streams[policy] = results
-        print(json.dumps({policy: {k: rep[k] for k in ("narration_f1", "narration_timing_f1", "question_accuracy",
-                                                        "wall_s", "runtime_fps_per_process")}}), flush=True)
+        print(
+            json.dumps(
+                {
+                    policy: {
+                        k: rep[k]
+                        for k in (
+                            "narration_f1",
+                            "narration_timing_f1",
+                            "question_accuracy",
+                            "wall_s",
+                            "runtime_fps_per_process",
+                        )
+                    }
+                }
+            ),
+            flush=True,
+        )
     text = json.dumps(out, indent=1)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

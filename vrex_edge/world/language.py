@@ -22,8 +22,10 @@ import numpy as np
 from vrex_edge.world.sim import CANVAS, COLORS, DIRS, SHAPES, SIDES, SIZES, Event, ObjState, Stream
 
 SPECIALS = ("<pad>", "<unk>", "<bos>", "<v>", "<int>", "<user>", "<asst>", "<eot>")
-NUMBERS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-           "fifteen sixteen seventeen eighteen nineteen twenty").split()
+NUMBERS = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+    "fifteen sixteen seventeen eighteen nineteen twenty"
+).split()
 NUMBERS += [f"twenty {w}" for w in NUMBERS[1:10]] + ["thirty"] + [f"thirty {w}" for w in NUMBERS[1:10]] + ["forty"]
 REGIONS = (("top left", "top", "top right"), ("left", "center", "right"), ("bottom left", "bottom", "bottom right"))
 QUESTION_KINDS = ("state", "count", "recall")
@@ -66,8 +68,10 @@ def vocabulary() -> list[str]:
     words = set(COLORS) | set(SHAPES) | set(SIDES) | set(DIRS) | set(SIZES) | set(ORDINALS)
     words |= {w for n in NUMBERS for w in n.split()} | {w for row in REGIONS for r in row for w in r.split()}
     words |= set("the enters from leaves to turns stops starts moving becomes".split())
-    words |= set("where is what doing how many objects are there have entered left colour was object "
-                 "shape size did come standing still ?".split())
+    words |= set(
+        "where is what doing how many objects are there have entered left colour was object "
+        "shape size did come standing still ?".split()
+    )
     return list(SPECIALS) + sorted(words)
 
 
@@ -122,8 +126,9 @@ def region(o: ObjState) -> str | None:
 
 def _state_questions(stream: Stream, f: int) -> list[Question]:
     objs = [o for o in stream.states[f] if o.fully_visible()]
-    out = [Question(f, "state", "how many objects are there ?", number(len([o for o in stream.states[f]
-                                                                           if _visible(o)])))]
+    out = [
+        Question(f, "state", "how many objects are there ?", number(len([o for o in stream.states[f] if _visible(o)])))
+    ]
     for o in objs:
         name = f"{o.color} {o.shape}"
         reg = region(o)
@@ -143,8 +148,10 @@ def _count_questions(stream: Stream, f: int) -> list[Question]:
     past = [e for e in stream.events if e.frame <= f]
     n_in = sum(e.kind == "enter" for e in past)
     n_out = sum(e.kind == "leave" for e in past)
-    return [Question(f, "count", "how many objects have entered ?", number(n_in)),
-            Question(f, "count", "how many objects have left ?", number(n_out))]
+    return [
+        Question(f, "count", "how many objects have entered ?", number(n_in)),
+        Question(f, "count", "how many objects have left ?", number(n_out)),
+    ]
 
 
 def _recall_questions(stream: Stream, f: int, min_age: int) -> list[Question]:
@@ -152,10 +159,12 @@ def _recall_questions(stream: Stream, f: int, min_age: int) -> list[Question]:
     out = []
     for i, e in enumerate(enters[:2]):
         o = ORDINALS[i]
-        out += [Question(f, "recall", f"what colour was the {o} object ?", e.color),
-                Question(f, "recall", f"what shape was the {o} object ?", e.shape),
-                Question(f, "recall", f"what size was the {o} object ?", e.size),
-                Question(f, "recall", f"where did the {o} object come from ?", e.side)]
+        out += [
+            Question(f, "recall", f"what colour was the {o} object ?", e.color),
+            Question(f, "recall", f"what shape was the {o} object ?", e.shape),
+            Question(f, "recall", f"what size was the {o} object ?", e.size),
+            Question(f, "recall", f"where did the {o} object come from ?", e.side),
+        ]
     return out
 
 
@@ -168,8 +177,9 @@ def questions_at(stream: Stream, f: int, kind: str, *, min_age: int = 0) -> list
     return _recall_questions(stream, f, min_age)
 
 
-def sample_questions(stream: Stream, rng: np.random.Generator, *, every_s: float = 20.0,
-                     recall_min_age_s: float = 30.0) -> list[Question]:
+def sample_questions(
+    stream: Stream, rng: np.random.Generator, *, every_s: float = 20.0, recall_min_age_s: float = 30.0
+) -> list[Question]:
     """Questions at random times (about one per `every_s` seconds), kinds mixed evenly."""
     out: list[Question] = []
     n = stream.n_frames

@@ -11,8 +11,13 @@ import numpy as np
 from vrex_edge.errors import SourceError
 from vrex_edge.world.sim import CANVAS, FPS, ObjState, Stream
 
-BGR = {"red": (40, 40, 225), "green": (40, 200, 60), "blue": (235, 100, 30),
-       "yellow": (30, 225, 235), "purple": (205, 50, 175)}
+BGR = {
+    "red": (40, 40, 225),
+    "green": (40, 200, 60),
+    "blue": (235, 100, 30),
+    "yellow": (30, 225, 235),
+    "purple": (205, 50, 175),
+}
 
 
 def background(seed: int, size: int = CANVAS) -> np.ndarray:
@@ -54,9 +59,20 @@ def draw_object(img: np.ndarray, o: ObjState) -> None:
         pts = [(cx, cy - r * 1.15), (cx + r * 1.1, cy + r * 0.85), (cx - r * 1.1, cy + r * 0.85)]
     else:  # cross
         a, b = r, r * 0.38
-        pts = [(cx - b, cy - a), (cx + b, cy - a), (cx + b, cy - b), (cx + a, cy - b), (cx + a, cy + b),
-               (cx + b, cy + b), (cx + b, cy + a), (cx - b, cy + a), (cx - b, cy + b), (cx - a, cy + b),
-               (cx - a, cy - b), (cx - b, cy - b)]
+        pts = [
+            (cx - b, cy - a),
+            (cx + b, cy - a),
+            (cx + b, cy - b),
+            (cx + a, cy - b),
+            (cx + a, cy + b),
+            (cx + b, cy + b),
+            (cx + b, cy + a),
+            (cx - b, cy + a),
+            (cx - b, cy + b),
+            (cx - a, cy + b),
+            (cx - a, cy - b),
+            (cx - b, cy - b),
+        ]
     poly = np.array([[round(x * f), round(y * f)] for x, y in pts], np.int32)
     cv2.fillPoly(img, [poly], col, cv2.LINE_AA, s)
 
@@ -73,7 +89,7 @@ def frames(stream: Stream, *, noise: float = 7.0) -> Iterator[np.ndarray]:
         for o in state:
             draw_object(img, o)
         i, dy, dx = rng.integers(8), rng.integers(CANVAS), rng.integers(CANVAS)
-        n = bank[i, dy:dy + CANVAS, dx:dx + CANVAS]  # [H, W, 3]
+        n = bank[i, dy : dy + CANVAS, dx : dx + CANVAS]  # [H, W, 3]
         yield np.clip(img.astype(np.float32) + n + light[t], 0, 255).astype(np.uint8)
 
 

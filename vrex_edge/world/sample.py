@@ -1,7 +1,7 @@
 """Write a demo stream: an mp4 and its ground truth (events with narrations, questions with answers).
 
-    python -m vrex_edge.world.sample --seed 1234 --seconds 75 --out samples/world_demo
-        -> samples/world_demo.mp4, samples/world_demo.json
+python -m vrex_edge.world.sample --seed 1234 --seconds 75 --out samples/world_demo
+    -> samples/world_demo.mp4, samples/world_demo.json
 """
 
 from __future__ import annotations
@@ -18,10 +18,15 @@ from vrex_edge.world.sim import CANVAS, FPS, Stream, simulate
 
 def ground_truth(stream: Stream, *, recall_min_age_s: float = 30.0) -> dict[str, object]:
     qs = eval_questions(stream, stream.seed, per_kind=2, recall_min_age_s=recall_min_age_s)
-    return {"seed": stream.seed, "fps": FPS, "frames": stream.n_frames, "duration_s": stream.duration,
-            "size": [CANVAS, CANVAS],
-            "events": [{**e.to_dict(), "text": narrate(e)} for e in stream.events],
-            "questions": [q.to_dict() for q in qs]}
+    return {
+        "seed": stream.seed,
+        "fps": FPS,
+        "frames": stream.n_frames,
+        "duration_s": stream.duration,
+        "size": [CANVAS, CANVAS],
+        "events": [{**e.to_dict(), "text": narrate(e)} for e in stream.events],
+        "questions": [q.to_dict() for q in qs],
+    }
 
 
 def write_sample(out: str | Path, *, seed: int, seconds: float) -> tuple[Path, Path]:

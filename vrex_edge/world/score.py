@@ -37,11 +37,16 @@ class NarrationScore:
         return self._f1(self.timed, self.captions, self.events)
 
     def __add__(self, o: NarrationScore) -> NarrationScore:
-        kinds = {k: (self.by_kind.get(k, (0, 0))[0] + o.by_kind.get(k, (0, 0))[0],
-                     self.by_kind.get(k, (0, 0))[1] + o.by_kind.get(k, (0, 0))[1])
-                 for k in set(self.by_kind) | set(o.by_kind)}
-        return NarrationScore(self.events + o.events, self.captions + o.captions, self.matched + o.matched,
-                              self.timed + o.timed, kinds)
+        kinds = {
+            k: (
+                self.by_kind.get(k, (0, 0))[0] + o.by_kind.get(k, (0, 0))[0],
+                self.by_kind.get(k, (0, 0))[1] + o.by_kind.get(k, (0, 0))[1],
+            )
+            for k in set(self.by_kind) | set(o.by_kind)
+        }
+        return NarrationScore(
+            self.events + o.events, self.captions + o.captions, self.matched + o.matched, self.timed + o.timed, kinds
+        )
 
 
 def _match(captions: Sequence[tuple[float, str]], events: Sequence[Event], tol: float, same_text: bool) -> list[int]:
@@ -60,15 +65,18 @@ def _match(captions: Sequence[tuple[float, str]], events: Sequence[Event], tol: 
     return used_e
 
 
-def score_narration(captions: Sequence[tuple[float, str]], events: Sequence[Event], *, tol: float = 1.0) -> NarrationScore:
+def score_narration(
+    captions: Sequence[tuple[float, str]], events: Sequence[Event], *, tol: float = 1.0
+) -> NarrationScore:
     matched = _match(captions, events, tol, True)
     timed = _match(captions, events, tol, False)
     by_kind: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for i, e in enumerate(events):
         by_kind[e.kind][1] += 1
         by_kind[e.kind][0] += i in matched
-    return NarrationScore(len(events), len(captions), len(matched), len(timed),
-                          {k: (v[0], v[1]) for k, v in by_kind.items()})
+    return NarrationScore(
+        len(events), len(captions), len(matched), len(timed), {k: (v[0], v[1]) for k, v in by_kind.items()}
+    )
 
 
 def score_answers(answers: Sequence[tuple[Question, str]]) -> dict[str, tuple[int, int]]:

@@ -179,8 +179,12 @@ def _spawn(w: _World, t: int) -> None:
     along = float(rng.uniform(r + MARGIN + 4, CANVAS - r - MARGIN - 4))
     inset = float(rng.uniform(0.3, 0.6)) * r  # after this frame's move the centre is inside by `inset`:
     direction = ENTER_DIR[side]  # the object pops in mostly visible, so its enter narration is well-posed
-    start = {"left": (inset - speed, along), "right": (CANVAS - inset + speed, along),
-             "top": (along, inset - speed), "bottom": (along, CANVAS - inset + speed)}[side]
+    start = {
+        "left": (inset - speed, along),
+        "right": (CANVAS - inset + speed, along),
+        "top": (along, inset - speed),
+        "bottom": (along, CANVAS - inset + speed),
+    }[side]
     o = _Obj(w.next_id, color, shape, size, start[0], start[1], direction, speed)
     w.next_id += 1
     w.entries += 1
@@ -209,7 +213,10 @@ def _urgent(w: _World, t: int) -> bool:
     choice = rng.choice(["turn", "stop", "leave"], p=[0.55, 0.3, 0.15])
     if choice == "leave" and (len(w.objs) > 1 or t > 40):
         ex = _exit_frame(o, t)
-        if all(abs(r - ex) >= MIN_GAP for r in w.reserved.values()) and ex - (w.events[-1].frame if w.events else -99) >= MIN_GAP:
+        if (
+            all(abs(r - ex) >= MIN_GAP for r in w.reserved.values())
+            and ex - (w.events[-1].frame if w.events else -99) >= MIN_GAP
+        ):
             o.leaving = True
             w.reserved[o.obj] = ex
             return False
@@ -236,10 +243,13 @@ def _voluntary(w: _World, t: int) -> None:
     moving = [o for o in live if o.direction is not None and o.frames_to_wall() > 4]
     still = [o for o in live if o.direction is None]
     visible = [o for o in live if o.snapshot().fully_visible()]
-    kinds = {"enter": 0.5 * want_enter * (3.0 if len(w.objs) < 2 else 1.0),
-             "stop": 1.0 * bool(moving), "turn": 1.5 * bool(moving),
-             "start": (1.0 + sum(o.still_for > 8 for o in still)) * bool(still),
-             "recolor": 1.0 * bool(visible)}
+    kinds = {
+        "enter": 0.5 * want_enter * (3.0 if len(w.objs) < 2 else 1.0),
+        "stop": 1.0 * bool(moving),
+        "turn": 1.5 * bool(moving),
+        "start": (1.0 + sum(o.still_for > 8 for o in still)) * bool(still),
+        "recolor": 1.0 * bool(visible),
+    }
     total = sum(kinds.values())
     if total == 0:
         return

@@ -40,8 +40,9 @@ class _Batches(torch.utils.data.IterableDataset):
         rng = np.random.default_rng([self.seed, wid])
         vocab = Vocab()
         while True:
-            b = make_batch(rng, vocab, tokens=self.tokens, min_s=self.min_s, max_s=self.max_s,
-                           name_noise=self.name_noise)
+            b = make_batch(
+                rng, vocab, tokens=self.tokens, min_s=self.min_s, max_s=self.max_s, name_noise=self.name_noise
+            )
             yield {k: torch.from_numpy(getattr(b, k)) for k in Batch.__dataclass_fields__}
 
 
@@ -68,8 +69,13 @@ class AuxHeads(torch.nn.Module):
         return loss + F.cross_entropy(self.count(cls_tok), batch["aux_count"].to(dev))
 
 
-def loss_fn(model: VideoLLM, batch: dict[str, torch.Tensor], weights: dict[int, float],
-            aux: AuxHeads | None = None, aux_w: float = 0.5) -> tuple[torch.Tensor, dict]:
+def loss_fn(
+    model: VideoLLM,
+    batch: dict[str, torch.Tensor],
+    weights: dict[int, float],
+    aux: AuxHeads | None = None,
+    aux_w: float = 0.5,
+) -> tuple[torch.Tensor, dict]:
     dev = next(model.parameters()).device
     frames = batch["frames"].to(dev, non_blocking=True)
     ids = batch["input_ids"].to(dev, non_blocking=True)
@@ -153,8 +159,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--init", type=Path, default=None, help="continue from this checkpoint")
     ap.add_argument("--aux-weight", type=float, default=0.5, help="weight of the training-only frame probes")
     ap.add_argument("--shard-mb", type=float, default=0.0)
-    ap.add_argument("--name-noise", type=float, default=0.0,
-                    help="fraction of shape/size words of earlier narrations replaced in the input (data.corrupt_names)")
+    ap.add_argument(
+        "--name-noise",
+        type=float,
+        default=0.0,
+        help="fraction of shape/size words of earlier narrations replaced in the input (data.corrupt_names)",
+    )
     args = ap.parse_args(argv)
 
     torch.manual_seed(args.seed)
@@ -167,9 +177,14 @@ def main(argv: list[str] | None = None) -> None:
     aux.to(dev)
     params = list(model.parameters()) + list(aux.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.05, fused=dev.type == "cuda")
-    data = torch.utils.data.DataLoader(_Batches(args.seed, args.tokens, args.min_s, args.max_s, args.name_noise), batch_size=None,
-                                       num_workers=args.workers, pin_memory=dev.type == "cuda",
-                                       prefetch_factor=4 if args.workers else None, persistent_workers=bool(args.workers))
+    data = torch.utils.data.DataLoader(
+        _Batches(args.seed, args.tokens, args.min_s, args.max_s, args.name_noise),
+        batch_size=None,
+        num_workers=args.workers,
+        pin_memory=dev.type == "cuda",
+        prefetch_factor=4 if args.workers else None,
+        persistent_workers=bool(args.workers),
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     log = open(args.out / "train_log.jsonl", "w")
     weights = {1: 1.0, 2: 1.0, 3: 1.0}
@@ -191,18 +206,35 @@ def main(argv: list[str] | None = None) -> None:
         step += 1
         toks += batch["input_ids"].numel()
         if step % 25 == 0 or step == 1:
-            rec = {"step": step, "time": round(time.time() - t0, 1), "lr": lr, "loss": loss.item(), "gnorm": gn.item(),
-                   "tok_per_s": round(toks / (time.time() - t0)), "shape": list(batch["input_ids"].shape), **stats}
+            rec = {
+                "step": step,
+                "time": round(time.time() - t0, 1),
+                "lr": lr,
+                "loss": loss.item(),
+                "gnorm": gn.item(),
+                "tok_per_s": round(toks / (time.time() - t0)),
+                "shape": list(batch["input_ids"].shape),
+                **stats,
+            }
             log.write(json.dumps(rec) + "\n")
             log.flush()
             print(json.dumps(rec), flush=True)
     model.eval().cpu()
     tok = build_tokenizer(args.out / "tokenizer.json")
     save_checkpoint(model, args.out, tok)
-    (args.out / "train_info.json").write_text(json.dumps(
-        {"steps": step, "tokens": toks, "wall_s": round(time.time() - t0, 1), "seed": args.seed,
-         "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "args": {k: str(v) for k, v in vars(args).items()}},
-        indent=1))
+    (args.out / "train_info.json").write_text(
+        json.dumps(
+            {
+                "steps": step,
+                "tokens": toks,
+                "wall_s": round(time.time() - t0, 1),
+                "seed": args.seed,
+                "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
+                "args": {k: str(v) for k, v in vars(args).items()},
+            },
+            indent=1,
+        )
+    )
     if args.shard_mb:
         shard(args.out, args.shard_mb)
     print(f"saved {args.out} after {step} steps, {toks} tokens, {time.time() - t0:.0f} s", flush=True)

@@ -51,8 +51,9 @@ class FpgaBackend:
 
     def stats(self) -> dict:
         total = sum(self._cyc.values())
-        return dict(cycles=dict(self._cyc), calls=dict(self._calls), total_cycles=total,
-                    seconds=total / self.drv.info.clock_hz)
+        return dict(
+            cycles=dict(self._cyc), calls=dict(self._calls), total_cycles=total, seconds=total / self.drv.info.clock_hz
+        )
 
     def _run(self, unit: str, desc: Desc, inputs: list[np.ndarray], out_sizes: list[int]):
         outs, result = self.drv.run(desc, [np.ascontiguousarray(a).tobytes() for a in inputs], out_sizes)
@@ -73,18 +74,37 @@ class FpgaBackend:
         (out,), _ = self._run("hash", Desc(Op.HASH, 0, n=n, m=m, hd=hd, bits=bits), [kq, signs], [n * m * words * 8])
         return np.frombuffer(out, np.uint64).reshape(*batch, m, words).copy()
 
-    def cluster_assign(self, codes: np.ndarray, cand_codes: np.ndarray, cand_counts: np.ndarray,
-                       *, threshold: int, max_size: int, horizon: int) -> np.ndarray:
+    def cluster_assign(
+        self,
+        codes: np.ndarray,
+        cand_codes: np.ndarray,
+        cand_counts: np.ndarray,
+        *,
+        threshold: int,
+        max_size: int,
+        horizon: int,
+    ) -> np.ndarray:
         m, w = codes.shape
         c = cand_codes.shape[0]
-        desc = Desc(Op.ASSIGN, 0, m=m, c=c, bits=64 * w, p0=threshold, p1=min(max_size, 0xFFFFFFFF),
-                    p2=min(horizon, 0xFFFFFFFF))
-        (out,), _ = self._run("assign", desc, [codes.astype(np.uint64), cand_codes.astype(np.uint64),
-                                               cand_counts.astype(np.uint32)], [4 * m])
+        desc = Desc(
+            Op.ASSIGN, 0, m=m, c=c, bits=64 * w, p0=threshold, p1=min(max_size, 0xFFFFFFFF), p2=min(horizon, 0xFFFFFFFF)
+        )
+        (out,), _ = self._run(
+            "assign",
+            desc,
+            [codes.astype(np.uint64), cand_codes.astype(np.uint64), cand_counts.astype(np.uint32)],
+            [4 * m],
+        )
         return np.frombuffer(out, np.uint32).astype(np.int64)
 
-    def score_select(self, q: np.ndarray, reps: np.ndarray, counts: np.ndarray, *, tau: float,
-                     ) -> tuple[np.ndarray, np.ndarray]:
+    def score_select(
+        self,
+        q: np.ndarray,
+        reps: np.ndarray,
+        counts: np.ndarray,
+        *,
+        tau: float,
+    ) -> tuple[np.ndarray, np.ndarray]:
         kvh, c = counts.shape
         r, hd = q.shape[1], q.shape[2]
         if c == 0:
@@ -93,14 +113,14 @@ class FpgaBackend:
             raise AccelError(f"fpga: {r} queries per KV head exceed the card's 32768")
         (qq, a), (rq, b) = fx.quantize_block(q), fx.quantize_block(reps)
         desc = Desc(Op.SCORE, 0, n=kvh, m=r, c=c, hd=hd, p0=fx.tau_q(tau), p1=a + b)
-        (keep, mass), _ = self._run("score", desc, [qq, rq, counts.astype(np.uint32)],
-                                    [kvh * c, 8 * kvh * c])
+        (keep, mass), _ = self._run("score", desc, [qq, rq, counts.astype(np.uint32)], [kvh * c, 8 * kvh * c])
         mm = np.frombuffer(mass, np.uint64).reshape(kvh, c).astype(np.int64)
         return np.frombuffer(keep, np.uint8).reshape(kvh, c).astype(bool), fx.mass_float(mm, r)
 
     def layout(self, selected: np.ndarray, start: np.ndarray, length: np.ndarray) -> np.ndarray:
         k, c = selected.size, start.size
         desc = Desc(Op.LAYOUT, 0, m=k, c=c)
-        (runs,), n = self._run("layout", desc, [selected.astype(np.uint32), start.astype(np.int64),
-                                                length.astype(np.int64)], [16 * k])
+        (runs,), n = self._run(
+            "layout", desc, [selected.astype(np.uint32), start.astype(np.int64), length.astype(np.int64)], [16 * k]
+        )
         return np.frombuffer(runs, np.int64)[: 2 * n].reshape(n, 2).copy()

@@ -52,8 +52,10 @@ class XdmaFiles:
         self.paths = node_paths(prefix, channel)
         missing = [str(p) for p in self.paths.values() if not p.exists()]
         if missing:
-            raise AccelError(f"no XDMA device: {', '.join(missing)} not found (load the xdma driver for the "
-                             f"DRE card, or point {PREFIX_ENV} at its device prefix)")
+            raise AccelError(
+                f"no XDMA device: {', '.join(missing)} not found (load the xdma driver for the "
+                f"DRE card, or point {PREFIX_ENV} at its device prefix)"
+            )
         self.fds: dict[str, int] = {}
         try:
             for name, flags in (("user", os.O_RDWR), ("h2c", os.O_WRONLY), ("c2h", os.O_RDONLY)):
@@ -78,15 +80,17 @@ class XdmaFiles:
         while done < len(view):
             n = os.pwrite(self.fds["h2c"], view[done:], addr + done)
             if n <= 0:
-                raise AccelError(f"short DMA write to card 0x{addr:x}: {done} of {len(view)} bytes "
-                                 f"through {self.paths['h2c']}")
+                raise AccelError(
+                    f"short DMA write to card 0x{addr:x}: {done} of {len(view)} bytes through {self.paths['h2c']}"
+                )
             done += n
 
     def dma_read(self, addr: int, size: int) -> bytes:
         b = os.pread(self.fds["c2h"], size, addr)
         if len(b) != size:
-            raise AccelError(f"short DMA read from card 0x{addr:x}: got {len(b)} of {size} bytes "
-                             f"through {self.paths['c2h']}")
+            raise AccelError(
+                f"short DMA read from card 0x{addr:x}: got {len(b)} of {size} bytes through {self.paths['c2h']}"
+            )
         return b
 
     def close(self) -> None:
@@ -124,16 +128,25 @@ class DreDriver:
     def _identify(self) -> DeviceInfo:
         ident = self.io.read32(Reg.ID)
         if ident != DRE_ID:
-            raise AccelError(f"{self.io.paths['user']}: device ID 0x{ident:08x} is not a DRE (expected "
-                             f"0x{DRE_ID:08x} 'DRE1'): wrong card, wrong BAR or the bitstream is not loaded")
+            raise AccelError(
+                f"{self.io.paths['user']}: device ID 0x{ident:08x} is not a DRE (expected "
+                f"0x{DRE_ID:08x} 'DRE1'): wrong card, wrong BAR or the bitstream is not loaded"
+            )
         ver = self.io.read32(Reg.VERSION)
         if ver >> 16 != VERSION_MAJOR:
-            raise AccelError(f"DRE bitstream version {ver >> 16}.{ver & 0xFFFF} is not supported by this driver "
-                             f"(needs {VERSION_MAJOR}.x)")
+            raise AccelError(
+                f"DRE bitstream version {ver >> 16}.{ver & 0xFFFF} is not supported by this driver "
+                f"(needs {VERSION_MAJOR}.x)"
+            )
         caps = self.io.read32(Reg.CAPS)
         lanes = {k: (caps >> s) & 0xFF for k, s in (("hash", 0), ("cmp", 8), ("mac", 16), ("wic", 24))}
-        return DeviceInfo(self.prefix, f"{ver >> 16}.{ver & 0xFFFF}", lanes, self.io.read32(Reg.MEM_SIZE),
-                          self.io.read32(Reg.CLOCK_KHZ) * 1e3)
+        return DeviceInfo(
+            self.prefix,
+            f"{ver >> 16}.{ver & 0xFFFF}",
+            lanes,
+            self.io.read32(Reg.MEM_SIZE),
+            self.io.read32(Reg.CLOCK_KHZ) * 1e3,
+        )
 
     def run(self, desc: Desc, inputs: list[bytes], out_sizes: list[int]) -> tuple[list[bytes], int]:
         """Place inputs in card memory, fill the descriptor's addresses, ring, poll -> (outputs, RESULT)."""
@@ -142,11 +155,14 @@ class DreDriver:
             addrs.append(addr)
             addr += -(-max(size, 1) // ALIGN) * ALIGN
         if addr > self.info.mem_size:
-            raise AccelError(f"DRE {op_name(desc.op)} needs {addr} bytes of card memory, the card has "
-                             f"{self.info.mem_size}")
-        ins, outs = addrs[: len(inputs)], addrs[len(inputs):]
+            raise AccelError(
+                f"DRE {op_name(desc.op)} needs {addr} bytes of card memory, the card has {self.info.mem_size}"
+            )
+        ins, outs = addrs[: len(inputs)], addrs[len(inputs) :]
         self.seq = (self.seq + 1) & 0xFFFFFFFF
-        fields = dict(zip(("in0", "in1", "in2")[: len(ins)], ins, strict=True)) | dict(zip(("out0", "out1")[: len(outs)], outs, strict=True))
+        fields = dict(zip(("in0", "in1", "in2")[: len(ins)], ins, strict=True)) | dict(
+            zip(("out0", "out1")[: len(outs)], outs, strict=True)
+        )
         desc = replace(desc, seq=self.seq, **fields)
         for a, b in zip(ins, inputs, strict=True):
             if b:
@@ -159,8 +175,9 @@ class DreDriver:
         if status & Status.ERROR:
             code = self.io.read32(Reg.ERROR)
             name = Err(code).name if code in Err._value2member_map_ else "UNKNOWN"
-            raise AccelError(f"DRE reported error {code} ({name}) on {op_name(desc.op)} (seq {self.seq}, "
-                             f"status 0x{status:x})")
+            raise AccelError(
+                f"DRE reported error {code} ({name}) on {op_name(desc.op)} (seq {self.seq}, status 0x{status:x})"
+            )
         self.last_cycles = self.io.read32(Reg.CYCLES_LO) | self.io.read32(Reg.CYCLES_HI) << 32
         result = self.io.read32(Reg.RESULT)
         return [self.io.dma_read(a, n) if n else b"" for a, n in zip(outs, out_sizes, strict=True)], result
@@ -175,8 +192,10 @@ class DreDriver:
             if time.monotonic() > deadline:
                 status = self.io.read32(Reg.STATUS)
                 self.io.write32(Reg.CONTROL, 1)  # abort, so the next command starts clean
-                raise AccelError(f"DRE timed out after {self.timeout_s:g} s on {op} (seq {self.seq}, status "
-                                 f"0x{status:x}): the card did not finish; it was reset")
+                raise AccelError(
+                    f"DRE timed out after {self.timeout_s:g} s on {op} (seq {self.seq}, status "
+                    f"0x{status:x}): the card did not finish; it was reset"
+                )
             time.sleep(self.poll_s)
 
     def close(self) -> None:

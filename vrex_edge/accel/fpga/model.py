@@ -44,8 +44,16 @@ class _DeviceError(Exception):
 class DreCardModel:
     """`with DreCardModel(tmp_path) as card: DreDriver(card.prefix)`: a card served from files."""
 
-    def __init__(self, root: str | os.PathLike, *, name: str = "xdma0", mem_size: int = 64 << 20,
-                 faults: Iterable[str] = (), cycle_model: CycleModel | None = None, poll_s: float = 20e-6):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        *,
+        name: str = "xdma0",
+        mem_size: int = 64 << 20,
+        faults: Iterable[str] = (),
+        cycle_model: CycleModel | None = None,
+        poll_s: float = 20e-6,
+    ):
         self.faults = set(faults)
         unknown = self.faults - set(FAULTS)
         assert not unknown, f"unknown faults {unknown}"

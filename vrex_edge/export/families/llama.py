@@ -24,7 +24,9 @@ def _check_layout(lm: Any) -> None:
     attn = getattr(layer, "self_attn", None)
     needed = ("q_proj", "k_proj", "v_proj", "o_proj")
     if attn is None or not all(hasattr(attn, n) for n in needed) or not hasattr(layer, "post_attention_layernorm"):
-        raise ExportError(f"{type(lm).__name__} does not have a Llama-style decoder layer; it cannot use the llama family")
+        raise ExportError(
+            f"{type(lm).__name__} does not have a Llama-style decoder layer; it cannot use the llama family"
+        )
 
 
 def load(source: Source) -> LoadedModel:
@@ -39,7 +41,9 @@ def load(source: Source) -> LoadedModel:
         else:
             tok = _from_pretrained(AutoTokenizer, source)
     except ImportError as e:  # GGUF needs `gguf` and `accelerate`
-        raise ExportError(f"loading this model needs an optional package: {e}; pip install 'vrex-edge[export]'") from None
+        raise ExportError(
+            f"loading this model needs an optional package: {e}; pip install 'vrex-edge[export]'"
+        ) from None
     except (OSError, ValueError, KeyError) as e:
         raise ExportError(f"cannot load a model from {source.gguf_file or source.path}: {first_line(e)}") from None
     quantizer = getattr(lm, "hf_quantizer", None)
@@ -49,8 +53,11 @@ def load(source: Source) -> LoadedModel:
     _check_layout(lm)
     if not getattr(tok, "is_fast", False):
         raise ExportError(f"{source.path} has no fast tokenizer (tokenizer.json); the bundle needs one")
-    tokenizer_json = tok_file.read_text(encoding="utf-8") if source.kind == "hf" and tok_file.is_file() \
+    tokenizer_json = (
+        tok_file.read_text(encoding="utf-8")
+        if source.kind == "hf" and tok_file.is_file()
         else tok.backend_tokenizer.to_str()
+    )
     prompt, tokens, notes = derive_prompt(tok)
     name = source.gguf_file.stem if source.gguf_file is not None else source.path.name
     notes = {**notes, "architecture": type(lm).__name__, "source_format": source.kind}

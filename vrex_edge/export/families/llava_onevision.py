@@ -60,26 +60,42 @@ def load(source: Source) -> LoadedModel:
     end = token_id(tok, "<|im_end|>", what="end of turn")
     mean, std = image_norm(source.path)
     prompt = PromptSpec(
-        system_ids=text_ids(tok, SYSTEM), user_prefix_ids=text_ids(tok, "\n"),
-        user_suffix_ids=text_ids(tok, "<|im_end|>\n"), reply_prefix_ids=text_ids(tok, "<|im_start|>assistant\n"),
-        reply_suffix_ids=text_ids(tok, "<|im_end|>\n<|im_start|>user\n"), system_text=SYSTEM,
+        system_ids=text_ids(tok, SYSTEM),
+        user_prefix_ids=text_ids(tok, "\n"),
+        user_suffix_ids=text_ids(tok, "<|im_end|>\n"),
+        reply_prefix_ids=text_ids(tok, "<|im_start|>assistant\n"),
+        reply_suffix_ids=text_ids(tok, "<|im_end|>\n<|im_start|>user\n"),
+        system_text=SYSTEM,
     )
     video = getattr(cfg, "video_token_id", None) or getattr(cfg, "video_token_index", None)
     tokens = TokenSpec(bos=tok.bos_token_id, end_of_turn=(end,), frame_placeholder=video, pad=tok.pad_token_id)
     half = math.ceil(grid / 2)
-    vision_spec = VisionSpec(image_size=(size, size), mean=mean, std=std,  # type: ignore[arg-type]
-                             tokens_per_frame=half * half + 1, resize="stretch")
+    vision_spec = VisionSpec(
+        image_size=(size, size),
+        mean=mean,
+        std=std,  # type: ignore[arg-type]
+        tokens_per_frame=half * half + 1,
+        resize="stretch",
+    )
     notes = {
         "architecture": "LlavaOnevisionForConditionalGeneration (SigLIP + MLP + 2x bilinear pooling + Qwen2)",
         "video_tokens_per_frame": half * half,
         "image_newline": "appended after every frame (transformers: once after a clip's last frame)",
         "prompt_layout": "<|im_start|>system\\n...<|im_end|>\\n<|im_start|>user\\n (frame)* \\n{q}<|im_end|>\\n"
-                         "<|im_start|>assistant\\n{a}<|im_end|>\\n<|im_start|>user\\n ...",
+        "<|im_start|>assistant\\n{a}<|im_end|>\\n<|im_start|>user\\n ...",
         "speaks": "no frame-interval token: LLaVA-OneVision answers questions; it does not decide when to speak",
     }
-    return LoadedModel(lm=lm, tokenizer_json=tok.backend_tokenizer.to_str(), tokens=tokens, prompt=prompt,
-                       name=source.path.name, vision=stage.eval(), vision_spec=vision_spec, notes=notes,
-                       weights=weights)
+    return LoadedModel(
+        lm=lm,
+        tokenizer_json=tok.backend_tokenizer.to_str(),
+        tokens=tokens,
+        prompt=prompt,
+        name=source.path.name,
+        vision=stage.eval(),
+        vision_spec=vision_spec,
+        notes=notes,
+        weights=weights,
+    )
 
 
 FAMILY = register(Family("llava-onevision", ("llava_onevision",), load))

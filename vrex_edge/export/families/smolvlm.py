@@ -63,25 +63,45 @@ def load(source: Source) -> LoadedModel:
     mean, std = image_norm(source.path)
     system_text = "<|im_start|>User: " + INTRO
     prompt = PromptSpec(
-        system_ids=text_ids(tok, system_text), user_prefix_ids=text_ids(tok, "\n\n"),
-        user_suffix_ids=text_ids(tok, END + "\n"), reply_prefix_ids=text_ids(tok, "Assistant:"),
-        reply_suffix_ids=text_ids(tok, END + "\n<|im_start|>User:"), frame_prefix_template=FRAME_PREFIX,
+        system_ids=text_ids(tok, system_text),
+        user_prefix_ids=text_ids(tok, "\n\n"),
+        user_suffix_ids=text_ids(tok, END + "\n"),
+        reply_prefix_ids=text_ids(tok, "Assistant:"),
+        reply_suffix_ids=text_ids(tok, END + "\n<|im_start|>User:"),
+        frame_prefix_template=FRAME_PREFIX,
         system_text=system_text,
     )
-    tokens = TokenSpec(bos=tok.bos_token_id, end_of_turn=(end,), frame_placeholder=token_id(tok, IMAGE, what="image"),
-                       pad=tok.pad_token_id)
-    vision_spec = VisionSpec(image_size=(size, size), mean=mean, std=std,  # type: ignore[arg-type]
-                             tokens_per_frame=per_frame + 1, resize="stretch")
+    tokens = TokenSpec(
+        bos=tok.bos_token_id,
+        end_of_turn=(end,),
+        frame_placeholder=token_id(tok, IMAGE, what="image"),
+        pad=tok.pad_token_id,
+    )
+    vision_spec = VisionSpec(
+        image_size=(size, size),
+        mean=mean,
+        std=std,  # type: ignore[arg-type]
+        tokens_per_frame=per_frame + 1,
+        resize="stretch",
+    )
     notes = {
         "architecture": f"{type(model).__name__} (SigLIP + pixel shuffle x{cfg.scale_factor} + MLP + Llama)",
         "image_tokens_per_frame": per_frame,
         "prompt_layout": "<|im_start|>User: {intro} (\\nFrame from MM:SS:<fake><global-img><image>*T<fake>)* "
-                         "\\n\\n{q}<end_of_utterance>\\nAssistant: {a}<end_of_utterance>\\n<|im_start|>User: ...",
+        "\\n\\n{q}<end_of_utterance>\\nAssistant: {a}<end_of_utterance>\\n<|im_start|>User: ...",
         "speaks": "no frame-interval token: SmolVLM2 answers questions; it does not decide when to speak",
     }
-    return LoadedModel(lm=lm, tokenizer_json=tok.backend_tokenizer.to_str(), tokens=tokens, prompt=prompt,
-                       name=source.path.name, vision=stage.eval(), vision_spec=vision_spec, notes=notes,
-                       weights=weights)
+    return LoadedModel(
+        lm=lm,
+        tokenizer_json=tok.backend_tokenizer.to_str(),
+        tokens=tokens,
+        prompt=prompt,
+        name=source.path.name,
+        vision=stage.eval(),
+        vision_spec=vision_spec,
+        notes=notes,
+        weights=weights,
+    )
 
 
 FAMILY = register(Family("smolvlm", ("smolvlm", "idefics3", "smolvlm2"), load))

@@ -28,19 +28,30 @@ def load(source: Source) -> LoadedModel:
     if "end_of_turn" not in t:
         raise ExportError(f"{source.path}/config.json: tokens.end_of_turn is missing")
     tokens = TokenSpec(
-        bos=t.get("bos"), end_of_turn=tuple(int(x) for x in t["end_of_turn"]),
-        frame_placeholder=t.get("frame_placeholder"), frame_interval=t.get("frame_interval"), pad=t.get("pad"),
+        bos=t.get("bos"),
+        end_of_turn=tuple(int(x) for x in t["end_of_turn"]),
+        frame_placeholder=t.get("frame_placeholder"),
+        frame_interval=t.get("frame_interval"),
+        pad=t.get("pad"),
     )
     p = {k: v for k, v in cfg.prompt.items() if k in _PROMPT_FIELDS}
     prompt = PromptSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in p.items()})
     f = cfg.frame
     vision_spec = VisionSpec(
-        image_size=(int(f.image_size[0]), int(f.image_size[1])), mean=tuple(f.mean), std=tuple(f.std),  # type: ignore[arg-type]
-        tokens_per_frame=f.tokens_per_frame, resize=f.resize,
+        image_size=(int(f.image_size[0]), int(f.image_size[1])),
+        mean=tuple(f.mean),
+        std=tuple(f.std),  # type: ignore[arg-type]
+        tokens_per_frame=f.tokens_per_frame,
+        resize=f.resize,
     )
     return LoadedModel(
-        lm=model.language_model, tokenizer_json=tok_file.read_text(encoding="utf-8"), tokens=tokens, prompt=prompt,
-        name=source.path.name, vision=VisionStage(model, model.encode_frames).eval(), vision_spec=vision_spec,
+        lm=model.language_model,
+        tokenizer_json=tok_file.read_text(encoding="utf-8"),
+        tokens=tokens,
+        prompt=prompt,
+        name=source.path.name,
+        vision=VisionStage(model, model.encode_frames).eval(),
+        vision_spec=vision_spec,
         notes={"architecture": "VideoLLM (SigLIP + MLP connector + Llama)"},
     )
 

@@ -31,8 +31,10 @@ LIVE1_PLUS: dict[str, Any] = {
     "frame_token_interval": ",",
     "vision_hidden_size": 1024,
 }
-SYSTEM_PROMPT = ("A multimodal AI assistant is helping users with some activities. Below is their conversation, "
-                 "interleaved with the list of video frames received by the assistant.")
+SYSTEM_PROMPT = (
+    "A multimodal AI assistant is helping users with some activities. Below is their conversation, "
+    "interleaved with the list of video frames received by the assistant."
+)
 SPEAK_THRESHOLD = 0.725  # demo/inference.py's frame_token_interval_threshold
 STREAM_OPEN, STREAM_CLOSE = "\n[", "]\n"
 
@@ -48,7 +50,8 @@ def live_lm_class() -> type:
             super().__init__(config)
             d_vis = int(getattr(config, "vision_hidden_size", LIVE1_PLUS["vision_hidden_size"]))
             self.connector = torch.nn.Sequential(
-                torch.nn.Linear(d_vis, config.hidden_size, bias=True), GELUActivation(),
+                torch.nn.Linear(d_vis, config.hidden_size, bias=True),
+                GELUActivation(),
                 torch.nn.Linear(config.hidden_size, config.hidden_size, bias=True),
             )
 
@@ -65,11 +68,17 @@ def lora_lookup(base: Any, adapter: Any, adapter_config: dict[str, Any]) -> Any:
     LoRA for that Linear (PEFT's merge), or the adapter's own copy for its modules_to_save (the connector).
 
     `base` and `adapter` are SafetensorsFolders; adapter keys are read without their "base_model.model." prefix."""
-    if adapter_config.get("use_dora") or adapter_config.get("rank_pattern") or adapter_config.get("alpha_pattern") \
-            or adapter_config.get("fan_in_fan_out"):
-        raise ExportError("this LoRA adapter uses DoRA, per-module ranks or fan_in_fan_out, which export does not merge")
+    if (
+        adapter_config.get("use_dora")
+        or adapter_config.get("rank_pattern")
+        or adapter_config.get("alpha_pattern")
+        or adapter_config.get("fan_in_fan_out")
+    ):
+        raise ExportError(
+            "this LoRA adapter uses DoRA, per-module ranks or fan_in_fan_out, which export does not merge"
+        )
     r, alpha = int(adapter_config["r"]), float(adapter_config["lora_alpha"])
-    scale = alpha / r ** 0.5 if adapter_config.get("use_rslora") else alpha / r
+    scale = alpha / r**0.5 if adapter_config.get("use_rslora") else alpha / r
 
     def lookup(name: str) -> Any:
         if name in adapter and name not in base:  # modules_to_save, saved whole
@@ -112,8 +121,9 @@ def load_merged(source: Source) -> tuple[Any, Any, dict[str, Any], Any]:
     if not files:
         raise ExportError(f"{source.path} has no adapter_model.safetensors")
     prefix = "base_model.model."
-    adapter = SafetensorsFolder(source.path, files=tuple(files),
-                                rename=lambda k: k[len(prefix):] if k.startswith(prefix) else None)
+    adapter = SafetensorsFolder(
+        source.path, files=tuple(files), rename=lambda k: k[len(prefix) :] if k.startswith(prefix) else None
+    )
     if not any(k.startswith("connector.") for k in adapter.keys()):
         raise ExportError(f"{source.path}/adapter_model.safetensors has no connector weights")
     weights = LazyWeights()
@@ -193,28 +203,52 @@ def load(source: Source) -> LoadedModel:
     stage.connector = connector  # registers the connector's weights with the stage
     system_text = (tok.bos_token or "") + SYSTEM_PROMPT + "\n" + STREAM_OPEN
     prompt = PromptSpec(
-        system_ids=text_ids(tok, system_text), user_prefix_ids=text_ids(tok, STREAM_CLOSE + "User: "),
-        user_suffix_ids=(), reply_prefix_ids=text_ids(tok, STREAM_CLOSE + "Assistant:"),
-        reply_suffix_ids=(int(eos), *text_ids(tok, STREAM_OPEN)), speak_threshold=SPEAK_THRESHOLD,
+        system_ids=text_ids(tok, system_text),
+        user_prefix_ids=text_ids(tok, STREAM_CLOSE + "User: "),
+        user_suffix_ids=(),
+        reply_prefix_ids=text_ids(tok, STREAM_CLOSE + "Assistant:"),
+        reply_suffix_ids=(int(eos), *text_ids(tok, STREAM_OPEN)),
+        speak_threshold=SPEAK_THRESHOLD,
         system_text=system_text,
     )
-    tokens = TokenSpec(bos=tok.bos_token_id, end_of_turn=(int(eos),), frame_placeholder=v_id,
-                       frame_interval=interval, pad=tok.pad_token_id)
-    vision_spec = VisionSpec(image_size=(res, res), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-                             tokens_per_frame=int(cls) + pooled[0] * pooled[1], resize="pad")
+    tokens = TokenSpec(
+        bos=tok.bos_token_id,
+        end_of_turn=(int(eos),),
+        frame_placeholder=v_id,
+        frame_interval=interval,
+        pad=tok.pad_token_id,
+    )
+    vision_spec = VisionSpec(
+        image_size=(res, res),
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        tokens_per_frame=int(cls) + pooled[0] * pooled[1],
+        resize="pad",
+    )
     notes = {
         "architecture": "VideoLLM-online live1+ (SigLIP + MLP connector + Llama, LoRA merged)",
         "base_model": str(source.config.get("base_model_name_or_path")),
         "vision_tower": str(s["vision_pretrained"]),
-        "lora": {"r": source.config.get("r"), "alpha": source.config.get("lora_alpha"),
-                 "target_modules": source.config.get("target_modules")},
+        "lora": {
+            "r": source.config.get("r"),
+            "alpha": source.config.get("lora_alpha"),
+            "target_modules": source.config.get("target_modules"),
+        },
         "prompt_layout": "<bos>{system}\\n\\n[ frame (, frame)* ]\\nAssistant: reply<eos>\\n[ ... ; "
-                         "questions: ]\\nUser: {q}]\\nAssistant: (the original writes ]\\nUser: {q}\\nAssistant:)",
+        "questions: ]\\nUser: {q}]\\nAssistant: (the original writes ]\\nUser: {q}\\nAssistant:)",
         "frame_padding": "the original pads with black (ffmpeg); the runtime pads with the mean colour",
     }
-    return LoadedModel(lm=lm, tokenizer_json=tok.backend_tokenizer.to_str(), tokens=tokens, prompt=prompt,
-                       name=source.path.name, vision=stage.eval(), vision_spec=vision_spec, notes=notes,
-                       weights=weights)
+    return LoadedModel(
+        lm=lm,
+        tokenizer_json=tok.backend_tokenizer.to_str(),
+        tokens=tokens,
+        prompt=prompt,
+        name=source.path.name,
+        vision=stage.eval(),
+        vision_spec=vision_spec,
+        notes=notes,
+        weights=weights,
+    )
 
 
 FAMILY = register(Family("videollm-online", ("live_llama", "videollm_online"), load))

@@ -22,8 +22,17 @@ import numpy as np
 from vrex_edge.errors import ConfigError
 from vrex_edge.runtime.kernels.segments import Segment, segment_lens
 
-__all__ = ["AttentionEngine", "Segment", "attend", "default_engine", "engine_names", "make_engine", "merge_heads",
-           "register_engine", "segment_lens"]
+__all__ = [
+    "AttentionEngine",
+    "Segment",
+    "attend",
+    "default_engine",
+    "engine_names",
+    "make_engine",
+    "merge_heads",
+    "register_engine",
+    "segment_lens",
+]
 
 DEFAULT_ENGINE = "ort-cpu"
 
@@ -66,8 +75,9 @@ def default_engine() -> AttentionEngine:
     return eng
 
 
-def attend(q: np.ndarray, segments: Sequence[Segment], k_new: Any, v_new: Any, *,
-           engine: AttentionEngine | None = None) -> np.ndarray:
+def attend(
+    q: np.ndarray, segments: Sequence[Segment], k_new: Any, v_new: Any, *, engine: AttentionEngine | None = None
+) -> np.ndarray:
     """`engine.attend` (see AttentionEngine) with the default engine when none is given."""
     return (engine or default_engine()).attend(q, segments, k_new, v_new)
 

@@ -44,16 +44,30 @@ def _graphs(hd: int, *, append: bool) -> bytes:
         helper.make_node("Transpose", ["v"], ["vt"], perm=[1, 0, 2]),  # [K, L, hd]
         helper.make_node("MatMul", ["p", "vt"], ["acc"]),  # [K, M, hd]
     ]
-    inputs = [helper.make_tensor_value_info("q", f, ["K", "M", hd]), helper.make_tensor_value_info("k", f, ["L", "K", hd]),
-              helper.make_tensor_value_info("v", f, ["L", "K", hd])]
-    outputs = [helper.make_tensor_value_info("acc", f, ["K", "M", hd]), helper.make_tensor_value_info("m", f, ["K", "M", 1]),
-               helper.make_tensor_value_info("den", f, ["K", "M", 1])]
+    inputs = [
+        helper.make_tensor_value_info("q", f, ["K", "M", hd]),
+        helper.make_tensor_value_info("k", f, ["L", "K", hd]),
+        helper.make_tensor_value_info("v", f, ["L", "K", hd]),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("acc", f, ["K", "M", hd]),
+        helper.make_tensor_value_info("m", f, ["K", "M", 1]),
+        helper.make_tensor_value_info("den", f, ["K", "M", 1]),
+    ]
     if append:
-        nodes += [helper.make_node("Identity", ["k_new"], ["k_out"]), helper.make_node("Identity", ["v_new"], ["v_out"])]
+        nodes += [
+            helper.make_node("Identity", ["k_new"], ["k_out"]),
+            helper.make_node("Identity", ["v_new"], ["v_out"]),
+        ]
         inputs += [helper.make_tensor_value_info(n, f, ["n", "K", hd]) for n in ("k_new", "v_new")]
         outputs += [helper.make_tensor_value_info(n, f, ["n", "K", hd]) for n in ("k_out", "v_out")]
-    graph = helper.make_graph(nodes, "device_partial_softmax", inputs, outputs,
-                              initializer=[helper.make_tensor("ax", TensorProto.INT64, [1], [2])])
+    graph = helper.make_graph(
+        nodes,
+        "device_partial_softmax",
+        inputs,
+        outputs,
+        initializer=[helper.make_tensor("ax", TensorProto.INT64, [1], [2])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model.SerializeToString()
@@ -64,9 +78,12 @@ def _copy_graph() -> bytes:
     from onnx import TensorProto, helper
 
     f = TensorProto.FLOAT
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "copy",
-                              [helper.make_tensor_value_info("x", f, ["a", "b", "c"])],
-                              [helper.make_tensor_value_info("y", f, ["a", "b", "c"])])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "copy",
+        [helper.make_tensor_value_info("x", f, ["a", "b", "c"])],
+        [helper.make_tensor_value_info("y", f, ["a", "b", "c"])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model.SerializeToString()
@@ -97,8 +114,14 @@ class OrtDeviceEngine:
 
     name = "ort-cuda"
 
-    def __init__(self, *, threads: int = 1, device: str = "cuda", providers: Sequence[Any] | None = None,
-                 min_capacity: int = 1024):
+    def __init__(
+        self,
+        *,
+        threads: int = 1,
+        device: str = "cuda",
+        providers: Sequence[Any] | None = None,
+        min_capacity: int = 1024,
+    ):
         """device: "cuda" (CUDAExecutionProvider, TF32 off so results match the CPU path to float32
         rounding) or "cpu" (the same graphs on the CPU provider); min_capacity: tokens per first arena."""
         import onnxruntime as ort
@@ -162,8 +185,9 @@ class OrtDeviceEngine:
     def new_kv(self, kvh: int, hd: int, capacity: int | None = None) -> DeviceKV:
         cap = max(capacity or 0, self.min_capacity)
         new = self._ort.OrtValue.ortvalue_from_shape_and_type
-        return DeviceKV(new([cap, kvh, hd], np.float32, self.device, 0), new([cap, kvh, hd], np.float32, self.device, 0),
-                        kvh, hd)
+        return DeviceKV(
+            new([cap, kvh, hd], np.float32, self.device, 0), new([cap, kvh, hd], np.float32, self.device, 0), kvh, hd
+        )
 
     def reserve(self, kv: DeviceKV, need: int) -> None:
         """Room for `need` tokens; a full arena is replaced by one twice as large (device-to-device copy)."""
@@ -233,8 +257,18 @@ class OrtDeviceEngine:
         acc /= den
         return acc.reshape(kvh, g, n, hd)
 
-    def _run(self, io: Any, sess: Any, qs: np.ndarray, kv: DeviceKV, L: int, m: np.ndarray, den: np.ndarray,
-             acc: np.ndarray, append: tuple[np.ndarray, np.ndarray] | None) -> None:
+    def _run(
+        self,
+        io: Any,
+        sess: Any,
+        qs: np.ndarray,
+        kv: DeviceKV,
+        L: int,
+        m: np.ndarray,
+        den: np.ndarray,
+        acc: np.ndarray,
+        append: tuple[np.ndarray, np.ndarray] | None,
+    ) -> None:
         """One graph run over kv's first L tokens (and, with `append`, the chunk written at row L); its
         partial softmax is folded into m, den, acc (host, in place)."""
         kvh, rows, hd = qs.shape

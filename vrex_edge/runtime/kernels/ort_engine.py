@@ -29,19 +29,27 @@ def partial_softmax_graph(hd: int, *, opset: int = 17) -> bytes:
     nodes = [
         helper.make_node("Transpose", ["k"], ["kt"], perm=[1, 0]),
         helper.make_node("MatMul", ["q", "kt"], ["s"]),  # [M, L]; fused to FusedMatMul(transB) by ORT
-        helper.make_node("ReduceMax", ["s"], ["m"], axes=[1], keepdims=1) if opset < 18 else
-        helper.make_node("ReduceMax", ["s", "ax"], ["m"], keepdims=1),
+        helper.make_node("ReduceMax", ["s"], ["m"], axes=[1], keepdims=1)
+        if opset < 18
+        else helper.make_node("ReduceMax", ["s", "ax"], ["m"], keepdims=1),
         helper.make_node("Sub", ["s", "m"], ["d"]),
         helper.make_node("Exp", ["d"], ["p"]),
         helper.make_node("ReduceSum", ["p", "ax"], ["den"], keepdims=1),
         helper.make_node("MatMul", ["p", "v"], ["acc"]),
     ]
     graph = helper.make_graph(
-        nodes, "partial_softmax",
-        [helper.make_tensor_value_info("q", f, ["M", hd]), helper.make_tensor_value_info("k", f, ["L", hd]),
-         helper.make_tensor_value_info("v", f, ["L", hd])],
-        [helper.make_tensor_value_info("acc", f, ["M", hd]), helper.make_tensor_value_info("m", f, ["M", 1]),
-         helper.make_tensor_value_info("den", f, ["M", 1])],
+        nodes,
+        "partial_softmax",
+        [
+            helper.make_tensor_value_info("q", f, ["M", hd]),
+            helper.make_tensor_value_info("k", f, ["L", hd]),
+            helper.make_tensor_value_info("v", f, ["L", hd]),
+        ],
+        [
+            helper.make_tensor_value_info("acc", f, ["M", hd]),
+            helper.make_tensor_value_info("m", f, ["M", 1]),
+            helper.make_tensor_value_info("den", f, ["M", 1]),
+        ],
         initializer=[helper.make_tensor("ax", TensorProto.INT64, [1], [1])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
@@ -55,8 +63,9 @@ class OrtEngine:
     name = "ort-cpu"
     device = "cpu"  # where bound inputs live (a CUDA engine binds device pointers instead)
 
-    def __init__(self, *, threads: int = 1, providers: Sequence[str] = ("CPUExecutionProvider",),
-                 numpy_below: int = 1024):
+    def __init__(
+        self, *, threads: int = 1, providers: Sequence[str] = ("CPUExecutionProvider",), numpy_below: int = 1024
+    ):
         """numpy_below: head runs shorter than this go through the numpy kernel (a graph run costs
         ~40 us; at 1K tokens the two engines are even, benchmarks/results/attention.md)."""
         self.threads, self.providers, self.numpy_below = threads, list(providers), numpy_below

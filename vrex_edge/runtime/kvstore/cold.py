@@ -102,8 +102,9 @@ class ColdLog:
         want = sum(b.nbytes for b in bufs)
         got = os.preadv(seg.fd, bufs, (row - seg.base) * self.row_bytes)
         if got != want:
-            raise KVStoreError(f"the KV store file {seg.path} is truncated ({got} of {want} bytes); "
-                               "it was changed outside vrex-edge")
+            raise KVStoreError(
+                f"the KV store file {seg.path} is truncated ({got} of {want} bytes); it was changed outside vrex-edge"
+            )
         return got
 
     def read_runs(self, rows: np.ndarray, bufs: list[np.ndarray], junk: np.ndarray | None = None) -> int:

@@ -57,8 +57,14 @@ class TierConfig:
     def __post_init__(self) -> None:
         if self.on_full not in ON_FULL:
             raise ConfigError(f"--kv-on-full must be one of {', '.join(ON_FULL)} (got '{self.on_full}')")
-        if self.keep is not None and self.resume is not None and Path(self.keep).resolve() != Path(self.resume).resolve():
-            raise ConfigError("--resume continues the store in its own folder; give the same folder to --keep-kv or omit it")
+        if (
+            self.keep is not None
+            and self.resume is not None
+            and Path(self.keep).resolve() != Path(self.resume).resolve()
+        ):
+            raise ConfigError(
+                "--resume continues the store in its own folder; give the same folder to --keep-kv or omit it"
+            )
 
     @property
     def folder(self) -> Path | None:

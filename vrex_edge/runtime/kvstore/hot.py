@@ -64,8 +64,9 @@ class HotCache:
         Evicts `slack` extra bytes when it has to evict at all (amortises the search). The
         gather may evict entries prefetched for it (tick now - 1); the prefetcher may not."""
         if self.bytes + nbytes > limit:
-            self._evict(self.bytes + nbytes - limit + slack, self.now - 1 if prefetch else self.now,
-                        limit, layer, nbytes)
+            self._evict(
+                self.bytes + nbytes - limit + slack, self.now - 1 if prefetch else self.now, limit, layer, nbytes
+            )
             if self.bytes + nbytes > limit:
                 return False
         if layer >= 0:

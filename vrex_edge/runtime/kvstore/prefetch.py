@@ -37,7 +37,9 @@ class Prefetcher:
         for e in self.done:
             e.set()
         self.pred: list[list[np.ndarray | None]] = [[None] * mgr.kvh for _ in range(mgr.layers)]
-        self.stats = dict.fromkeys(("jobs", "skipped", "errors", "predicted", "selected", "hit", "fetched", "cut_short"), 0)
+        self.stats = dict.fromkeys(
+            ("jobs", "skipped", "errors", "predicted", "selected", "hit", "fetched", "cut_short"), 0
+        )
         self.seconds = dict.fromkeys(("busy", "read", "wait"), 0.0)
         self.fetched_bytes = 0
         self.host = HostBackend()  # the prediction's scoring (the session's backend belongs to the main thread)
@@ -89,10 +91,15 @@ class Prefetcher:
 
     def report(self) -> dict[str, Any]:
         s, sec = self.stats, self.seconds
-        return {**s, "failure": self.failure, "recall": s["hit"] / s["selected"] if s["selected"] else None,
-                "precision": s["hit"] / s["predicted"] if s["predicted"] else None,
-                "fetched_bytes": self.fetched_bytes, "seconds": dict(sec),
-                "hidden_read_s": max(0.0, sec["read"] - sec["wait"])}
+        return {
+            **s,
+            "failure": self.failure,
+            "recall": s["hit"] / s["selected"] if s["selected"] else None,
+            "precision": s["hit"] / s["predicted"] if s["predicted"] else None,
+            "fetched_bytes": self.fetched_bytes,
+            "seconds": dict(sec),
+            "hidden_read_s": max(0.0, sec["read"] - sec["wait"]),
+        }
 
     # ------------------------------------------------------------------ background thread
 

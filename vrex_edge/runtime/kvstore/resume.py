@@ -44,7 +44,9 @@ def encode(x: Any, arrays: dict[str, np.ndarray], where: str = "state") -> Any:
         return [encode(v, arrays, f"{where}[{i}]") for i, v in enumerate(x)]
     if isinstance(x, dict) and all(isinstance(k, str) for k in x):
         return {"@d": {k: encode(v, arrays, f"{where}.{k}") for k, v in x.items()}}
-    raise KVStoreError(f"cannot keep the KV store: {where} is a {type(x).__name__}, which the state format does not hold")
+    raise KVStoreError(
+        f"cannot keep the KV store: {where} is a {type(x).__name__}, which the state format does not hold"
+    )
 
 
 def decode(x: Any, arrays: Any) -> Any:
@@ -61,8 +63,14 @@ def decode(x: Any, arrays: Any) -> Any:
 
 def _meta(session: Any) -> dict[str, Any]:
     text, policy = session.model.text, session.retrieval
-    return {"model": session.model.manifest.name, "layers": text.num_layers, "kv_heads": text.num_kv_heads,
-            "head_dim": text.head_dim, "policy": policy.name, "options": policy.options.resolved()}
+    return {
+        "model": session.model.manifest.name,
+        "layers": text.num_layers,
+        "kv_heads": text.num_kv_heads,
+        "head_dim": text.head_dim,
+        "policy": policy.name,
+        "options": policy.options.resolved(),
+    }
 
 
 def _write_atomic(path: Path, write: Any) -> None:
@@ -89,9 +97,17 @@ def save(mgr: Any, session: Any, folder: Path, *, stream_time: float | None) -> 
     serial = (int(old.get("serial", 0)) + 1) if isinstance(old, dict) else 1
     npz = f"state-{serial}.npz"
     # the workspace's capacity too: BLAS may sum in another order for another row stride
-    doc = {"format": "vrex-kv-state", "format_version": FORMAT, "serial": serial, "arrays": npz,
-           "meta": _meta(session), "stream_time": stream_time, "workspace": mgr.workspace.capacity,
-           "session": sess, "layers": layers}
+    doc = {
+        "format": "vrex-kv-state",
+        "format_version": FORMAT,
+        "serial": serial,
+        "arrays": npz,
+        "meta": _meta(session),
+        "stream_time": stream_time,
+        "workspace": mgr.workspace.capacity,
+        "session": sess,
+        "layers": layers,
+    }
     try:
         for log in mgr.logs:
             log.sync()
@@ -99,8 +115,9 @@ def save(mgr: Any, session: Any, folder: Path, *, stream_time: float | None) -> 
         _write_atomic(folder / STATE, lambda f: f.write(json.dumps(doc, separators=(",", ":")).encode()))
     except OSError as e:
         (folder / npz).unlink(missing_ok=True)
-        raise KVStoreError(f"cannot save the KV store's state in {folder}: {e.strerror or e}; the previous state "
-                           "(if any) is unchanged") from None
+        raise KVStoreError(
+            f"cannot save the KV store's state in {folder}: {e.strerror or e}; the previous state (if any) is unchanged"
+        ) from None
     for p in folder.glob("state-*.npz"):  # earlier states
         if p.name != npz:
             p.unlink(missing_ok=True)
@@ -116,14 +133,18 @@ def _read_json(path: Path) -> Any:
 def _check_meta(folder: Path, meta: dict[str, Any], want: dict[str, Any], result_options: tuple[str, ...]) -> None:
     diff = [k for k in ("model", "layers", "kv_heads", "head_dim", "policy") if meta.get(k) != want[k]]
     if diff:
-        raise KVStoreError(f"cannot resume {folder}: it was recorded with a different {', '.join(diff)} "
-                           f"({'; '.join(f'{k}={meta.get(k)} now {want[k]}' for k in diff)})")
+        raise KVStoreError(
+            f"cannot resume {folder}: it was recorded with a different {', '.join(diff)} "
+            f"({'; '.join(f'{k}={meta.get(k)} now {want[k]}' for k in diff)})"
+        )
     kept, now = meta.get("options") or {}, want["options"]
     changed = [k for k in result_options if k in now and kept.get(k) != now[k]]
     if changed:
         k = changed[0]
-        raise KVStoreError(f"cannot resume {folder}: it was recorded with different options ({want['policy']} option "
-                           f"{k}={kept.get(k)}, now {now[k]}, which changes results); resume with --opt {k}={kept.get(k)}")
+        raise KVStoreError(
+            f"cannot resume {folder}: it was recorded with different options ({want['policy']} option "
+            f"{k}={kept.get(k)}, now {now[k]}, which changes results); resume with --opt {k}={kept.get(k)}"
+        )
 
 
 def restore(mgr: Any, session: Any, folder: Path) -> float | None:
@@ -132,14 +153,18 @@ def restore(mgr: Any, session: Any, folder: Path) -> float | None:
     path = folder / STATE
     if not path.is_file():
         hint = " (it was kept by an older vrex-edge: start a new stream)" if (folder / "state.pkl").is_file() else ""
-        raise KVStoreError(f"nothing to resume in {folder}: no saved state (was it kept with --keep-kv "
-                           f"and did that run end cleanly?){hint}")
+        raise KVStoreError(
+            f"nothing to resume in {folder}: no saved state (was it kept with --keep-kv "
+            f"and did that run end cleanly?){hint}"
+        )
     doc = _read_json(path)
     if not isinstance(doc, dict) or doc.get("format") != "vrex-kv-state":
         raise KVStoreError(f"cannot resume {folder}: {STATE} is not a vrex-edge KV state")
     if doc.get("format_version") != FORMAT:
-        raise KVStoreError(f"cannot resume {folder}: it was kept by another vrex-edge version "
-                           f"(state format {doc.get('format_version')}, this one reads {FORMAT}); start a new stream")
+        raise KVStoreError(
+            f"cannot resume {folder}: it was kept by another vrex-edge version "
+            f"(state format {doc.get('format_version')}, this one reads {FORMAT}); start a new stream"
+        )
     _check_meta(folder, doc.get("meta") or {}, _meta(session), session.retrieval.options.result_options())
     try:
         with np.load(folder / str(doc["arrays"]), allow_pickle=False) as z:
@@ -155,8 +180,9 @@ def restore(mgr: Any, session: Any, folder: Path) -> float | None:
     except KVStoreError:
         raise
     except (OSError, KeyError, IndexError, TypeError, ValueError, AttributeError, zipfile.BadZipFile) as e:
-        raise KVStoreError(f"cannot resume {folder}: the saved state is malformed or incomplete "
-                           f"({type(e).__name__}: {e})") from None
+        raise KVStoreError(
+            f"cannot resume {folder}: the saved state is malformed or incomplete ({type(e).__name__}: {e})"
+        ) from None
     mgr.workspace.grow(ws)
     mgr.restored()
     return resumed

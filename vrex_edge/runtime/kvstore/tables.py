@@ -22,8 +22,16 @@ from vrex_edge.runtime.kvstore.config import Writer
 
 
 class FileArchive:
-    def __init__(self, folder: Path, layer: int, kvh: int, block: int, hd: int,
-                 write: Callable[[Callable[[], None]], None], pwrite: Writer = os.pwrite):
+    def __init__(
+        self,
+        folder: Path,
+        layer: int,
+        kvh: int,
+        block: int,
+        hd: int,
+        write: Callable[[Callable[[], None]], None],
+        pwrite: Writer = os.pwrite,
+    ):
         self.block, self.hd = block, hd
         self.rec = block * hd * 4  # bytes of one block of one head
         self.write = write  # the tier manager's write path (disk full -> drop-oldest or a clean error)
@@ -48,8 +56,10 @@ class FileArchive:
             want = (b - a) * self.rec
             got = os.preadv(self.fds[h], [out[a:b]], int(blocks[a]) * self.rec)
             if got != want:
-                raise KVStoreError(f"the KV store file {self.paths[h]} is truncated ({got} of {want} bytes); "
-                                   "it was changed outside vrex-edge")
+                raise KVStoreError(
+                    f"the KV store file {self.paths[h]} is truncated ({got} of {want} bytes); "
+                    "it was changed outside vrex-edge"
+                )
             self.reads += 1
         self.read_bytes += out.nbytes
         self.seconds += time.perf_counter() - t0
@@ -68,4 +78,3 @@ class FileArchive:
         for fd in self.fds:
             os.close(fd)
         self.fds = []
-

@@ -70,8 +70,17 @@ class LayerTier:
                     mgr.not_hot[self.layer] += 1
         return base
 
-    def gather(self, h: int, sel: np.ndarray, start: np.ndarray, counts: np.ndarray, out_k: np.ndarray,
-               out_v: np.ndarray, out_pos: np.ndarray | None, out_owner: np.ndarray | None = None) -> int:
+    def gather(
+        self,
+        h: int,
+        sel: np.ndarray,
+        start: np.ndarray,
+        counts: np.ndarray,
+        out_k: np.ndarray,
+        out_v: np.ndarray,
+        out_pos: np.ndarray | None,
+        out_owner: np.ndarray | None = None,
+    ) -> int:
         """Copy sealed clusters `sel` of head h into out_* in arena order (as the resident gather) -> rows;
         out_owner (per-layer buffer, incremental gather) gets each row's cluster id. When the hot cache
         cannot hold the whole selection at once, it goes in runs that fit, each unpinned once copied."""
@@ -112,8 +121,10 @@ class LayerTier:
                 else:  # everything evictable is gone: the longest run whose reads fit
                     n = int(np.searchsorted(cum, mgr.hot_limit() - hot.bytes, side="right"))
                 if n == 0:
-                    raise KVStoreError(f"--kv-budget {_mib(mgr.budget)} is too small: no room left to read a "
-                                       "selected cluster beside the attended set; raise --kv-budget or lower tau")
+                    raise KVStoreError(
+                        f"--kv-budget {_mib(mgr.budget)} is too small: no room left to read a "
+                        "selected cluster beside the attended set; raise --kv-budget or lower tau"
+                    )
                 part = rest[:n]
                 self.mgr.counters["runs"] += 1
                 hot.touch(layer, h, part)  # pin what is still here
@@ -127,8 +138,17 @@ class LayerTier:
             i += n
         return w
 
-    def _copy(self, recs: list[np.ndarray], ids: np.ndarray, counts: np.ndarray, w: int, out_k: np.ndarray,
-              out_v: np.ndarray, out_pos: np.ndarray | None, out_owner: np.ndarray | None) -> int:
+    def _copy(
+        self,
+        recs: list[np.ndarray],
+        ids: np.ndarray,
+        counts: np.ndarray,
+        w: int,
+        out_k: np.ndarray,
+        out_v: np.ndarray,
+        out_pos: np.ndarray | None,
+        out_owner: np.ndarray | None,
+    ) -> int:
         """Records of clusters `ids` ([count, 2*hd + 2] each) -> out_*[w : w + their rows] -> the new w."""
         if not recs:
             return w
@@ -157,8 +177,9 @@ class TieredStorage:
     def __init__(self, mgr: TierManager):
         self.mgr = mgr
 
-    def buffer(self, layer: int, kvh: int, hd: int, *, keeps_rows: bool,
-               max_rows: int | None = None) -> LayerBuffer | SharedBuffer:
+    def buffer(
+        self, layer: int, kvh: int, hd: int, *, keeps_rows: bool, max_rows: int | None = None
+    ) -> LayerBuffer | SharedBuffer:
         # incremental gather (absolute positions): per-layer buffers that keep the last selection;
         # else one workspace shared by the layers, filled from the hot cache on every call
         mgr = self.mgr
@@ -191,13 +212,16 @@ class TierManager:
         self.keep = config.folder is not None
         self.folder = self._open_folder(config)
         segment = self._segment_bytes(config)
-        self.logs = [ColdLog(self.folder, i, self.hd, segment_bytes=segment, writer=config.writer)
-                     for i in range(self.layers)]
+        self.logs = [
+            ColdLog(self.folder, i, self.hd, segment_bytes=segment, writer=config.writer) for i in range(self.layers)
+        ]
         self.hot = HotCache(self.layers, self.kvh)
         self.fixed = np.zeros(self.layers, np.int64)
         self.fixed_ws = 0
         self.not_hot = np.zeros(self.layers, np.int64)  # sealed clusters that are only on disk
-        self.counters = dict.fromkeys(("selected", "missed", "fetched", "fetched_bytes", "dropped", "demoted", "runs"), 0)
+        self.counters = dict.fromkeys(
+            ("selected", "missed", "fetched", "fetched_bytes", "dropped", "demoted", "runs"), 0
+        )
         self.seconds = dict.fromkeys(("write", "read", "evict"), 0.0)
         self.peak = 0
         self.trimmed = 0  # hot.freed at the last release_free_memory()
@@ -238,8 +262,13 @@ class TierManager:
         """After a resume restored the caches' state: recount what lives only on disk."""
         for c, arch in zip(self.caches, self.archives, strict=True):
             arch.check(c.store.nblk)
-        self.not_hot = np.array([sum(int(((c.store.start[h] >= 0) & (c.store.counts[h] > 0)).sum())
-                                     for h in range(self.kvh)) for c in self.caches], np.int64)
+        self.not_hot = np.array(
+            [
+                sum(int(((c.store.start[h] >= 0) & (c.store.counts[h] > 0)).sum()) for h in range(self.kvh))
+                for c in self.caches
+            ],
+            np.int64,
+        )
         for i in range(self.layers):
             self.recount(i)
         self.ensure(0)
@@ -254,9 +283,11 @@ class TierManager:
         seg = min(config.segment_bytes, max(MIN_SEGMENT, free // (4 * self.layers)))
         if free < 2 * seg * self.layers:
             self._cleanup_now()
-            raise KVStoreError(f"--kv-on-full drop-oldest needs room for two {_mib(seg)} segments per layer "
-                               f"({_mib(2 * seg * self.layers)}) on the disk of {self.folder}, which has {_mib(free)} "
-                               "free; free space or move the store")
+            raise KVStoreError(
+                f"--kv-on-full drop-oldest needs room for two {_mib(seg)} segments per layer "
+                f"({_mib(2 * seg * self.layers)}) on the disk of {self.folder}, which has {_mib(free)} "
+                "free; free space or move the store"
+            )
         return seg
 
     def _cleanup_now(self) -> None:
@@ -272,8 +303,10 @@ class TierManager:
             return stale.claim(Path(tempfile.mkdtemp(prefix="session-", dir=root)), self)
         if config.resume is None:
             if folder.exists() and any(folder.iterdir()):
-                raise ConfigError(f"--keep-kv folder {folder} is not empty; continue it with --resume {folder} "
-                                  "or choose an empty folder")
+                raise ConfigError(
+                    f"--keep-kv folder {folder} is not empty; continue it with --resume {folder} "
+                    "or choose an empty folder"
+                )
             folder.mkdir(parents=True, exist_ok=True)
         elif not folder.is_dir():
             raise KVStoreError(f"nothing to resume in {folder}: the folder does not exist")
@@ -327,7 +360,8 @@ class TierManager:
                 raise KVStoreError(
                     f"--kv-budget {_mib(self.budget)} is too small: the sink, recent window, open clusters and "
                     f"the attended set need {_mib(self.fixed_total() + extra)} before any cached cluster; "
-                    "raise --kv-budget or lower tau/recent")
+                    "raise --kv-budget or lower tau/recent"
+                )
             self.peak = max(self.peak, self.fixed_total() + extra + self.hot.bytes)
 
     def on_reserve(self, layer: int) -> None:
@@ -358,8 +392,11 @@ class TierManager:
                 if full and self.config.on_full == "drop-oldest" and self.drop_oldest():
                     continue
                 what = "the disk is full" if full else f"a write failed ({e.strerror or e})"
-                hint = ("free space, or pass --kv-on-full drop-oldest to forget the oldest clusters"
-                        if full and self.config.on_full == "error" else "free space or move the store")
+                hint = (
+                    "free space, or pass --kv-on-full drop-oldest to forget the oldest clusters"
+                    if full and self.config.on_full == "error"
+                    else "free space or move the store"
+                )
                 raise KVStoreError(f"KV store in {self.folder}: {what}; {hint}") from None
         self.seconds["write"] += time.perf_counter() - t0
         return out
@@ -383,8 +420,9 @@ class TierManager:
                 self.counters["dropped"] += ids.size
         return any_dropped
 
-    def fetch(self, layer: int, h: int, ids: np.ndarray, start: np.ndarray, counts: np.ndarray, *,
-              prefetch: bool) -> int:
+    def fetch(
+        self, layer: int, h: int, ids: np.ndarray, start: np.ndarray, counts: np.ndarray, *, prefetch: bool
+    ) -> int:
         """Read clusters `ids` (sorted by start) into the hot cache -> bytes read. The gather calls it
         holding hot.lock; the prefetcher without (it only takes the lock to reserve and insert)."""
         log, hot = self.logs[layer], self.hot
@@ -396,8 +434,10 @@ class TierManager:
                 if prefetch:
                     return 0
                 if not (self.demote(keep=layer) and hot.make_room(total, self.hot_limit(), layer=layer)):
-                    raise KVStoreError(f"--kv-budget {_mib(self.budget)} is too small for this frame's selected "
-                                       f"clusters ({_mib(total)} more); raise --kv-budget or lower tau")
+                    raise KVStoreError(
+                        f"--kv-budget {_mib(self.budget)} is too small for this frame's selected "
+                        f"clusters ({_mib(total)} more); raise --kv-budget or lower tau"
+                    )
             tick = hot.now if not prefetch else hot.now - 1
         t0 = time.perf_counter()
         recs = [np.empty((int(n), log.rec), np.float32) for n in cnt]
@@ -430,21 +470,37 @@ class TierManager:
         own = sum(b.nbytes() for b in self.buffers if b is not None)
         ws = self.workspace.nbytes() + self.scratch.nbytes + self.junk.nbytes + own
         kv = sink + recent + open_ + ws + self.hot.bytes
-        return {"sink": sink, "recent": recent, "open": open_, "workspace": ws,
-                "hot": self.hot.bytes, "kv": kv, "tables": tables}
+        return {
+            "sink": sink,
+            "recent": recent,
+            "open": open_,
+            "workspace": ws,
+            "hot": self.hot.bytes,
+            "kv": kv,
+            "tables": tables,
+        }
 
     def report(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"budget": None if self.config.budget is None else self.budget, "peak": self.peak,
-                               "folder": str(self.folder), "kept": self.keep,
-                               "cold_bytes": sum(lg.written for lg in self.logs),
-                               "hot_clusters": self.hot.count(), "evicted": self.hot.evicted}
+        out: dict[str, Any] = {
+            "budget": None if self.config.budget is None else self.budget,
+            "peak": self.peak,
+            "folder": str(self.folder),
+            "kept": self.keep,
+            "cold_bytes": sum(lg.written for lg in self.logs),
+            "hot_clusters": self.hot.count(),
+            "evicted": self.hot.evicted,
+        }
         out["own_buffers"] = sum(b is not None and b.keeps_rows for b in self.buffers)  # layers with a buffer
         out.update(self.resident())
         out.update(self.counters)
         out["seconds"] = dict(self.seconds)
         arch = self.archives
-        out["retired"] = {"blocks": sum(int(c.store.nblk.sum()) for c in self.caches), "reads": sum(x.reads for x in arch),
-                          "read_bytes": sum(x.read_bytes for x in arch), "seconds": sum(x.seconds for x in arch)}
+        out["retired"] = {
+            "blocks": sum(int(c.store.nblk.sum()) for c in self.caches),
+            "reads": sum(x.reads for x in arch),
+            "read_bytes": sum(x.read_bytes for x in arch),
+            "seconds": sum(x.seconds for x in arch),
+        }
         if self.prefetcher is not None:
             out["prefetch"] = self.prefetcher.report()
         return out

@@ -8,5 +8,14 @@ from vrex_edge.runtime.retrieval.full import FullKV
 from vrex_edge.runtime.retrieval.policy import Policy, PolicySpec
 from vrex_edge.runtime.retrieval.registry import POLICIES, get_spec, make_policy, policy_names
 
-__all__ = ["POLICIES", "FullKV", "PhaseTotals", "Policy", "PolicySpec", "WindowedCache", "get_spec", "make_policy",
-           "policy_names"]
+__all__ = [
+    "POLICIES",
+    "FullKV",
+    "PhaseTotals",
+    "Policy",
+    "PolicySpec",
+    "WindowedCache",
+    "get_spec",
+    "make_policy",
+    "policy_names",
+]

@@ -114,8 +114,13 @@ class Ring:
 
     def state(self) -> dict[str, Any]:
         sl = slice(self.s, self.s + self.n)
-        return {"k": self.k[:, sl], "v": self.v[:, sl], "aux": None if self.aux is None else self.aux[:, sl],
-                "pos": self.pos[sl], "tag": self.tag[sl]}
+        return {
+            "k": self.k[:, sl],
+            "v": self.v[:, sl],
+            "aux": None if self.aux is None else self.aux[:, sl],
+            "pos": self.pos[sl],
+            "tag": self.tag[sl],
+        }
 
     def restore(self, s: dict[str, Any]) -> None:
         self.s = self.n = 0
@@ -134,8 +139,13 @@ class Ring:
     def pop(self, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
         """Remove the oldest m tokens -> copies of k, v, aux [KVH, m, hd], pos [m], tag [m]."""
         sl = slice(self.s, self.s + m)
-        out = (self.k[:, sl].copy(), self.v[:, sl].copy(),
-               None if self.aux is None else self.aux[:, sl].copy(), self.pos[sl].copy(), self.tag[sl].copy())
+        out = (
+            self.k[:, sl].copy(),
+            self.v[:, sl].copy(),
+            None if self.aux is None else self.aux[:, sl].copy(),
+            self.pos[sl].copy(),
+            self.tag[sl].copy(),
+        )
         self.s += m
         self.n -= m
         return out
@@ -146,9 +156,20 @@ class WindowedCache:
 
     buffer: where each call's attended set is laid out (its storage's AttentionBuffer)."""
 
-    def __init__(self, text: TextSpec, rope: Rope, *, sink: int, recent: int, positions: str,
-                 table: RopeTable | None, buffer: AttentionBuffer, aux: bool = False, absorb_batch: int = 1,
-                 engine: kernels.AttentionEngine | None = None):
+    def __init__(
+        self,
+        text: TextSpec,
+        rope: Rope,
+        *,
+        sink: int,
+        recent: int,
+        positions: str,
+        table: RopeTable | None,
+        buffer: AttentionBuffer,
+        aux: bool = False,
+        absorb_batch: int = 1,
+        engine: kernels.AttentionEngine | None = None,
+    ):
         if positions not in POSITION_MODES:
             raise ConfigError(f"positions must be one of {', '.join(POSITION_MODES)} (got '{positions}')")
         if sink < 0 or recent < 0:
@@ -232,8 +253,10 @@ class WindowedCache:
         base = self.sink_n + self.ring.n
         budget = self.retrieve_budget(n)
         if budget < 0:
-            raise ConfigError(f"sink + recent + chunk ({base + n} tokens) exceed the model's "
-                              f"{self.max_positions} positions; lower --recent or the chunk size")
+            raise ConfigError(
+                f"sink + recent + chunk ({base + n} tokens) exceed the model's "
+                f"{self.max_positions} positions; lower --recent or the chunk size"
+            )
         sec["attend"] += time.perf_counter() - t0
         self.reserve(0)
         r = self._retrieve(q, q_abs, budget, sec)  # [KVH]
@@ -291,8 +314,9 @@ class WindowedCache:
             self.sink_pos[s : s + to_sink] = pos[:to_sink]
             self.sink_n += to_sink
         if to_sink < n:
-            self.ring.append(k[:, to_sink:], v[:, to_sink:], None if aux is None else aux[:, to_sink:],
-                             pos[to_sink:], tag)
+            self.ring.append(
+                k[:, to_sink:], v[:, to_sink:], None if aux is None else aux[:, to_sink:], pos[to_sink:], tag
+            )
         over = self.ring.n - self.recent
         if over >= self.absorb_batch:  # the window holds recent .. recent + absorb_batch - 1 tokens
             self._absorb(*self.ring.pop(over))
@@ -306,8 +330,13 @@ class WindowedCache:
         k_abs = self.rope.apply(k, positions)
         for s in range(0, k.shape[1], chunk):
             sl = slice(s, s + chunk)
-            self._push(k[:, sl] if self.compact else k_abs[:, sl], v[:, sl], self._aux(k[:, sl], k_abs[:, sl]),
-                       positions[sl], self._tag("prefill", k[:, sl].shape[1]))
+            self._push(
+                k[:, sl] if self.compact else k_abs[:, sl],
+                v[:, sl],
+                self._aux(k[:, sl], k_abs[:, sl]),
+                positions[sl],
+                self._tag("prefill", k[:, sl].shape[1]),
+            )
 
     @property
     def length(self) -> int:
@@ -329,9 +358,15 @@ class WindowedCache:
         """What a resumed stream needs of this layer: sink, recent window, counters, totals, and the
         policy's history (`_history_state`). The attention buffer is scratch: it is not saved."""
         s = self.sink_n
-        return {"sink_k": self.sink_k[:, :s], "sink_v": self.sink_v[:, :s], "sink_pos": self.sink_pos[:s],
-                "seen": self.seen, "ring": self.ring.state(),
-                "totals": {k: t.state() for k, t in self.totals.items()}, "history": self._history_state()}
+        return {
+            "sink_k": self.sink_k[:, :s],
+            "sink_v": self.sink_v[:, :s],
+            "sink_pos": self.sink_pos[:s],
+            "seen": self.seen,
+            "ring": self.ring.state(),
+            "totals": {k: t.state() for k, t in self.totals.items()},
+            "history": self._history_state(),
+        }
 
     def restore(self, s: dict[str, Any]) -> None:
         n = s["sink_k"].shape[1]

@@ -34,9 +34,24 @@ TABLES = ("means_t", "codes", "counts", "start", "nclu", "lo", "nblk", "cmeans_t
 class ClusterStore:
     """Cluster tables of one layer (all KV heads) over the storage's open rows, arena and archive."""
 
-    def __init__(self, kvh: int, hd: int, *, planes: np.ndarray, backend: RetrievalBackend, arena: Arena,
-                 open_rows: list[Rows], archive: Any, threshold: int, max_size: int, horizon: int,
-                 capacity: int = 256, fine: int = 0, block: int = 16, tau_coarse: float = 0.99):
+    def __init__(
+        self,
+        kvh: int,
+        hd: int,
+        *,
+        planes: np.ndarray,
+        backend: RetrievalBackend,
+        arena: Arena,
+        open_rows: list[Rows],
+        archive: Any,
+        threshold: int,
+        max_size: int,
+        horizon: int,
+        capacity: int = 256,
+        fine: int = 0,
+        block: int = 16,
+        tau_coarse: float = 0.99,
+    ):
         self.kvh, self.hd = kvh, hd
         self.planes = planes  # [KVH, bits, hd]
         self.backend = backend
@@ -133,8 +148,12 @@ class ClusterStore:
         kw = {"threshold": self.threshold, "max_size": self.max_size, "horizon": self.horizon}
         batch = getattr(self.backend, "cluster_assign_batch", None)
         if batch is None:
-            return [self.backend.cluster_assign(codes[h], self.codes[h, self.open[h] - self.lo[h]],
-                                                self.counts[h, self.open[h]], **kw) for h in range(self.kvh)]
+            return [
+                self.backend.cluster_assign(
+                    codes[h], self.codes[h, self.open[h] - self.lo[h]], self.counts[h, self.open[h]], **kw
+                )
+                for h in range(self.kvh)
+            ]
         nc = np.array([o.size for o in self.open], np.int64)  # [KVH]
         c = int(nc.max())
         if (nc == c).all():  # the usual case: every head has `horizon` open clusters
@@ -179,7 +198,9 @@ class ClusterStore:
         for j in np.unique(ids[ids < self.lo[h]] // b).tolist():
             self.ccounts[h, j] = self.counts[h, j * b : (j + 1) * b].sum()
 
-    def score(self, q: np.ndarray, tau: float, *, backend: RetrievalBackend | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def score(
+        self, q: np.ndarray, tau: float, *, backend: RetrievalBackend | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """q [KVH, R, hd] scoring queries -> (keep [KVH, C] bool, mass [KVH, C] f32) over cluster ids
         0..C-1 (C = the most clusters of any head); clusters that were not scored weigh 0.
         backend: another backend than the store's (the prefetcher predicts on the host)."""
@@ -212,8 +233,9 @@ class ClusterStore:
             mass[h, ids[h, ok]] = m2[h, ok]
         return keep, mass
 
-    def _select(self, be: RetrievalBackend, q: np.ndarray, reps: np.ndarray, counts: np.ndarray,
-                tau: float) -> tuple[np.ndarray, np.ndarray]:
+    def _select(
+        self, be: RetrievalBackend, q: np.ndarray, reps: np.ndarray, counts: np.ndarray, tau: float
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The backend's score_select over the heads that have a candidate (a head may have no
         retired block yet, or have had all its blocks dropped)."""
         some = (counts > 0).any(1)
@@ -236,14 +258,25 @@ class ClusterStore:
         self.start[h, o[first]] = base + first
         p.release(slots)
 
-    def gather(self, h: int, sel: np.ndarray, out_k: np.ndarray, out_v: np.ndarray,
-               out_pos: np.ndarray | None, out_owner: np.ndarray | None = None) -> int:
+    def gather(
+        self,
+        h: int,
+        sel: np.ndarray,
+        out_k: np.ndarray,
+        out_v: np.ndarray,
+        out_pos: np.ndarray | None,
+        out_owner: np.ndarray | None = None,
+    ) -> int:
         """Copy the tokens of clusters `sel` of head h into out_* [>= total, ...] -> tokens written.
 
         out_pos None skips positions (absolute mode needs none); out_owner gets each token's cluster id."""
         st = self.start[h, sel]
         sealed = sel[st >= 0]
-        w = self.arena.gather(h, sealed, self.start[h], self.counts[h], out_k, out_v, out_pos, out_owner) if sealed.size else 0
+        w = (
+            self.arena.gather(h, sealed, self.start[h], self.counts[h], out_k, out_v, out_pos, out_owner)
+            if sealed.size
+            else 0
+        )
         opened = sel[st < 0]
         p = self.pending[h]
         if opened.size and p.n:
@@ -260,9 +293,16 @@ class ClusterStore:
     def table_nbytes(self) -> int:
         """Resident cluster tables: codes, means, counts, offsets, the open clusters' sums, the blocks'
         coarse tables (and a memory archive's fine representatives)."""
-        return (self.codes.nbytes + self.means_t.nbytes + self.counts.nbytes + self.start.nbytes
-                + sum(s.nbytes for s in self.open_sums) + self.cmeans_t.nbytes + self.ccounts.nbytes
-                + self.archive.nbytes())
+        return (
+            self.codes.nbytes
+            + self.means_t.nbytes
+            + self.counts.nbytes
+            + self.start.nbytes
+            + sum(s.nbytes for s in self.open_sums)
+            + self.cmeans_t.nbytes
+            + self.ccounts.nbytes
+            + self.archive.nbytes()
+        )
 
     def open_nbytes(self) -> int:
         """The open area's rows (all heads)."""
@@ -275,8 +315,12 @@ class ClusterStore:
 
     def state(self) -> dict[str, Any]:
         """Everything a resumed stream needs (the arena and archive save their own state)."""
-        return {**{k: getattr(self, k) for k in TABLES}, "open": list(self.open), "open_sums": list(self.open_sums),
-                "pending": [r.state() for r in self.pending]}
+        return {
+            **{k: getattr(self, k) for k in TABLES},
+            "open": list(self.open),
+            "open_sums": list(self.open_sums),
+            "pending": [r.state() for r in self.pending],
+        }
 
     def restore(self, s: dict[str, Any]) -> None:
         for k in TABLES:

@@ -23,8 +23,16 @@ _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
 
-def opt(default: Any, *, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
-        choices: tuple[str, ...] | None = None, affects: bool = True, help: str = "") -> Any:
+def opt(
+    default: Any,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+    choices: tuple[str, ...] | None = None,
+    affects: bool = True,
+    help: str = "",
+) -> Any:
     """A policy option: default, inclusive range [lo, hi] (lo_open: (lo, hi]), choices for strings,
     affects: whether a different value can change outputs (resume compares those)."""
     meta = {"lo": lo, "hi": hi, "lo_open": lo_open, "choices": choices, "affects": affects, "help": help}
@@ -49,8 +57,13 @@ def _accepts(tp: Any, meta: Mapping[str, Any]) -> str:
     if meta["choices"]:
         return "one of " + ", ".join(meta["choices"])
     lo, hi = meta["lo"], meta["hi"]
-    kind = {bool: "a boolean (0/1, true/false)", int: "an integer", float: "a number", str: "a name",
-            "count": "a count or a fraction"}.get(tp, "a value")
+    kind = {
+        bool: "a boolean (0/1, true/false)",
+        int: "an integer",
+        float: "a number",
+        str: "a name",
+        "count": "a count or a fraction",
+    }.get(tp, "a value")
     if lo is not None and hi is not None:
         return f"{kind} in {'(' if meta['lo_open'] else '['}{lo:g}, {hi:g}]"
     if lo is not None:
@@ -117,9 +130,11 @@ class Options:
             x = _coerce(kinds[0], value)
         except (ValueError, TypeError):
             raise self.error(f.name, value, _accepts(kinds[0], meta)) from None
-        bad = (meta["choices"] is not None and x not in meta["choices"]) or (
-            meta["lo"] is not None and (x <= meta["lo"] if meta["lo_open"] else x < meta["lo"])) or (
-            meta["hi"] is not None and x > meta["hi"])
+        bad = (
+            (meta["choices"] is not None and x not in meta["choices"])
+            or (meta["lo"] is not None and (x <= meta["lo"] if meta["lo_open"] else x < meta["lo"]))
+            or (meta["hi"] is not None and x > meta["hi"])
+        )
         if bad:
             raise self.error(f.name, value, _accepts(kinds[0], meta))
         return x
@@ -135,9 +150,13 @@ class Options:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown and not known:
-            raise ConfigError(f"{cls.policy}: unknown option(s) {', '.join(unknown)}: the {cls.policy} policy takes no options")
+            raise ConfigError(
+                f"{cls.policy}: unknown option(s) {', '.join(unknown)}: the {cls.policy} policy takes no options"
+            )
         if unknown:
-            raise ConfigError(f"{cls.policy}: unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+            raise ConfigError(
+                f"{cls.policy}: unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+            )
         return cls(**values)
 
     def resolved(self) -> dict[str, Any]:

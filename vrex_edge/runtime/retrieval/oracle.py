@@ -32,8 +32,9 @@ class OracleOptions(WindowedOptions):
 
 class OracleCache(WindowedCache):
     def __init__(self, text: TextSpec, rope: Rope, o: OracleOptions, *, buffer: AttentionBuffer, engine: Any = None):
-        super().__init__(text, rope, sink=o.sink, recent=o.recent, positions="absolute", table=None, buffer=buffer,
-                         engine=engine)
+        super().__init__(
+            text, rope, sink=o.sink, recent=o.recent, positions="absolute", table=None, buffer=buffer, engine=engine
+        )
         self.tau = o.tau
         self.hk = np.empty((self.kvh, 1024, self.hd), np.float32)  # [KVH, cap, hd] rotated history keys
         self.hv = np.empty_like(self.hk)

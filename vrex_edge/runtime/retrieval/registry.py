@@ -26,7 +26,9 @@ def get_spec(name: str) -> PolicySpec:
     return POLICIES[name]
 
 
-def make_policy(name: str, options: Mapping[str, Any] | None = None, /, *, device: str = "cpu", **kwargs: Any) -> Policy:
+def make_policy(
+    name: str, options: Mapping[str, Any] | None = None, /, *, device: str = "cpu", **kwargs: Any
+) -> Policy:
     """A policy from its name and options (text from a CLI or Python values; validated here); device:
     where the session's graphs run (Policy)."""
     spec = get_spec(name)

@@ -61,8 +61,7 @@ class ReSVOptions(WindowedOptions):
 
 
 class ReSVCache(WindowedCache):
-    def __init__(self, layer: int, text: TextSpec, rope: Rope, o: ReSVOptions, *, policy: Policy,
-                 storage: KVStorage):
+    def __init__(self, layer: int, text: TextSpec, rope: Rope, o: ReSVOptions, *, policy: Policy, storage: KVStorage):
         """One layer's ReSV cache: options `o`, the session's backend and RoPE table from `policy`,
         its arrays from `storage`."""
         self.post = o.keys == "post"  # hash codes from rotated (absolute positions) or un-rotated keys
@@ -70,22 +69,39 @@ class ReSVCache(WindowedCache):
         compact = o.positions == "compact"  # storage form: un-rotated when compact, rotated when absolute
         kvh, hd = text.num_kv_heads, text.head_dim
         incremental = o.incremental and not compact
-        super().__init__(text, rope, sink=o.sink, recent=o.recent, positions=o.positions,
-                         table=policy.rope_table(rope, text) if compact else None,
-                         buffer=storage.buffer(layer, kvh, hd, keeps_rows=incremental,
-                                               max_rows=text.max_positions if compact else None),
-                         aux=(self.post == compact) or (self.score_post == compact), absorb_batch=o.cluster_batch,
-                         engine=policy.engine)
+        super().__init__(
+            text,
+            rope,
+            sink=o.sink,
+            recent=o.recent,
+            positions=o.positions,
+            table=policy.rope_table(rope, text) if compact else None,
+            buffer=storage.buffer(
+                layer, kvh, hd, keeps_rows=incremental, max_rows=text.max_positions if compact else None
+            ),
+            aux=(self.post == compact) or (self.score_post == compact),
+            absorb_batch=o.cluster_batch,
+            engine=policy.engine,
+        )
         self.reselect = o.reselect  # reuse a selection for this many calls of the same phase
         self.tau = o.tau
         self.backend = policy.backend
         planes = hyperplanes(layer, kvh, o.bits, hd, seed=o.seed)
-        self.store = ClusterStore(kvh, hd, planes=planes, backend=self.backend,
-                                  arena=storage.arena(layer, kvh, hd, self.backend.layout),
-                                  open_rows=storage.open_rows(layer, kvh, hd),
-                                  archive=storage.archive(layer, kvh, o.block, hd), threshold=o.hamming,
-                                  max_size=o.max_cluster, horizon=o.horizon, fine=o.fine, block=o.block,
-                                  tau_coarse=o.tau_coarse)
+        self.store = ClusterStore(
+            kvh,
+            hd,
+            planes=planes,
+            backend=self.backend,
+            arena=storage.arena(layer, kvh, hd, self.backend.layout),
+            open_rows=storage.open_rows(layer, kvh, hd),
+            archive=storage.archive(layer, kvh, o.block, hd),
+            threshold=o.hamming,
+            max_size=o.max_cluster,
+            horizon=o.horizon,
+            fine=o.fine,
+            block=o.block,
+            tau_coarse=o.tau_coarse,
+        )
         self.last_mass: np.ndarray | None = None  # [KVH, C] of the last selection (tools, tests)
         self.last_nsel = np.zeros(self.kvh, np.int64)
         self.last_sel: list[np.ndarray] = []
@@ -117,9 +133,16 @@ class ReSVCache(WindowedCache):
         return self.store.nbytes()
 
     def _history_state(self) -> dict[str, Any]:
-        reuse = None if self._reuse is None else {"phase": self._reuse[0], "left": self._reuse[1], "then": self._reuse[2]}
-        return {"store": self.store.state(), "last_mass": self.last_mass, "last_sel": list(self.last_sel),
-                "last_nsel": self.last_nsel, "reuse": reuse}
+        reuse = (
+            None if self._reuse is None else {"phase": self._reuse[0], "left": self._reuse[1], "then": self._reuse[2]}
+        )
+        return {
+            "store": self.store.state(),
+            "last_mass": self.last_mass,
+            "last_sel": list(self.last_sel),
+            "last_nsel": self.last_nsel,
+            "reuse": reuse,
+        }
 
     def _restore_history(self, s: dict[str, Any]) -> None:
         self.store.restore(s["store"])
@@ -168,8 +191,9 @@ class ReSVCache(WindowedCache):
             self.gatherer.gather(sels)
         else:
             for h in range(self.kvh):
-                st.gather(h, sels[h], self.buf_k[h, s:], self.buf_v[h, s:],
-                          self.buf_pos[h, s:] if self.compact else None)
+                st.gather(
+                    h, sels[h], self.buf_k[h, s:], self.buf_v[h, s:], self.buf_pos[h, s:] if self.compact else None
+                )
         sec["gather"] += time.perf_counter() - t1
         return r
 
@@ -188,5 +212,6 @@ def _build(policy: Policy, layer: int, text: TextSpec, rope: Rope, storage: KVSt
     return ReSVCache(layer, text, rope, policy.options, policy=policy, storage=storage)
 
 
-SPEC = PolicySpec("resv", ReSVOptions, _build, "hash-bit clusters of keys, WiCSum selection per layer and head",
-                  tiers=True)
+SPEC = PolicySpec(
+    "resv", ReSVOptions, _build, "hash-bit clusters of keys, WiCSum selection per layer and head", tiers=True
+)

@@ -61,7 +61,12 @@ class Rows:
         if self.dead * 2 >= self.n:
             live = np.flatnonzero(self.owner[: self.n] >= 0)
             m = live.size
-            self.k[:m], self.v[:m], self.pos[:m], self.owner[:m] = self.k[live], self.v[live], self.pos[live], self.owner[live]
+            self.k[:m], self.v[:m], self.pos[:m], self.owner[:m] = (
+                self.k[live],
+                self.v[live],
+                self.pos[live],
+                self.owner[live],
+            )
             self.n, self.dead = m, 0
 
     def state(self) -> dict[str, Any]:
@@ -74,8 +79,15 @@ class Rows:
         self.dead = int(s["dead"])
 
 
-def take_rows(rows: Rows, idx: np.ndarray, out_k: np.ndarray, out_v: np.ndarray, out_pos: np.ndarray | None,
-              w: int, out_owner: np.ndarray | None = None) -> int:
+def take_rows(
+    rows: Rows,
+    idx: np.ndarray,
+    out_k: np.ndarray,
+    out_v: np.ndarray,
+    out_pos: np.ndarray | None,
+    w: int,
+    out_owner: np.ndarray | None = None,
+) -> int:
     """Copy rows[idx] into out_*[w : w + len(idx)] -> the new w (out_pos/out_owner None: skipped)."""
     m = idx.size
     # mode="clip" lets numpy write straight into `out` (indices are valid by construction)
@@ -95,8 +107,17 @@ class Arena(Protocol):
         """Sealed rows of head h grouped by cluster (owner [m]) -> the arena row of the first one."""
         ...
 
-    def gather(self, h: int, sel: np.ndarray, start: np.ndarray, counts: np.ndarray, out_k: np.ndarray,
-               out_v: np.ndarray, out_pos: np.ndarray | None, out_owner: np.ndarray | None = None) -> int:
+    def gather(
+        self,
+        h: int,
+        sel: np.ndarray,
+        start: np.ndarray,
+        counts: np.ndarray,
+        out_k: np.ndarray,
+        out_v: np.ndarray,
+        out_pos: np.ndarray | None,
+        out_owner: np.ndarray | None = None,
+    ) -> int:
         """Copy sealed clusters `sel` of head h (their arena rows start[c] .. start[c] + counts[c]) into
         out_* in arena order -> rows written."""
         ...
@@ -116,8 +137,17 @@ class ResidentArena:
     def write(self, h: int, k: np.ndarray, v: np.ndarray, pos: np.ndarray, owner: np.ndarray) -> int:
         return self._rows[h].append(k, v, pos, owner)
 
-    def gather(self, h: int, sel: np.ndarray, start: np.ndarray, counts: np.ndarray, out_k: np.ndarray,
-               out_v: np.ndarray, out_pos: np.ndarray | None, out_owner: np.ndarray | None = None) -> int:
+    def gather(
+        self,
+        h: int,
+        sel: np.ndarray,
+        start: np.ndarray,
+        counts: np.ndarray,
+        out_k: np.ndarray,
+        out_v: np.ndarray,
+        out_pos: np.ndarray | None,
+        out_owner: np.ndarray | None = None,
+    ) -> int:
         s = self._rows[h]
         runs = self.layout(sel, start, counts)  # [r, 2]
         if runs.shape[0] > 4:
@@ -206,8 +236,9 @@ class MemoryArchive:
 class KVStorage(Protocol):
     """Makes the arrays of layer `layer`'s cache (see the module docstring)."""
 
-    def buffer(self, layer: int, kvh: int, hd: int, *, keeps_rows: bool,
-               max_rows: int | None = None) -> AttentionBuffer:
+    def buffer(
+        self, layer: int, kvh: int, hd: int, *, keeps_rows: bool, max_rows: int | None = None
+    ) -> AttentionBuffer:
         """keeps_rows: the cache relies on rows surviving between calls (incremental gather);
         max_rows: it never attends to more rows per head (compact positions)."""
         ...
@@ -222,8 +253,9 @@ class KVStorage(Protocol):
 class ResidentStorage:
     """Everything in process memory (the default)."""
 
-    def buffer(self, layer: int, kvh: int, hd: int, *, keeps_rows: bool,
-               max_rows: int | None = None) -> AttentionBuffer:
+    def buffer(
+        self, layer: int, kvh: int, hd: int, *, keeps_rows: bool, max_rows: int | None = None
+    ) -> AttentionBuffer:
         return AttentionBuffer(kvh, hd)
 
     def open_rows(self, layer: int, kvh: int, hd: int) -> list[Rows]:

@@ -47,13 +47,19 @@ class TopKOptions(WindowedOptions):
 
 
 class TopKCache(WindowedCache):
-    def __init__(self, layer: int, text: TextSpec, rope: Rope, o: TopKOptions, *, policy: Policy,
-                 storage: KVStorage):
+    def __init__(self, layer: int, text: TextSpec, rope: Rope, o: TopKOptions, *, policy: Policy, storage: KVStorage):
         compact = o.positions == "compact"
-        super().__init__(text, rope, sink=o.sink, recent=o.recent, positions=o.positions,
-                         table=policy.rope_table(rope, text) if compact else None,
-                         buffer=storage.buffer(layer, text.num_kv_heads, text.head_dim, keeps_rows=False),
-                         aux=not compact, engine=policy.engine)  # aux: the pre-RoPE keys beside rotated storage
+        super().__init__(
+            text,
+            rope,
+            sink=o.sink,
+            recent=o.recent,
+            positions=o.positions,
+            table=policy.rope_table(rope, text) if compact else None,
+            buffer=storage.buffer(layer, text.num_kv_heads, text.head_dim, keeps_rows=False),
+            aux=not compact,
+            engine=policy.engine,
+        )  # aux: the pre-RoPE keys beside rotated storage
         self.k_opt = o.k
         self.decode_block = o.decode_block
         self.backend = policy.backend
@@ -104,9 +110,14 @@ class TopKCache(WindowedCache):
 
     def _history_state(self) -> dict[str, Any]:
         n, nb = self.an, self.nb
-        return {"ak": self.ak[:, :n], "av": self.av[:, :n], "apos": self.apos[:n],
-                **{name: getattr(self, name)[:nb] for name in BLOCK_TABLES},
-                "next_tag": self._next_tag, "decode_fill": self._decode_fill}
+        return {
+            "ak": self.ak[:, :n],
+            "av": self.av[:, :n],
+            "apos": self.apos[:n],
+            **{name: getattr(self, name)[:nb] for name in BLOCK_TABLES},
+            "next_tag": self._next_tag,
+            "decode_fill": self._decode_fill,
+        }
 
     def _restore_history(self, s: dict[str, Any]) -> None:
         self.an = 0
@@ -124,7 +135,11 @@ class TopKCache(WindowedCache):
         self.ak = grow(self.ak, self.an + m, axis=1, used=self.an)
         self.av = grow(self.av, self.an + m, axis=1, used=self.an)
         self.apos = grow(self.apos, self.an + m, used=self.an)
-        self.ak[:, self.an : self.an + m], self.av[:, self.an : self.an + m], self.apos[self.an : self.an + m] = k, v, pos
+        self.ak[:, self.an : self.an + m], self.av[:, self.an : self.an + m], self.apos[self.an : self.an + m] = (
+            k,
+            v,
+            pos,
+        )
         self.an += m
 
     def _retrieve(self, q: np.ndarray, q_abs: np.ndarray, budget: int, sec: dict[str, float]) -> np.ndarray:

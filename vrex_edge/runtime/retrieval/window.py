@@ -27,10 +27,16 @@ def _build(policy: Policy, layer: int, text: TextSpec, rope: Rope, storage: KVSt
     o = policy.options
     assert isinstance(o, WindowOptions)
     compact = o.positions == "compact"
-    return WindowCache(text, rope, sink=o.sink, recent=o.recent, positions=o.positions,
-                       table=policy.rope_table(rope, text) if compact else None,
-                       buffer=storage.buffer(layer, text.num_kv_heads, text.head_dim, keeps_rows=False),
-                       engine=policy.engine)
+    return WindowCache(
+        text,
+        rope,
+        sink=o.sink,
+        recent=o.recent,
+        positions=o.positions,
+        table=policy.rope_table(rope, text) if compact else None,
+        buffer=storage.buffer(layer, text.num_kv_heads, text.head_dim, keeps_rows=False),
+        engine=policy.engine,
+    )
 
 
 SPEC = PolicySpec("window", WindowOptions, _build, "sink + recent window (StreamingLLM)")
