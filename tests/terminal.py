@@ -17,8 +17,16 @@ def spawn_cli(args: list[str], *, timeout: float = 30) -> Any:
 
     env = {**os.environ, "COLUMNS": "120", "LINES": "40", "TERM": "xterm"}
     gc.collect()  # a child forked with garbage pending could collect it before exec and hang there (seen in test_tiers)
+    # codec_errors: a redraw cut by Ctrl-C can end inside a multi-byte box character (a flaky
+    # UnicodeDecodeError in the reader, never in what the tests match, which is ASCII)
     child = pexpect.spawn(
-        shutil.which("vrex-edge"), args, env=env, encoding="utf-8", timeout=timeout, dimensions=(40, 120)
+        shutil.which("vrex-edge"),
+        args,
+        env=env,
+        encoding="utf-8",
+        codec_errors="replace",
+        timeout=timeout,
+        dimensions=(40, 120),
     )
     child.logfile_read = sys.stdout if os.environ.get("VREX_TEST_VERBOSE") else None
     return child
