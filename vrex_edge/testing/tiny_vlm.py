@@ -18,6 +18,18 @@ _CORPUS = [
 ]
 
 
+# the dimensions every tiny VLM shares (vision tower, language model); each builder adds its own
+TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+TINY_TEXT = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=2048,
+)
+
+
 def bpe_tokenizer(specials: list[str], *, vocab_size: int = 400) -> Any:
     """A byte-level BPE `tokenizers.Tokenizer` trained on a few sentences; `specials` come first."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -170,22 +182,14 @@ def make_tiny_smolvlm(path: str | Path, *, seed: int = 0, image_size: int = 32, 
         image_token_id=tok.convert_tokens_to_ids("<image>"),
         scale_factor=scale,
         vision_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
+            **TINY_VISION,
             image_size=image_size,
             patch_size=patch,
         ),
         text_config=dict(
             model_type="llama",
             vocab_size=len(tok),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=2048,
+            **TINY_TEXT,
             rms_norm_eps=1e-5,
             rope_theta=100000.0,
             tie_word_embeddings=False,
@@ -217,22 +221,14 @@ def make_tiny_llava_onevision(path: str | Path, *, seed: int = 0, image_size: in
         vision_feature_select_strategy="full",
         vision_config=dict(
             model_type="siglip_vision_model",
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
+            **TINY_VISION,
             image_size=image_size,
             patch_size=patch,
         ),
         text_config=dict(
             model_type="qwen2",
             vocab_size=len(tok),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=2048,
+            **TINY_TEXT,
             rms_norm_eps=1e-6,
             rope_theta=1000000.0,
             tie_word_embeddings=False,
