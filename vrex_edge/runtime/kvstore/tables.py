@@ -47,10 +47,12 @@ class FileArchive:
         rows = np.asarray(fine, np.float32)
         self.write(lambda: write_all(self.pwrite, self.fds[h], rows, j * self.rec))
 
-    def get(self, h: int, blocks: np.ndarray) -> np.ndarray:
-        """-> [len(blocks), block, hd] fine representatives of head h (blocks ascending)."""
+    def get(self, h: int, blocks: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """-> [len(blocks), block, hd] fine representatives of head h (blocks ascending), read into
+        `out` (C-contiguous f32) when given."""
         t0 = time.perf_counter()
-        out = np.empty((blocks.size, self.block, self.hd), np.float32)
+        if out is None:
+            out = np.empty((blocks.size, self.block, self.hd), np.float32)
         cuts = np.flatnonzero(np.diff(blocks) != 1) + 1
         for a, b in zip(np.r_[0, cuts].tolist(), np.r_[cuts, blocks.size].tolist(), strict=True):
             want = (b - a) * self.rec

@@ -221,17 +221,17 @@ class ClusterStore:
             blocks = [np.sort(heaviest(x, bm[h], self.ccounts[h], cap)) for h, x in enumerate(blocks)]
         win = self.nclu - self.lo  # resident clusters per head
         r = int(max(x.size * b + int(w) for x, w in zip(blocks, win, strict=True)))
-        reps = np.zeros((self.kvh, self.hd, r), np.float32)  # candidates: kept blocks' clusters, then the window
+        reps = np.zeros((self.kvh, r, self.hd), np.float32)  # candidates: kept blocks' clusters, then the window
         ids = np.full((self.kvh, r), -1, np.int64)
         for h, x in enumerate(blocks):
             m, w, lo = x.size * b, int(win[h]), int(self.lo[h])
-            if m:
-                reps[h, :, :m] = self.archive.get(h, x).reshape(m, self.hd).T
+            if m:  # read straight into the candidate rows (no transposed copy of what the archive holds)
+                self.archive.get(h, x, out=reps[h, :m].reshape(x.size, b, self.hd))
                 ids[h, :m] = (x[:, None] * b + np.arange(b)).ravel()
-            reps[h, :, m : m + w] = self.means_t[h, :, :w]
+            reps[h, m : m + w] = self.means_t[h, :, :w].T
             ids[h, m : m + w] = np.arange(lo, lo + w)
         cnt = np.where(ids >= 0, np.take_along_axis(self.counts[:, :c], np.maximum(ids, 0), 1), 0)
-        k2, m2 = self._select(be, q, reps.swapaxes(1, 2), cnt, tau)
+        k2, m2 = self._select(be, q, reps, cnt, tau)
         keep = np.zeros((self.kvh, c), bool)
         mass = np.zeros((self.kvh, c), np.float32)
         for h in range(self.kvh):

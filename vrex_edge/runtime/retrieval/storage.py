@@ -217,9 +217,9 @@ class MemoryArchive:
         self.data[h][j] = fine
         self.n[h] = max(self.n[h], j + 1)
 
-    def get(self, h: int, blocks: np.ndarray) -> np.ndarray:
-        """-> [len(blocks), block, hd] fine representatives of head h."""
-        return self.data[h][blocks]
+    def get(self, h: int, blocks: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """-> [len(blocks), block, hd] fine representatives of head h (into `out` when given)."""
+        return np.take(self.data[h], blocks, axis=0, out=out)
 
     def nbytes(self) -> int:
         return sum(d.nbytes for d in self.data)
