@@ -23,70 +23,18 @@ import numpy as np
 
 from vrex_edge.errors import ConfigError
 from vrex_edge.runtime.kernels.numpy_engine import NumpyEngine, merge_partial, start_with_chunk
+from vrex_edge.runtime.kernels.ort_graphs import attend_graph, copy_graph, gather_attend_graph, masses_graph
 from vrex_edge.runtime.kernels.segments import Segment, segment_lens
 
 _F32 = 4  # bytes
-
-
-def _graphs(hd: int, *, append: bool) -> bytes:
-    """q [K, M, hd], k, v [L, K, hd] (token-major history) -> acc [K, M, hd], m, den [K, M, 1]; with
-    `append` also k_new, v_new [n, K, hd] -> k_out, v_out (Identity: bound where the chunk goes)."""
-    from onnx import TensorProto, helper
-
-    f = TensorProto.FLOAT
-    nodes = [
-        helper.make_node("Transpose", ["k"], ["kt"], perm=[1, 2, 0]),  # [K, hd, L]
-        helper.make_node("MatMul", ["q", "kt"], ["s"]),  # [K, M, L]
-        helper.make_node("ReduceMax", ["s"], ["m"], axes=[2], keepdims=1),  # [K, M, 1]
-        helper.make_node("Sub", ["s", "m"], ["d"]),
-        helper.make_node("Exp", ["d"], ["p"]),
-        helper.make_node("ReduceSum", ["p", "ax"], ["den"], keepdims=1),  # [K, M, 1]
-        helper.make_node("Transpose", ["v"], ["vt"], perm=[1, 0, 2]),  # [K, L, hd]
-        helper.make_node("MatMul", ["p", "vt"], ["acc"]),  # [K, M, hd]
-    ]
-    inputs = [
-        helper.make_tensor_value_info("q", f, ["K", "M", hd]),
-        helper.make_tensor_value_info("k", f, ["L", "K", hd]),
-        helper.make_tensor_value_info("v", f, ["L", "K", hd]),
-    ]
-    outputs = [
-        helper.make_tensor_value_info("acc", f, ["K", "M", hd]),
-        helper.make_tensor_value_info("m", f, ["K", "M", 1]),
-        helper.make_tensor_value_info("den", f, ["K", "M", 1]),
-    ]
-    if append:
-        nodes += [
-            helper.make_node("Identity", ["k_new"], ["k_out"]),
-            helper.make_node("Identity", ["v_new"], ["v_out"]),
-        ]
-        inputs += [helper.make_tensor_value_info(n, f, ["n", "K", hd]) for n in ("k_new", "v_new")]
-        outputs += [helper.make_tensor_value_info(n, f, ["n", "K", hd]) for n in ("k_out", "v_out")]
-    graph = helper.make_graph(
-        nodes,
-        "device_partial_softmax",
-        inputs,
-        outputs,
-        initializer=[helper.make_tensor("ax", TensorProto.INT64, [1], [2])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model.SerializeToString()
-
-
-def _copy_graph() -> bytes:
-    """x [a, b, c] -> y (Identity): host <-> device and device <-> device copies by bound address."""
-    from onnx import TensorProto, helper
-
-    f = TensorProto.FLOAT
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])],
-        "copy",
-        [helper.make_tensor_value_info("x", f, ["a", "b", "c"])],
-        [helper.make_tensor_value_info("y", f, ["a", "b", "c"])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model.SerializeToString()
+_FAR = np.float32(-1e30)  # the score bias of a padded row: exp() of it is 0, and a row of them stays finite
+_GRAPHS = {
+    "copy": lambda hd: copy_graph(),
+    "attend": lambda hd: attend_graph(hd, append=False),
+    "attend_append": lambda hd: attend_graph(hd, append=True),
+    "gather_append": lambda hd: gather_attend_graph(hd, append=True),
+    "masses": masses_graph,
+}
 
 
 class DeviceKV:
@@ -107,6 +55,25 @@ class DeviceKV:
     def row_ptr(self, buf: Any, row: int) -> int:
         """Device address of token `row` (all heads) in `buf` (self.k or self.v)."""
         return buf.data_ptr() + row * self.kvh * self.hd * _F32
+
+
+class DeviceRows:
+    """A growable float32 OrtValue [cap, a, b] on the engine's device (rows of [a, b]); `n` rows used.
+    Made by OrtDeviceEngine.new_rows and written only through its engine."""
+
+    def __init__(self, buf: Any, row: tuple[int, int]):
+        self.buf, self.row = buf, row
+        self.n = 0
+
+    @property
+    def capacity(self) -> int:
+        return int(self.buf.shape()[0])
+
+    def nbytes(self) -> int:
+        return self.capacity * self.row[0] * self.row[1] * _F32
+
+    def ptr(self, row: int) -> int:
+        return self.buf.data_ptr() + row * self.row[0] * self.row[1] * _F32
 
 
 class OrtDeviceEngine:
@@ -157,7 +124,7 @@ class OrtDeviceEngine:
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             so.log_severity_level = 3
-            model = _copy_graph() if kind == "copy" else _graphs(hd, append=kind == "attend_append")
+            model = _GRAPHS[kind](hd)
             sess = ort.InferenceSession(model, sess_options=so, providers=self.providers)
             self._sessions[key] = (sess, sess.io_binding())
         return self._sessions[key]
@@ -215,6 +182,91 @@ class OrtDeviceEngine:
             self._copy(src.data_ptr(), self.device, x.ctypes.data, "cpu", x.shape)
             out.append(np.ascontiguousarray(x.transpose(1, 0, 2)))  # [KVH, n, hd]
         return out[0], out[1]
+
+    def new_rows(self, row: tuple[int, int], capacity: int) -> DeviceRows:
+        new = self._ort.OrtValue.ortvalue_from_shape_and_type
+        return DeviceRows(new([max(capacity, 1), *row], np.float32, self.device, 0), row)
+
+    def write_rows(self, rows: DeviceRows, start: int, x: np.ndarray) -> None:
+        """Write host x [m, a, b] at rows start .. start + m (growing `rows`, by doubling, to fit)."""
+        m = x.shape[0]
+        if start + m > rows.capacity:
+            big = self.new_rows(rows.row, max(start + m, 2 * rows.capacity))
+            self._copy(rows.ptr(0), self.device, big.ptr(0), self.device, (min(rows.n, start), *rows.row))
+            rows.buf = big.buf
+        x = np.ascontiguousarray(x, np.float32)
+        self._copy(x.ctypes.data, "cpu", rows.ptr(start), self.device, x.shape)
+        rows.n = max(rows.n, start + m)
+
+    def read_rows(self, rows: DeviceRows, start: int, m: int) -> np.ndarray:
+        """-> a host copy of rows start .. start + m, [m, a, b]."""
+        x = np.empty((m, *rows.row), np.float32)
+        self._copy(rows.ptr(start), self.device, x.ctypes.data, "cpu", x.shape)
+        return x
+
+    # ------------------------------------------------------------------ ReSV on the device
+
+    def masses(self, q: np.ndarray, reps: DeviceRows, counts: DeviceRows, c: int) -> np.ndarray:
+        """q [KVH, R, hd] scoring queries against the first c clusters of reps [cap, KVH, hd] and
+        counts [cap, KVH, 1] (device) -> mass [KVH, c] float32 on the host: HostBackend.masses's
+        definition (accel/host.py), the only cluster-sized thing that crosses."""
+        kvh, r, hd = q.shape
+        qs = np.ascontiguousarray(q * np.float32(1.0 / np.sqrt(hd)), np.float32)  # [KVH, R, hd]
+        out = np.empty((kvh, c), np.float32)
+        sess, io = self._session("masses", hd)
+        io.clear_binding_inputs()
+        io.clear_binding_outputs()
+        self._bind_in(io, "q", qs.ctypes.data, qs.shape, "cpu")
+        self._bind_in(io, "reps", reps.ptr(0), (c, kvh, hd), self.device)
+        self._bind_in(io, "counts", counts.ptr(0), (c, kvh), self.device)
+        self._bind_out(io, "mass", out.ctypes.data, out.shape, "cpu")
+        sess.run_with_iobinding(io)
+        io.synchronize_outputs()
+        return out
+
+    def attend_rows_append(
+        self, q: np.ndarray, kv: DeviceKV, rows: np.ndarray, lens: np.ndarray, k_new: np.ndarray, v_new: np.ndarray
+    ) -> np.ndarray:
+        """q [KVH, G, n, hd] rotated queries; head h attends to the arena tokens rows[h, :lens[h]]
+        (rows [KVH, S] int64, any order, entries past lens[h] ignored) and, causally, to the chunk
+        k_new/v_new [KVH, n, hd], which is then appended to kv (same graph run) -> [KVH, G, n, hd].
+        What crosses: q, the rows, a [KVH, S] bias and the chunk in; the partial softmax out."""
+        kvh, g, n, hd = q.shape
+        self.reserve(kv, kv.n + n)
+        qs = np.ascontiguousarray((q * np.float32(1.0 / np.sqrt(hd))).reshape(kvh, g * n, hd))  # [KVH, G*n, hd]
+        m, den, acc = start_with_chunk(qs, k_new, v_new, g)  # [KVH, G*n, 1] x2, [KVH, G*n, hd]
+        kt = np.ascontiguousarray(np.asarray(k_new, np.float32).transpose(1, 0, 2))  # [n, KVH, hd]
+        vt = np.ascontiguousarray(np.asarray(v_new, np.float32).transpose(1, 0, 2))
+        s = rows.shape[1]
+        if kv.n == 0 or s == 0 or not lens.any():  # nothing to attend to: only the append
+            for x, buf in ((kt, kv.k), (vt, kv.v)):
+                self._copy(x.ctypes.data, "cpu", kv.row_ptr(buf, kv.n), self.device, x.shape)
+        else:
+            live = np.arange(s) < np.asarray(lens)[:, None]  # [KVH, S]
+            flat = np.where(live, rows * kvh + np.arange(kvh)[:, None], 0).astype(np.int64)  # rows of [n*KVH, hd]
+            bias = np.where(live, np.float32(0), _FAR).astype(np.float32)[:, None, :]  # [KVH, 1, S]
+            o_acc = np.empty((kvh, g * n, hd), np.float32)
+            o_m, o_den = np.empty((kvh, g * n, 1), np.float32), np.empty((kvh, g * n, 1), np.float32)
+            sess, io = self._session("gather_append", hd)
+            io.clear_binding_inputs()
+            io.clear_binding_outputs()
+            self._bind_in(io, "q", qs.ctypes.data, qs.shape, "cpu")
+            self._bind_in(io, "k", kv.k.data_ptr(), (kv.n * kvh, hd), self.device)  # the arena, where it lies
+            self._bind_in(io, "v", kv.v.data_ptr(), (kv.n * kvh, hd), self.device)
+            io.bind_input("idx", "cpu", 0, np.int64, list(flat.shape), flat.ctypes.data)
+            self._bind_in(io, "bias", bias.ctypes.data, bias.shape, "cpu")
+            self._bind_in(io, "k_new", kt.ctypes.data, kt.shape, "cpu")
+            self._bind_in(io, "v_new", vt.ctypes.data, vt.shape, "cpu")
+            for name, a in (("acc", o_acc), ("m", o_m), ("den", o_den)):
+                self._bind_out(io, name, a.ctypes.data, a.shape, "cpu")
+            self._bind_out(io, "k_out", kv.row_ptr(kv.k, kv.n), kt.shape, self.device)  # in place, after the tokens
+            self._bind_out(io, "v_out", kv.row_ptr(kv.v, kv.n), vt.shape, self.device)
+            sess.run_with_iobinding(io)
+            io.synchronize_outputs()
+            merge_partial(m, den, acc, o_m, o_den, o_acc)
+        kv.n += n
+        acc /= den
+        return acc.reshape(kvh, g, n, hd)
 
     # ------------------------------------------------------------------ attention
 

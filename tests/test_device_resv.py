@@ -1,0 +1,156 @@
+"""`resv` with its KV on the device (retrieval/device.py) against the host ReSVCache on the same streams.
+
+Checked on every machine with the device engine on onnxruntime's CPU provider (`device="cpu"`: the same
+graphs and bindings); the `gpu`-marked cases run the same on the CUDA provider and skip where it is missing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.test_gpu import DEVICES, needs_cuda, rand
+from tests.test_retrieval import make_text, stream
+from vrex_edge.errors import ConfigError
+from vrex_edge.runtime.kernels import Segment
+from vrex_edge.runtime.kernels.ort_cuda import OrtDeviceEngine
+from vrex_edge.runtime.kernels.reference import attend_reference
+from vrex_edge.runtime.retrieval import make_policy
+from vrex_edge.runtime.retrieval.device import DeviceReSVKV
+from vrex_edge.runtime.retrieval.policy import Policy
+from vrex_edge.runtime.retrieval.registry import get_spec
+from vrex_edge.runtime.retrieval.resv import ReSVCache
+from vrex_edge.runtime.rope import Rope
+
+CHUNKS = [37] + [10] * 12 + [1] * 15 + [10] * 8 + [1] * 5 + [64] + [3, 7, 1, 1, 11] * 4
+VARIANTS = [
+    dict(),
+    dict(keys="pre", hamming=8, horizon=4, max_cluster=5, sink=4, recent=16),
+    dict(keys="post", hamming=12, horizon=2, max_cluster=3, sink=0, recent=0, bits=70),
+    dict(keys="pre", score_keys="post", hamming=6, horizon=8, max_cluster=8, sink=3, recent=12, cluster_batch=4),
+    dict(keys="post", score_keys="pre", hamming=10, tau=0.5, reselect=3, sink=2, recent=5),
+    dict(hamming=8, dense_below=120, max_kept=40, tau=0.99, sink=4, recent=8),
+    dict(hamming=6, tau=1.0, sink=4, recent=8),
+]
+
+
+def device_policy(engine: OrtDeviceEngine, **options) -> Policy:
+    spec = get_spec("resv")
+    return Policy(spec, spec.options.parse(options), device="cuda", device_engine=engine)
+
+
+def pair(text, engine: OrtDeviceEngine, **options) -> tuple[ReSVCache, DeviceReSVKV]:
+    rope = Rope(text.rope)
+    host = make_policy("resv", **options)(0, text, rope)
+    dev = device_policy(engine, **options)(0, text, rope)
+    assert type(host) is ReSVCache and isinstance(dev, DeviceReSVKV)
+    return host, dev
+
+
+def compare(host: ReSVCache, dev: DeviceReSVKV, text, chunks: list[int], seed: int = 0, start: int = 0) -> None:
+    """Attend both caches to one stream; every call: the same kept counts per head, outputs within float32."""
+    rng = np.random.default_rng(seed)
+    pos = start
+    for q, k, v, phase in stream(rng, text, chunks, noise=0.05):
+        p = np.arange(pos, pos + q.shape[1])
+        a = host.attend(q, k, v, p, phase=phase)
+        b = dev.attend(q, k, v, p, phase=phase)
+        np.testing.assert_array_equal(dev.stats().kept, host.stats().kept)
+        np.testing.assert_array_equal(dev.stats().clusters, host.stats().clusters)
+        np.testing.assert_allclose(b, a, atol=3e-5, rtol=1e-4)
+        pos += q.shape[1]
+    assert dev.length == host.length == pos
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "options", VARIANTS, ids=[",".join(f"{k}={v}" for k, v in o.items()) or "defaults" for o in VARIANTS]
+)
+def test_device_resv_matches_host_resv(device: str, options: dict) -> None:
+    text = make_text(h=6, kvh=2, hd=32)
+    host, dev = pair(text, OrtDeviceEngine(device=device, min_capacity=16), **options)
+    compare(host, dev, text, CHUNKS)
+    if host.last_mass is not None:
+        np.testing.assert_allclose(dev.last_mass, host.last_mass, atol=1e-6, rtol=1e-4)
+    assert dev.store.nclu.max() > 1
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_resv_state_round_trip(device: str) -> None:
+    """A stream saved half way and restored into a fresh device cache goes on exactly as the original."""
+    text = make_text(h=4, kvh=2, hd=16)
+    eng = OrtDeviceEngine(device=device, min_capacity=16)
+    opts = dict(hamming=6, horizon=8, max_cluster=8, sink=4, recent=8, reselect=2)
+    host, dev = pair(text, eng, **opts)
+    rng = np.random.default_rng(5)
+    chunks = list(stream(rng, text, [20, 10, 10, 1, 1, 10, 10, 1, 3, 10, 1, 1]))
+    pos = 0
+    for i, (q, k, v, phase) in enumerate(chunks):
+        p = np.arange(pos, pos + q.shape[1])
+        if i == 6:
+            resumed = device_policy(eng, **opts)(0, text, Rope(text.rope))
+            resumed.restore(dev.state())
+            dev = resumed
+        a, b = host.attend(q, k, v, p, phase=phase), dev.attend(q, k, v, p, phase=phase)
+        np.testing.assert_allclose(b, a, atol=3e-5, rtol=1e-4)
+        np.testing.assert_array_equal(dev.stats().kept, host.stats().kept)
+        pos += q.shape[1]
+    k_dev, _ = eng.download(dev.kv)
+    assert k_dev.shape[1] == pos
+
+
+def test_device_resv_extend_matches_attending() -> None:
+    """extend() (benchmark warm-up) leaves the device cache as the host's: the next chunk sees the same."""
+    text = make_text(h=4, kvh=2, hd=16)
+    host, dev = pair(text, OrtDeviceEngine(device="cpu", min_capacity=16), hamming=6, sink=4, recent=8)
+    rng = np.random.default_rng(2)
+    k, v = rand(rng, 2, 300, 16), rand(rng, 2, 300, 16)
+    for c in (host, dev):
+        c.extend(k, v, np.arange(300), chunk=10)
+    compare(host, dev, text, [10, 1, 10], seed=3, start=300)
+
+
+@pytest.mark.parametrize(
+    "options, says",
+    [
+        (dict(positions="compact"), "positions=compact"),
+        (dict(fine=64), "fine > 0"),
+        (dict(accel="dre-emu"), "accel=dre-emu"),
+    ],
+)
+def test_device_resv_refuses_what_it_does_not_support(options: dict, says: str) -> None:
+    text = make_text()
+    with pytest.raises(ConfigError, match=says):
+        device_policy(OrtDeviceEngine(device="cpu"), **options)(0, text, Rope(text.rope))
+
+
+def test_engine_gather_attention_matches_reference() -> None:
+    """attend_rows_append: per-head rows in any order with per-head lengths (one head reading none)."""
+    rng = np.random.default_rng(4)
+    eng = OrtDeviceEngine(device="cpu", min_capacity=8)
+    kv = eng.new_kv(3, 16)
+    hk, hv = rand(rng, 3, 40, 16), rand(rng, 3, 40, 16)
+    eng.upload(kv, hk, hv)
+    rows = np.stack([rng.permutation(40)[:25] for _ in range(3)])  # [KVH, 25]
+    lens = np.array([25, 7, 0])
+    q, k, v = rand(rng, 3, 2, 5, 16), rand(rng, 3, 5, 16), rand(rng, 3, 5, 16)
+    out = eng.attend_rows_append(q, kv, rows, lens, k, v)
+    gk = np.zeros((3, 25, 16), np.float32)
+    gv = np.zeros_like(gk)
+    for h in range(3):
+        gk[h, : lens[h]], gv[h, : lens[h]] = hk[h, rows[h, : lens[h]]], hv[h, rows[h, : lens[h]]]
+    ref = attend_reference(q, [Segment(gk, gv, lens)], k, v)
+    np.testing.assert_allclose(out, ref, atol=2e-5, rtol=1e-4)
+    dk, _ = eng.download(kv)
+    np.testing.assert_array_equal(dk[:, 40:], k)  # the chunk was appended in the same run
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_policy_builds_device_resv() -> None:
+    """A session on CUDA gets the device cache from the policy, with the host cache's selections and outputs."""
+    text = make_text(h=6, kvh=2, hd=32)
+    rope = Rope(text.rope)
+    dev = make_policy("resv", device="cuda", hamming=8)(0, text, rope)
+    assert isinstance(dev, DeviceReSVKV)
+    compare(make_policy("resv", hamming=8)(0, text, rope), dev, text, CHUNKS)

@@ -1,0 +1,174 @@
+"""The ONNX graphs the device engine (ort_cuda.py) runs: partial-softmax attention over a token-major
+history (contiguous or gathered by index), the softmax-consistent cluster masses of ReSV, and a copy.
+
+Every graph is float32, opset 17, with symbolic sizes, so one session per (graph, head_dim) serves
+every history length. Attention graphs return the partial softmax of their rows (acc unnormalised,
+m the row max, den the row sum), which the engine merges on the host with the chunk's causal block.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_OPSET = 17
+
+
+def _model(nodes: list, name: str, inputs: list, outputs: list, initializer: list | None = None) -> bytes:
+    from onnx import helper
+
+    graph = helper.make_graph(nodes, name, inputs, outputs, initializer=initializer or [])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", _OPSET)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def _softmax_tail(s: str) -> list[Any]:
+    """Nodes from scores `s` [K, M, L] and values `vt` [K, L, hd] to acc [K, M, hd], m, den [K, M, 1]."""
+    from onnx import helper
+
+    return [
+        helper.make_node("ReduceMax", [s], ["m"], axes=[2], keepdims=1),  # [K, M, 1]
+        helper.make_node("Sub", [s, "m"], ["d"]),
+        helper.make_node("Exp", ["d"], ["p"]),
+        helper.make_node("ReduceSum", ["p", "ax2"], ["den"], keepdims=1),  # [K, M, 1]
+        helper.make_node("MatMul", ["p", "vt"], ["acc"]),  # [K, M, hd]
+    ]
+
+
+def _append_io(hd: int) -> tuple[list, list, list]:
+    """The in-place append of a chunk: k_new, v_new [n, K, hd] -> k_out, v_out (bound where it goes)."""
+    from onnx import TensorProto, helper
+
+    f = TensorProto.FLOAT
+    nodes = [helper.make_node("Identity", ["k_new"], ["k_out"]), helper.make_node("Identity", ["v_new"], ["v_out"])]
+    inputs = [helper.make_tensor_value_info(n, f, ["n", "K", hd]) for n in ("k_new", "v_new")]
+    outputs = [helper.make_tensor_value_info(n, f, ["n", "K", hd]) for n in ("k_out", "v_out")]
+    return nodes, inputs, outputs
+
+
+def _partial_outputs(hd: int) -> list:
+    from onnx import TensorProto, helper
+
+    f = TensorProto.FLOAT
+    return [
+        helper.make_tensor_value_info("acc", f, ["K", "M", hd]),
+        helper.make_tensor_value_info("m", f, ["K", "M", 1]),
+        helper.make_tensor_value_info("den", f, ["K", "M", 1]),
+    ]
+
+
+def _ax2() -> Any:
+    from onnx import TensorProto, helper
+
+    return helper.make_tensor("ax2", TensorProto.INT64, [1], [2])
+
+
+def attend_graph(hd: int, *, append: bool) -> bytes:
+    """q [K, M, hd], k, v [L, K, hd] (token-major history) -> acc [K, M, hd], m, den [K, M, 1]; with
+    `append` also k_new, v_new [n, K, hd] -> k_out, v_out (Identity: bound where the chunk goes)."""
+    from onnx import TensorProto, helper
+
+    f = TensorProto.FLOAT
+    nodes = [
+        helper.make_node("Transpose", ["k"], ["kt"], perm=[1, 2, 0]),  # [K, hd, L]
+        helper.make_node("MatMul", ["q", "kt"], ["s"]),  # [K, M, L]
+        helper.make_node("Transpose", ["v"], ["vt"], perm=[1, 0, 2]),  # [K, L, hd]
+        *_softmax_tail("s"),
+    ]
+    inputs = [
+        helper.make_tensor_value_info("q", f, ["K", "M", hd]),
+        helper.make_tensor_value_info("k", f, ["L", "K", hd]),
+        helper.make_tensor_value_info("v", f, ["L", "K", hd]),
+    ]
+    outputs = _partial_outputs(hd)
+    if append:
+        n2, i2, o2 = _append_io(hd)
+        nodes, inputs, outputs = nodes + n2, inputs + i2, outputs + o2
+    return _model(nodes, "device_partial_softmax", inputs, outputs, [_ax2()])
+
+
+def gather_attend_graph(hd: int, *, append: bool) -> bytes:
+    """q [K, M, hd]; k, v [T, hd] (a token-major arena seen as rows token * K + head); idx [K, S] int64
+    rows of each head's attended tokens; bias [K, 1, S] (0, or a large negative past a head's length)
+    -> acc [K, M, hd], m, den [K, M, 1]; with `append` the chunk's in-place write as in attend_graph."""
+    from onnx import TensorProto, helper
+
+    f = TensorProto.FLOAT
+    nodes = [
+        helper.make_node("Gather", ["k", "idx"], ["kg"], axis=0),  # [K, S, hd]
+        helper.make_node("Gather", ["v", "idx"], ["vt"], axis=0),  # [K, S, hd]
+        helper.make_node("Transpose", ["kg"], ["kt"], perm=[0, 2, 1]),  # [K, hd, S]
+        helper.make_node("MatMul", ["q", "kt"], ["s0"]),  # [K, M, S]
+        helper.make_node("Add", ["s0", "bias"], ["s"]),
+        *_softmax_tail("s"),
+    ]
+    inputs = [
+        helper.make_tensor_value_info("q", f, ["K", "M", hd]),
+        helper.make_tensor_value_info("k", f, ["T", hd]),
+        helper.make_tensor_value_info("v", f, ["T", hd]),
+        helper.make_tensor_value_info("idx", TensorProto.INT64, ["K", "S"]),
+        helper.make_tensor_value_info("bias", f, ["K", 1, "S"]),
+    ]
+    outputs = _partial_outputs(hd)
+    if append:
+        n2, i2, o2 = _append_io(hd)
+        nodes, inputs, outputs = nodes + n2, inputs + i2, outputs + o2
+    return _model(nodes, "device_gather_partial_softmax", inputs, outputs, [_ax2()])
+
+
+def masses_graph(hd: int) -> bytes:
+    """q [K, R, hd] scaled queries, reps [C, K, hd] (cluster-major), counts [C, K] (0: no cluster)
+    -> mass [K, C]: per head the mean over the R queries of each cluster's normalised
+    counts * exp(s - max s), s = q . rep; the definition of accel/host.py's HostBackend.masses."""
+    from onnx import TensorProto, helper
+
+    f = TensorProto.FLOAT
+    nodes = [
+        helper.make_node("Transpose", ["reps"], ["rt"], perm=[1, 2, 0]),  # [K, hd, C]
+        helper.make_node("MatMul", ["q", "rt"], ["s"]),  # [K, R, C]
+        helper.make_node("Transpose", ["counts"], ["tc"], perm=[1, 0]),  # [K, C]
+        helper.make_node("Unsqueeze", ["tc", "ax1"], ["tc3"]),  # [K, 1, C]
+        helper.make_node("Greater", ["tc3", "zero"], ["valid"]),
+        helper.make_node("Where", ["valid", "s", "neginf"], ["sv"]),
+        helper.make_node("ReduceMax", ["sv"], ["mx"], axes=[2], keepdims=1),  # [K, R, 1]
+        helper.make_node("Sub", ["sv", "mx"], ["d"]),
+        helper.make_node("Exp", ["d"], ["p"]),  # [K, R, C]
+        helper.make_node("Unsqueeze", ["tc", "ax2"], ["tcc"]),  # [K, C, 1]
+        helper.make_node("MatMul", ["p", "tcc"], ["z"]),  # [K, R, 1] per-query normaliser
+        helper.make_node("Reciprocal", ["z"], ["iz"]),
+        helper.make_node("Div", ["iz", "rows"], ["w0"]),  # / R
+        helper.make_node("Transpose", ["w0"], ["w"], perm=[0, 2, 1]),  # [K, 1, R]
+        helper.make_node("MatMul", ["w", "p"], ["mp"]),  # [K, 1, C]
+        helper.make_node("Squeeze", ["mp", "ax1"], ["ms"]),  # [K, C]
+        helper.make_node("Mul", ["ms", "tc"], ["mass"]),
+        helper.make_node("Shape", ["q"], ["qshape"]),
+        helper.make_node("Gather", ["qshape", "one"], ["r_i"], axis=0),
+        helper.make_node("Cast", ["r_i"], ["rows"], to=f),
+    ]
+    inits = [
+        helper.make_tensor("ax1", TensorProto.INT64, [1], [1]),
+        helper.make_tensor("ax2", TensorProto.INT64, [1], [2]),
+        helper.make_tensor("one", TensorProto.INT64, [], [1]),
+        helper.make_tensor("zero", f, [], [0.0]),
+        helper.make_tensor("neginf", f, [], [float("-inf")]),
+    ]
+    inputs = [
+        helper.make_tensor_value_info("q", f, ["K", "R", hd]),
+        helper.make_tensor_value_info("reps", f, ["C", "K", hd]),
+        helper.make_tensor_value_info("counts", f, ["C", "K"]),
+    ]
+    outputs = [helper.make_tensor_value_info("mass", f, ["K", "C"])]
+    return _model(nodes, "device_cluster_masses", inputs, outputs, inits)
+
+
+def copy_graph() -> bytes:
+    """x [a, b, c] -> y (Identity): host <-> device and device <-> device copies by bound address."""
+    from onnx import TensorProto, helper
+
+    f = TensorProto.FLOAT
+    return _model(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "copy",
+        [helper.make_tensor_value_info("x", f, ["a", "b", "c"])],
+        [helper.make_tensor_value_info("y", f, ["a", "b", "c"])],
+    )

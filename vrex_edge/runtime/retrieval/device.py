@@ -1,0 +1,234 @@
+"""`resv` with its KV, representatives, scoring and attention on the device (sessions on CUDA).
+
+What lives where, per layer (kernels/ort_cuda.py runs the device side):
+- device: every token's rotated k, v in one token-major arena [cap, KVH, hd] in arrival order (sink,
+  history, recent window); the cluster representatives [cap_c, KVH, hd] and counts [cap_c, KVH, 1],
+  cluster-major, so the clusters a push can change (the open ones, the newest ids) are one
+  contiguous block of rows to refresh after it.
+- host: the cluster tables (ClusterStore: codes, counts, means, open sums) and, per token, its
+  cluster and its arena row: the store's rows hold no k/v (zero-width, `RowStorage`) and their `pos`
+  is the arena row. Also the sink and the recent window (bounded), which hashing and the
+  representatives are computed from, as the chunk's k/v arrive from the stage graph anyway.
+Per call, what crosses: the cluster masses [KVH, C] come to the host and WiCSum runs there (the
+host's code); the attended tokens' arena rows [KVH, S] go to the device, where one graph run gathers
+sink + selected + recent by index, attends, and writes the chunk into the arena; the partial softmax
+comes back and is merged with the chunk's causal block on the host. A gather by index is cheap on a
+GPU, so the arena keeps stream order rather than the host's cluster-contiguous layout.
+
+Same options, selections and outputs as ReSVCache (to float rounding), except positions=compact,
+fine > 0 (two-level tables), the KV tiers and retrieval backends other than `host` (ConfigError).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from vrex_edge.accel.host import wicsum
+from vrex_edge.bundle import TextSpec
+from vrex_edge.errors import ConfigError
+from vrex_edge.runtime.kvcache import LayerStats, Phase
+from vrex_edge.runtime.retrieval.base import TIMERS
+from vrex_edge.runtime.retrieval.resv import ReSVCache, ReSVOptions, heaviest
+from vrex_edge.runtime.retrieval.storage import RESIDENT, AttentionBuffer, KVStorage, MemoryArchive, ResidentArena, Rows
+from vrex_edge.runtime.rope import Rope
+
+if TYPE_CHECKING:
+    from vrex_edge.runtime.kernels.ort_cuda import OrtDeviceEngine
+    from vrex_edge.runtime.retrieval.policy import Policy
+
+
+class RowStorage:
+    """KVStorage for a ClusterStore whose k/v live elsewhere: zero-width rows (pos and owner only)."""
+
+    def buffer(
+        self, layer: int, kvh: int, hd: int, *, keeps_rows: bool, max_rows: int | None = None
+    ) -> AttentionBuffer:
+        return AttentionBuffer(kvh, 0)
+
+    def open_rows(self, layer: int, kvh: int, hd: int) -> list[Rows]:
+        return [Rows(0, 256) for _ in range(kvh)]
+
+    def arena(self, layer: int, kvh: int, hd: int, layout: Any) -> ResidentArena:
+        return ResidentArena(kvh, 0, layout)
+
+    def archive(self, layer: int, kvh: int, block: int, hd: int) -> MemoryArchive:
+        return MemoryArchive(kvh, block, 0)
+
+
+def unsupported(o: ReSVOptions, storage: KVStorage) -> str | None:
+    """Why the device path cannot run these options (None: it can)."""
+    if o.positions == "compact":
+        return "positions=compact"
+    if o.fine:
+        return "fine > 0 (two-level tables)"
+    if o.accel != "host":
+        return f"accel={o.accel} (the device scores with its own graph)"
+    if storage is not RESIDENT:
+        return "the KV tiers (--kv-budget, --keep-kv, --resume)"
+    return None
+
+
+class DeviceReSVKV(ReSVCache):
+    """ReSVCache with k/v, representatives, scoring and attention on `engine`'s device (module docstring)."""
+
+    def __init__(
+        self,
+        layer: int,
+        text: TextSpec,
+        rope: Rope,
+        o: ReSVOptions,
+        *,
+        policy: Policy,
+        engine: OrtDeviceEngine,
+        storage: KVStorage = RESIDENT,
+    ):
+        why = unsupported(o, storage)
+        if why is not None:
+            raise ConfigError(f"resv with its KV on the GPU does not support {why}; drop it or use --provider cpu")
+        super().__init__(
+            layer, text, rope, dataclasses.replace(o, incremental=False), policy=policy, storage=RowStorage()
+        )
+        self.dev = engine
+        self.kv = engine.new_kv(self.kvh, self.hd)  # every token, rotated, arrival order: [cap, KVH, hd]
+        self.reps = engine.new_rows((self.kvh, self.hd), 256)  # representatives, cluster-major [cap_c, KVH, hd]
+        self.counts = engine.new_rows((self.kvh, 1), 256)  # tokens per cluster [cap_c, KVH, 1] (0: none)
+        self.absorbed = 0  # tokens in the clusters (the arena row of the next one is sink_n + absorbed)
+        self._rows: list[np.ndarray] = [np.zeros(0, np.int64) for _ in range(self.kvh)]  # per head, this call's
+
+    # ------------------------------------------------------------------ LayerCache API
+
+    def attend(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, positions: np.ndarray, *, phase: Phase) -> np.ndarray:
+        sec = dict.fromkeys(TIMERS, 0.0)
+        self.phase = phase
+        t0 = time.perf_counter()
+        n = q.shape[1]
+        positions = np.asarray(positions, dtype=np.int64)
+        q_abs = self.rope.apply(q, positions)  # [H, n, hd]
+        k_abs = self.rope.apply(k, positions)  # [KVH, n, hd]
+        sec["attend"] += time.perf_counter() - t0
+        r = self._retrieve(q, q_abs, self.retrieve_budget(n), sec)  # [KVH]; arena rows in self._rows
+        t1 = time.perf_counter()
+        rows, lens = self._layout(r)  # [KVH, S], [KVH]
+        t2 = time.perf_counter()
+        sec["gather"] += t2 - t1
+        o = self.dev.attend_rows_append(q_abs.reshape(self.kvh, self.g, n, self.hd), self.kv, rows, lens, k_abs, v)
+        t3 = time.perf_counter()
+        sec["attend"] += t3 - t2
+        self._push(k_abs, v, self._aux(k, k_abs), positions, self._tag(phase, n))
+        sec["cluster"] += time.perf_counter() - t3
+        self._stats = LayerStats(history=self.seen - n, kept=lens, seconds=sec, clusters=self._clusters())
+        self.totals[phase].add(self._stats)
+        return o.reshape(self.h, n, self.hd).transpose(1, 0, 2).reshape(n, self.h * self.hd)
+
+    def extend(self, k: np.ndarray, v: np.ndarray, positions: np.ndarray, *, chunk: int) -> None:
+        """The base's warm-up, with the tokens also written into the device arena."""
+        self.dev.upload(self.kv, self.rope.apply(k, np.asarray(positions, np.int64)), v)
+        super().extend(k, v, positions, chunk=chunk)
+
+    def nbytes(self) -> int:
+        """Device memory (arena, representatives, counts) plus the host's window and tables."""
+        dev = self.kv.nbytes() + self.reps.nbytes() + self.counts.nbytes()
+        return dev + self.window_nbytes() + self.store.nbytes()
+
+    # ------------------------------------------------------------------ ReSVCache hooks
+
+    def _absorb(self, k, v, aux, pos, tag) -> None:
+        """Tokens leaving the window join clusters; the store's rows record their arena rows, and the
+        representatives and counts of every cluster the push may have changed go to the device."""
+        st, m = self.store, k.shape[1]
+        changed = min(int(o[0]) if o.size else int(c) for o, c in zip(st.open, st.nclu, strict=True))
+        rows = np.arange(self.sink_n + self.absorbed, self.sink_n + self.absorbed + m, dtype=np.int64)
+        none = np.empty((self.kvh, m, 0), np.float32)
+        kc = k if self.post else aux  # storage is rotated: aux holds the un-rotated keys
+        ks = k if self.score_post else aux
+        st.push(none, none, rows, kc, ks)
+        self.absorbed += m
+        self._upload_tables(changed, int(st.nclu.max()))
+
+    def _upload_tables(self, a: int, b: int) -> None:
+        """Representatives and counts of clusters a .. b-1 (every head) from the host tables to the device."""
+        st = self.store
+        self.dev.write_rows(self.reps, a, st.means_t[:, :, a:b].transpose(2, 0, 1))  # [b-a, KVH, hd]
+        self.dev.write_rows(self.counts, a, st.counts[:, a:b].T[:, :, None].astype(np.float32))  # [b-a, KVH, 1]
+
+    def _retrieve(self, q: np.ndarray, q_abs: np.ndarray, budget: int, sec: dict[str, float]) -> np.ndarray:
+        """ReSVCache's selection with the masses computed on the device -> r [KVH]; the selected
+        tokens' arena rows go to self._rows (per head)."""
+        st = self.store
+        c = int(st.nclu.max())
+        r = np.zeros(self.kvh, np.int64)
+        self._rows = [np.zeros(0, np.int64) for _ in range(self.kvh)]
+        if c == 0:
+            return r
+        t0 = time.perf_counter()
+        hist = self.absorbed
+        if hist < self.dense_below and hist <= budget:  # small history: all of it, no scoring
+            sels = [np.arange(int(x)) for x in st.nclu]
+            self._reuse = None
+        elif self._reuse is not None and self._reuse[0] == self.phase and self._reuse[1] > 0:
+            _, left, then = self._reuse  # the last selection plus every cluster opened since
+            sels = [np.concatenate([s, np.arange(then[h], st.nclu[h])]) for h, s in enumerate(self.last_sel)]
+            self._reuse = (self.phase, left - 1, then)
+        else:
+            n = q.shape[1]
+            qs = (q_abs if self.score_post else q).reshape(self.kvh, self.g * n, self.hd)  # [KVH, G*n, hd]
+            mass = self.dev.masses(qs, self.reps, self.counts, c)  # [KVH, C]
+            valid = st.counts[:, :c] > 0
+            keep = valid if self.tau >= 1.0 else wicsum(mass, self.tau) & valid
+            sels = [np.flatnonzero(keep[h]) for h in range(self.kvh)]
+            self.last_mass, self.last_sel = mass, sels
+            self.last_nsel = np.array([s.size for s in sels])
+            self._reuse = (self.phase, self.reselect - 1, st.nclu.copy())
+        for h in range(self.kvh):
+            r[h] = st.counts[h, sels[h]].sum()
+            if r[h] > budget:  # max_kept: keep the heaviest clusters that fit
+                sels[h] = heaviest(sels[h], self.last_mass[h], st.counts[h], budget)
+                r[h] = st.counts[h, sels[h]].sum()
+        t1 = time.perf_counter()
+        sec["select"] += t1 - t0
+        none = np.empty((int(r.max()), 0), np.float32)
+        for h in range(self.kvh):
+            self._rows[h] = np.empty(int(r[h]), np.int64)
+            st.gather(h, sels[h], none, none, self._rows[h])  # the store's pos: arena rows
+        sec["gather"] += time.perf_counter() - t1
+        return r
+
+    def _layout(self, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per head: sink rows, the selected rows, the recent window's rows -> rows [KVH, S], lens [KVH]."""
+        s, w = self.sink_n, self.ring.n
+        lens = s + r + w  # [KVH]
+        rows = np.zeros((self.kvh, int(lens.max())), np.int64)
+        rows[:, :s] = np.arange(s)
+        recent = np.arange(self.seen - w, self.seen)
+        for h in range(self.kvh):
+            e = s + int(r[h])
+            rows[h, s:e] = self._rows[h]
+            rows[h, e : e + w] = recent
+        return rows, lens.astype(np.int64)
+
+    # ------------------------------------------------------------------ declared state
+
+    def _history_state(self) -> dict[str, Any]:
+        """ReSVCache's history (tables, with arena rows in place of k/v) plus the device arena's tokens
+        (host copies k, v [KVH, n, hd]) and the row index of the store."""
+        k, v = self.dev.download(self.kv)
+        return {
+            **super()._history_state(),
+            "arena": self.store.arena.state(),
+            "absorbed": self.absorbed,
+            "k": k,
+            "v": v,
+        }
+
+    def _restore_history(self, s: dict[str, Any]) -> None:
+        super()._restore_history(s)
+        self.store.arena.restore(s["arena"])
+        self.absorbed = int(s["absorbed"])
+        self.kv.n = 0
+        self.dev.upload(self.kv, s["k"], s["v"])
+        self.reps.n = self.counts.n = 0
+        self._upload_tables(0, int(self.store.nclu.max()))
