@@ -6,6 +6,8 @@ graphs and bindings); the `gpu`-marked cases run the same on the CUDA provider a
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -22,6 +24,7 @@ from vrex_edge.runtime.retrieval.registry import get_spec
 from vrex_edge.runtime.retrieval.resv import ReSVCache
 from vrex_edge.runtime.rope import Rope
 
+DEMO = Path(__file__).resolve().parent.parent / "samples" / "world_demo"
 CHUNKS = [37] + [10] * 12 + [1] * 15 + [10] * 8 + [1] * 5 + [64] + [3, 7, 1, 1, 11] * 4
 VARIANTS = [
     dict(),
@@ -154,3 +157,48 @@ def test_cuda_policy_builds_device_resv() -> None:
     dev = make_policy("resv", device="cuda", hamming=8)(0, text, rope)
     assert isinstance(dev, DeviceReSVKV)
     compare(make_policy("resv", hamming=8)(0, text, rope), dev, text, CHUNKS)
+
+
+def demo_events(model, policy: Policy, seconds: float) -> list[tuple[float, str]]:
+    """Captions and answers of the demo video's first `seconds` (its questions asked in that span)."""
+    import itertools
+    import json
+
+    from vrex_edge.runtime.capture import open_video
+    from vrex_edge.runtime.events import Answer, Caption
+    from vrex_edge.runtime.session import StreamSession
+
+    truth = json.loads(DEMO.with_suffix(".json").read_text())
+    questions = [(q["time"], q["question"]) for q in truth["questions"] if q["time"] < seconds]
+    frames = itertools.islice(open_video(DEMO.with_suffix(".mp4"), fps=truth["fps"]), int(seconds * truth["fps"]))
+    return [
+        (e.t, e.text)
+        for e in StreamSession(model, policy=policy).run(frames, questions)
+        if isinstance(e, Caption | Answer)
+    ]
+
+
+def test_demo_captions_identical_with_host_and_device_kv() -> None:
+    """The embedded model on the demo with resv: host caches and the device path (CPU provider) say the same."""
+    from vrex_edge.cli import default_model
+    from vrex_edge.runtime.engine import load_model
+
+    model = load_model(default_model(), threads=1)
+    spec = get_spec("resv")
+    host = demo_events(model, Policy(spec, spec.options.parse({}), device="cpu"), 40.0)
+    dev = demo_events(model, device_policy(OrtDeviceEngine(device="cpu")), 40.0)
+    assert len(host) >= 8 and dev == host
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("policy", ["full", "resv"])
+def test_demo_captions_identical_cpu_and_cuda(policy: str) -> None:
+    """Issue 16, item 2: the whole demo on the CPU provider and on CUDA (KV on the GPU), same captions and answers."""
+    from vrex_edge.cli import default_model
+    from vrex_edge.runtime.engine import load_model
+
+    cpu, gpu = load_model(default_model()), load_model(default_model(), providers=["cuda"])
+    host = demo_events(cpu, make_policy(policy), 75.0)
+    dev = demo_events(gpu, make_policy(policy, device="cuda"), 75.0)
+    assert dev == host
