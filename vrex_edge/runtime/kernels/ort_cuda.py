@@ -12,6 +12,11 @@ chunk's k/v going in ([KVH, n, hd] each) and the partial softmax coming out (acc
 m and den [KVH, G*n, 1]): never KV-sized data. The chunk's own causal block (n x n) and the
 log-sum-exp merge stay on the host in numpy, as in ort_engine.py. `device="cpu"` runs the same
 graphs and bindings on the CPU provider (the CPU-only tests check the logic with it).
+
+For `resv` on the device (retrieval/device.py) two more runs per layer and chunk: `masses` scores a
+cluster table on the device (writing its changed rows in the same run) and returns the masses
+[KVH, C]; `attend_rows_append` gathers each head's attended rows from the arena by index (the rows
+[KVH, S] go in) and attends and appends as above. The graphs: ort_graphs.py.
 """
 
 from __future__ import annotations
@@ -187,41 +192,34 @@ class OrtDeviceEngine:
         new = self._ort.OrtValue.ortvalue_from_shape_and_type
         return DeviceRows(new([max(capacity, 1), *row], np.float32, self.device, 0), row)
 
-    def write_rows(self, rows: DeviceRows, start: int, x: np.ndarray) -> None:
-        """Write host x [m, a, b] at rows start .. start + m (growing `rows`, by doubling, to fit)."""
-        m = x.shape[0]
-        if start + m > rows.capacity:
-            big = self.new_rows(rows.row, max(start + m, 2 * rows.capacity))
-            self._copy(rows.ptr(0), self.device, big.ptr(0), self.device, (min(rows.n, start), *rows.row))
-            rows.buf = big.buf
-        x = np.ascontiguousarray(x, np.float32)
-        self._copy(x.ctypes.data, "cpu", rows.ptr(start), self.device, x.shape)
-        rows.n = max(rows.n, start + m)
-
-    def read_rows(self, rows: DeviceRows, start: int, m: int) -> np.ndarray:
-        """-> a host copy of rows start .. start + m, [m, a, b]."""
-        x = np.empty((m, *rows.row), np.float32)
-        self._copy(rows.ptr(start), self.device, x.ctypes.data, "cpu", x.shape)
-        return x
-
     # ------------------------------------------------------------------ ReSV on the device
 
-    def masses(self, q: np.ndarray, reps: DeviceRows, counts: DeviceRows, c: int) -> np.ndarray:
-        """q [KVH, R, hd] scoring queries against the first c clusters of reps [cap, KVH, hd] and
-        counts [cap, KVH, 1] (device) -> mass [KVH, c] float32 on the host: HostBackend.masses's
-        definition (accel/host.py), the only cluster-sized thing that crosses."""
+    def masses(self, q: np.ndarray, table: DeviceRows, a: int, new: np.ndarray) -> np.ndarray:
+        """q [KVH, R, hd] scoring queries against a cluster table [cap, KVH, hd + 1] (representative,
+        then token count; 0: no cluster) whose first `a` rows are on the device and whose rows a ..
+        a + len(new) are `new` [m, KVH, hd + 1] (host; written into the table by the same run) ->
+        mass [KVH, a + m] float32 on the host: HostBackend.masses's definition (accel/host.py)."""
         kvh, r, hd = q.shape
+        m = new.shape[0]
+        c = a + m
+        if c > table.capacity:  # room for the new rows (the device's first a rows move along)
+            big = self.new_rows(table.row, max(c, 2 * table.capacity))
+            self._copy(table.ptr(0), self.device, big.ptr(0), self.device, (a, *table.row))
+            table.buf = big.buf
         qs = np.ascontiguousarray(q * np.float32(1.0 / np.sqrt(hd)), np.float32)  # [KVH, R, hd]
+        new = np.ascontiguousarray(new, np.float32)
         out = np.empty((kvh, c), np.float32)
         sess, io = self._session("masses", hd)
         io.clear_binding_inputs()
         io.clear_binding_outputs()
         self._bind_in(io, "q", qs.ctypes.data, qs.shape, "cpu")
-        self._bind_in(io, "reps", reps.ptr(0), (c, kvh, hd), self.device)
-        self._bind_in(io, "counts", counts.ptr(0), (c, kvh), self.device)
+        self._bind_in(io, "old", table.ptr(0), (a, *table.row), self.device)
+        self._bind_in(io, "new", new.ctypes.data, new.shape, "cpu")
         self._bind_out(io, "mass", out.ctypes.data, out.shape, "cpu")
+        self._bind_out(io, "new_out", table.ptr(a), new.shape, self.device)  # in place, after the old rows
         sess.run_with_iobinding(io)
         io.synchronize_outputs()
+        table.n = c
         return out
 
     def attend_rows_append(

@@ -117,47 +117,61 @@ def gather_attend_graph(hd: int, *, append: bool) -> bytes:
 
 
 def masses_graph(hd: int) -> bytes:
-    """q [K, R, hd] scaled queries, reps [C, K, hd] (cluster-major), counts [C, K] (0: no cluster)
-    -> mass [K, C]: per head the mean over the R queries of each cluster's normalised
-    counts * exp(s - max s), s = q . rep; the definition of accel/host.py's HostBackend.masses."""
+    """The cluster masses over a cluster-major table of representatives and counts, refreshing it.
+
+    old [a, K, hd + 1] (the table's first a rows, on the device; column hd is the cluster's token count,
+    0: no cluster), new [c - a, K, hd + 1] (the rows that changed since the last run) and q [K, R, hd]
+    scaled queries -> mass [K, c]: per head the mean over the R queries of each cluster's normalised
+    count * exp(s - max s), s = q . rep (accel/host.py's HostBackend.masses); and new_out (Identity:
+    bound at the table's row a, so the device table holds every row afterwards)."""
     from onnx import TensorProto, helper
 
     f = TensorProto.FLOAT
+    i64 = TensorProto.INT64
     nodes = [
-        helper.make_node("Transpose", ["reps"], ["rt"], perm=[1, 2, 0]),  # [K, hd, C]
-        helper.make_node("MatMul", ["q", "rt"], ["s"]),  # [K, R, C]
-        helper.make_node("Transpose", ["counts"], ["tc"], perm=[1, 0]),  # [K, C]
-        helper.make_node("Unsqueeze", ["tc", "ax1"], ["tc3"]),  # [K, 1, C]
+        helper.make_node("Identity", ["new"], ["new_out"]),
+        helper.make_node("Concat", ["old", "new"], ["t"], axis=0),  # [c, K, hd + 1]
+        helper.make_node("Slice", ["t", "zero_i", "hd_i", "ax2"], ["reps"]),  # [c, K, hd]
+        helper.make_node("Slice", ["t", "hd_i", "hd1_i", "ax2"], ["cnt"]),  # [c, K, 1]
+        helper.make_node("Transpose", ["reps"], ["rt"], perm=[1, 2, 0]),  # [K, hd, c]
+        helper.make_node("MatMul", ["q", "rt"], ["s"]),  # [K, R, c]
+        helper.make_node("Transpose", ["cnt"], ["tcc"], perm=[1, 0, 2]),  # [K, c, 1]
+        helper.make_node("Transpose", ["cnt"], ["tc3"], perm=[1, 2, 0]),  # [K, 1, c]
         helper.make_node("Greater", ["tc3", "zero"], ["valid"]),
         helper.make_node("Where", ["valid", "s", "neginf"], ["sv"]),
         helper.make_node("ReduceMax", ["sv"], ["mx"], axes=[2], keepdims=1),  # [K, R, 1]
         helper.make_node("Sub", ["sv", "mx"], ["d"]),
-        helper.make_node("Exp", ["d"], ["p"]),  # [K, R, C]
-        helper.make_node("Unsqueeze", ["tc", "ax2"], ["tcc"]),  # [K, C, 1]
+        helper.make_node("Exp", ["d"], ["p"]),  # [K, R, c]
         helper.make_node("MatMul", ["p", "tcc"], ["z"]),  # [K, R, 1] per-query normaliser
         helper.make_node("Reciprocal", ["z"], ["iz"]),
-        helper.make_node("Div", ["iz", "rows"], ["w0"]),  # / R
-        helper.make_node("Transpose", ["w0"], ["w"], perm=[0, 2, 1]),  # [K, 1, R]
-        helper.make_node("MatMul", ["w", "p"], ["mp"]),  # [K, 1, C]
-        helper.make_node("Squeeze", ["mp", "ax1"], ["ms"]),  # [K, C]
-        helper.make_node("Mul", ["ms", "tc"], ["mass"]),
         helper.make_node("Shape", ["q"], ["qshape"]),
         helper.make_node("Gather", ["qshape", "one"], ["r_i"], axis=0),
         helper.make_node("Cast", ["r_i"], ["rows"], to=f),
+        helper.make_node("Div", ["iz", "rows"], ["w0"]),  # / R
+        helper.make_node("Transpose", ["w0"], ["w"], perm=[0, 2, 1]),  # [K, 1, R]
+        helper.make_node("MatMul", ["w", "p"], ["mp"]),  # [K, 1, c]
+        helper.make_node("Mul", ["mp", "tc3"], ["m3"]),
+        helper.make_node("Squeeze", ["m3", "ax1"], ["mass"]),  # [K, c]
     ]
     inits = [
-        helper.make_tensor("ax1", TensorProto.INT64, [1], [1]),
-        helper.make_tensor("ax2", TensorProto.INT64, [1], [2]),
-        helper.make_tensor("one", TensorProto.INT64, [], [1]),
+        helper.make_tensor("ax1", i64, [1], [1]),
+        helper.make_tensor("ax2", i64, [1], [2]),
+        helper.make_tensor("zero_i", i64, [1], [0]),
+        helper.make_tensor("hd_i", i64, [1], [hd]),
+        helper.make_tensor("hd1_i", i64, [1], [hd + 1]),
+        helper.make_tensor("one", i64, [], [1]),
         helper.make_tensor("zero", f, [], [0.0]),
         helper.make_tensor("neginf", f, [], [float("-inf")]),
     ]
     inputs = [
         helper.make_tensor_value_info("q", f, ["K", "R", hd]),
-        helper.make_tensor_value_info("reps", f, ["C", "K", hd]),
-        helper.make_tensor_value_info("counts", f, ["C", "K"]),
+        helper.make_tensor_value_info("old", f, ["A", "K", hd + 1]),
+        helper.make_tensor_value_info("new", f, ["B", "K", hd + 1]),
     ]
-    outputs = [helper.make_tensor_value_info("mass", f, ["K", "C"])]
+    outputs = [
+        helper.make_tensor_value_info("mass", f, ["K", "C"]),
+        helper.make_tensor_value_info("new_out", f, ["B", "K", hd + 1]),
+    ]
     return _model(nodes, "device_cluster_masses", inputs, outputs, inits)
 
 

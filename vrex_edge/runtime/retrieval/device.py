@@ -2,9 +2,9 @@
 
 What lives where, per layer (kernels/ort_cuda.py runs the device side):
 - device: every token's rotated k, v in one token-major arena [cap, KVH, hd] in arrival order (sink,
-  history, recent window); the cluster representatives [cap_c, KVH, hd] and counts [cap_c, KVH, 1],
+  history, recent window); a cluster table [cap_c, KVH, hd + 1] (representative, token count),
   cluster-major, so the clusters a push can change (the open ones, the newest ids) are one
-  contiguous block of rows to refresh after it.
+  contiguous block of rows: the scoring run itself writes the rows changed since the last one.
 - host: the cluster tables (ClusterStore: codes, counts, means, open sums) and, per token, its
   cluster and its arena row: the store's rows hold no k/v (zero-width, `RowStorage`) and their `pos`
   is the arena row. Also the sink and the recent window (bounded), which hashing and the
@@ -94,8 +94,8 @@ class DeviceReSVKV(ReSVCache):
         )
         self.dev = engine
         self.kv = engine.new_kv(self.kvh, self.hd)  # every token, rotated, arrival order: [cap, KVH, hd]
-        self.reps = engine.new_rows((self.kvh, self.hd), 256)  # representatives, cluster-major [cap_c, KVH, hd]
-        self.counts = engine.new_rows((self.kvh, 1), 256)  # tokens per cluster [cap_c, KVH, 1] (0: none)
+        self.table = engine.new_rows((self.kvh, self.hd + 1), 256)  # [cap_c, KVH, hd + 1]: rep, count (0: none)
+        self.dirty = 0  # clusters >= dirty changed since the table was last written
         self.absorbed = 0  # tokens in the clusters (the arena row of the next one is sink_n + absorbed)
         self._rows: list[np.ndarray] = [np.zeros(0, np.int64) for _ in range(self.kvh)]  # per head, this call's
 
@@ -131,14 +131,14 @@ class DeviceReSVKV(ReSVCache):
 
     def nbytes(self) -> int:
         """Device memory (arena, representatives, counts) plus the host's window and tables."""
-        dev = self.kv.nbytes() + self.reps.nbytes() + self.counts.nbytes()
+        dev = self.kv.nbytes() + self.table.nbytes()
         return dev + self.window_nbytes() + self.store.nbytes()
 
     # ------------------------------------------------------------------ ReSVCache hooks
 
     def _absorb(self, k, v, aux, pos, tag) -> None:
         """Tokens leaving the window join clusters; the store's rows record their arena rows, and the
-        representatives and counts of every cluster the push may have changed go to the device."""
+        clusters the push may change (open ones and new ones: ids from the oldest open on) are dirty."""
         st, m = self.store, k.shape[1]
         changed = min(int(o[0]) if o.size else int(c) for o, c in zip(st.open, st.nclu, strict=True))
         rows = np.arange(self.sink_n + self.absorbed, self.sink_n + self.absorbed + m, dtype=np.int64)
@@ -147,13 +147,15 @@ class DeviceReSVKV(ReSVCache):
         ks = k if self.score_post else aux
         st.push(none, none, rows, kc, ks)
         self.absorbed += m
-        self._upload_tables(changed, int(st.nclu.max()))
+        self.dirty = min(self.dirty, changed)
 
-    def _upload_tables(self, a: int, b: int) -> None:
-        """Representatives and counts of clusters a .. b-1 (every head) from the host tables to the device."""
-        st = self.store
-        self.dev.write_rows(self.reps, a, st.means_t[:, :, a:b].transpose(2, 0, 1))  # [b-a, KVH, hd]
-        self.dev.write_rows(self.counts, a, st.counts[:, a:b].T[:, :, None].astype(np.float32))  # [b-a, KVH, 1]
+    def _dirty_rows(self, c: int) -> np.ndarray:
+        """Table rows dirty .. c-1 from the host tables -> [c - dirty, KVH, hd + 1] (rep, count)."""
+        st, a = self.store, self.dirty
+        x = np.empty((c - a, self.kvh, self.hd + 1), np.float32)
+        x[:, :, : self.hd] = st.means_t[:, :, a:c].transpose(2, 0, 1)
+        x[:, :, self.hd] = st.counts[:, a:c].T
+        return x
 
     def _retrieve(self, q: np.ndarray, q_abs: np.ndarray, budget: int, sec: dict[str, float]) -> np.ndarray:
         """ReSVCache's selection with the masses computed on the device -> r [KVH]; the selected
@@ -176,7 +178,8 @@ class DeviceReSVKV(ReSVCache):
         else:
             n = q.shape[1]
             qs = (q_abs if self.score_post else q).reshape(self.kvh, self.g * n, self.hd)  # [KVH, G*n, hd]
-            mass = self.dev.masses(qs, self.reps, self.counts, c)  # [KVH, C]
+            mass = self.dev.masses(qs, self.table, self.dirty, self._dirty_rows(c))  # [KVH, C]; the table is current
+            self.dirty = c
             valid = st.counts[:, :c] > 0
             keep = valid if self.tau >= 1.0 else wicsum(mass, self.tau) & valid
             sels = [np.flatnonzero(keep[h]) for h in range(self.kvh)]
@@ -230,5 +233,4 @@ class DeviceReSVKV(ReSVCache):
         self.absorbed = int(s["absorbed"])
         self.kv.n = 0
         self.dev.upload(self.kv, s["k"], s["v"])
-        self.reps.n = self.counts.n = 0
-        self._upload_tables(0, int(self.store.nclu.max()))
+        self.table.n, self.dirty = 0, 0  # written again at the next scoring
