@@ -174,10 +174,17 @@ class OrtDeviceEngine:
         """Append k, v [KVH, m, hd] (host) to the arena without attending."""
         m = k.shape[1]
         self.reserve(kv, kv.n + m)
-        for src, dst in ((k, kv.k), (v, kv.v)):
-            x = np.ascontiguousarray(np.asarray(src, np.float32).transpose(1, 0, 2))  # [m, KVH, hd]
-            self._copy(x.ctypes.data, "cpu", kv.row_ptr(dst, kv.n), self.device, x.shape)
+        self.write(kv, kv.n, np.asarray(k, np.float32).transpose(1, 0, 2), np.asarray(v, np.float32).transpose(1, 0, 2))
         kv.n += m
+
+    def write(self, kv: DeviceKV, row: int, kt: np.ndarray, vt: np.ndarray) -> None:
+        """Overwrite arena rows row .. row + m with host kt, vt [m, KVH, hd] (token-major; within kv.n
+        or its capacity): one host-to-device copy each, what a KV tier streaming to the device does."""
+        if row + kt.shape[0] > kv.capacity:
+            raise ValueError("arena write past its capacity")
+        for src, dst in ((kt, kv.k), (vt, kv.v)):
+            x = np.ascontiguousarray(src, np.float32)  # [m, KVH, hd]
+            self._copy(x.ctypes.data, "cpu", kv.row_ptr(dst, row), self.device, x.shape)
 
     def download(self, kv: DeviceKV) -> tuple[np.ndarray, np.ndarray]:
         """-> host copies k, v [KVH, n, hd] of the arena's tokens."""

@@ -129,6 +129,10 @@ class DeviceReSVKV(ReSVCache):
         self.dev.upload(self.kv, self.rope.apply(k, np.asarray(positions, np.int64)), v)
         super().extend(k, v, positions, chunk=chunk)
 
+    def selected_rows(self) -> list[np.ndarray]:
+        """Per KV head, the arena rows of the history tokens the last call retrieved (tools, benchmarks)."""
+        return list(self._rows)
+
     def nbytes(self) -> int:
         """Device memory (arena, representatives, counts) plus the host's window and tables."""
         dev = self.kv.nbytes() + self.table.nbytes()
