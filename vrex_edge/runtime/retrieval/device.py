@@ -1,4 +1,4 @@
-"""`resv` with its KV, representatives, scoring and attention on the device (sessions on CUDA).
+"""`resv` (and `topk`) with the KV, representatives, scoring and attention on the device (sessions on CUDA).
 
 What lives where, per layer (kernels/ort_cuda.py runs the device side):
 - device: every token's rotated k, v in one token-major arena [cap, KVH, hd] in arrival order (sink,
@@ -17,11 +17,14 @@ GPU, so the arena keeps stream order rather than the host's cluster-contiguous l
 
 Same options, selections and outputs as ReSVCache (to float rounding), except positions=compact,
 fine > 0 (two-level tables), the KV tiers and retrieval backends other than `host` (ConfigError).
+`DeviceTopKKV` is topk's counterpart (its block tables stay on the host; positions=compact refused).
+`window` keeps its host cache: its device arena would have to drop the tokens leaving the window.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -31,13 +34,22 @@ from vrex_edge.accel.host import wicsum
 from vrex_edge.bundle import TextSpec
 from vrex_edge.errors import ConfigError
 from vrex_edge.runtime.kvcache import LayerStats, Phase
-from vrex_edge.runtime.retrieval.base import TIMERS
+from vrex_edge.runtime.retrieval.base import TIMERS, WindowedCache
 from vrex_edge.runtime.retrieval.resv import ReSVCache, ReSVOptions, heaviest
-from vrex_edge.runtime.retrieval.storage import RESIDENT, AttentionBuffer, KVStorage, MemoryArchive, ResidentArena, Rows
+from vrex_edge.runtime.retrieval.storage import (
+    RESIDENT,
+    AttentionBuffer,
+    KVStorage,
+    MemoryArchive,
+    ResidentArena,
+    Rows,
+    runs_to_index,
+)
+from vrex_edge.runtime.retrieval.topk import TopKCache, TopKOptions
 from vrex_edge.runtime.rope import Rope
 
 if TYPE_CHECKING:
-    from vrex_edge.runtime.kernels.ort_cuda import OrtDeviceEngine
+    from vrex_edge.runtime.kernels.ort_cuda import DeviceKV, OrtDeviceEngine
     from vrex_edge.runtime.retrieval.policy import Policy
 
 
@@ -72,32 +84,18 @@ def unsupported(o: ReSVOptions, storage: KVStorage) -> str | None:
     return None
 
 
-class DeviceReSVKV(ReSVCache):
-    """ReSVCache with k/v, representatives, scoring and attention on `engine`'s device (module docstring)."""
+class DeviceArena(WindowedCache):
+    """What the device caches share (a base, as WindowedCache is): every token's rotated k, v in the device arena in
+    arrival order (so the sink is rows 0 .. sink_n - 1 and the recent window the last ring.n rows), and
+    a call that attends to sink + the rows `_retrieve` chose (self._rows) + recent in one device run."""
 
-    def __init__(
-        self,
-        layer: int,
-        text: TextSpec,
-        rope: Rope,
-        o: ReSVOptions,
-        *,
-        policy: Policy,
-        engine: OrtDeviceEngine,
-        storage: KVStorage = RESIDENT,
-    ):
-        why = unsupported(o, storage)
-        if why is not None:
-            raise ConfigError(f"resv with its KV on the GPU does not support {why}; drop it or use --provider cpu")
-        super().__init__(
-            layer, text, rope, dataclasses.replace(o, incremental=False), policy=policy, storage=RowStorage()
-        )
+    kv: DeviceKV
+    _rows: list[np.ndarray]
+
+    def _attach(self, engine: OrtDeviceEngine) -> None:
         self.dev = engine
         self.kv = engine.new_kv(self.kvh, self.hd)  # every token, rotated, arrival order: [cap, KVH, hd]
-        self.table = engine.new_rows((self.kvh, self.hd + 1), 256)  # [cap_c, KVH, hd + 1]: rep, count (0: none)
-        self.dirty = 0  # clusters >= dirty changed since the table was last written
-        self.absorbed = 0  # tokens in the clusters (the arena row of the next one is sink_n + absorbed)
-        self._rows: list[np.ndarray] = [np.zeros(0, np.int64) for _ in range(self.kvh)]  # per head, this call's
+        self._rows = [np.zeros(0, np.int64) for _ in range(self.kvh)]  # per head, this call's retrieved rows
 
     # ------------------------------------------------------------------ LayerCache API
 
@@ -132,6 +130,53 @@ class DeviceReSVKV(ReSVCache):
     def selected_rows(self) -> list[np.ndarray]:
         """Per KV head, the arena rows of the history tokens the last call retrieved (tools, benchmarks)."""
         return list(self._rows)
+
+    def _layout(self, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per head: sink rows, the selected rows, the recent window's rows -> rows [KVH, S], lens [KVH]."""
+        s, w = self.sink_n, self.ring.n
+        lens = s + r + w  # [KVH]
+        rows = np.zeros((self.kvh, int(lens.max())), np.int64)
+        rows[:, :s] = np.arange(s)
+        recent = np.arange(self.seen - w, self.seen)
+        for h in range(self.kvh):
+            e = s + int(r[h])
+            rows[h, s:e] = self._rows[h]
+            rows[h, e : e + w] = recent
+        return rows, lens.astype(np.int64)
+
+    def _device_state(self) -> dict[str, Any]:
+        k, v = self.dev.download(self.kv)  # host copies [KVH, n, hd]
+        return {"k": k, "v": v}
+
+    def _restore_device(self, s: dict[str, Any]) -> None:
+        self.kv.n = 0
+        self.dev.upload(self.kv, s["k"], s["v"])
+
+
+class DeviceReSVKV(DeviceArena, ReSVCache):
+    """ReSVCache with k/v, representatives, scoring and attention on `engine`'s device (module docstring)."""
+
+    def __init__(
+        self,
+        layer: int,
+        text: TextSpec,
+        rope: Rope,
+        o: ReSVOptions,
+        *,
+        policy: Policy,
+        engine: OrtDeviceEngine,
+        storage: KVStorage = RESIDENT,
+    ):
+        why = unsupported(o, storage)
+        if why is not None:
+            raise ConfigError(f"resv with its KV on the GPU does not support {why}; drop it or use --provider cpu")
+        super().__init__(
+            layer, text, rope, dataclasses.replace(o, incremental=False), policy=policy, storage=RowStorage()
+        )
+        self._attach(engine)
+        self.table = engine.new_rows((self.kvh, self.hd + 1), 256)  # [cap_c, KVH, hd + 1]: rep, count (0: none)
+        self.dirty = 0  # clusters >= dirty changed since the table was last written
+        self.absorbed = 0  # tokens in the clusters (the arena row of the next one is sink_n + absorbed)
 
     def nbytes(self) -> int:
         """Device memory (arena, representatives, counts) plus the host's window and tables."""
@@ -204,19 +249,6 @@ class DeviceReSVKV(ReSVCache):
         sec["gather"] += time.perf_counter() - t1
         return r
 
-    def _layout(self, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per head: sink rows, the selected rows, the recent window's rows -> rows [KVH, S], lens [KVH]."""
-        s, w = self.sink_n, self.ring.n
-        lens = s + r + w  # [KVH]
-        rows = np.zeros((self.kvh, int(lens.max())), np.int64)
-        rows[:, :s] = np.arange(s)
-        recent = np.arange(self.seen - w, self.seen)
-        for h in range(self.kvh):
-            e = s + int(r[h])
-            rows[h, s:e] = self._rows[h]
-            rows[h, e : e + w] = recent
-        return rows, lens.astype(np.int64)
-
     # ------------------------------------------------------------------ declared state
 
     def _history_state(self) -> dict[str, Any]:
@@ -235,6 +267,69 @@ class DeviceReSVKV(ReSVCache):
         super()._restore_history(s)
         self.store.arena.restore(s["arena"])
         self.absorbed = int(s["absorbed"])
-        self.kv.n = 0
-        self.dev.upload(self.kv, s["k"], s["v"])
+        self._restore_device(s)
         self.table.n, self.dirty = 0, 0  # written again at the next scoring
+
+
+class DeviceTopKKV(DeviceArena, TopKCache):
+    """TopKCache with k/v and attention on `engine`'s device: the block tables (first row, count, key
+    sum per block) stay on the host, where the blocks are scored as on the host path; the chosen
+    blocks' arena rows go to the device. History rows keep stream order as on the host, so a block is
+    arena rows sink_n + bstart .. + bcount."""
+
+    def __init__(
+        self,
+        layer: int,
+        text: TextSpec,
+        rope: Rope,
+        o: TopKOptions,
+        *,
+        policy: Policy,
+        engine: OrtDeviceEngine,
+        storage: KVStorage = RESIDENT,
+    ):
+        if o.positions == "compact":
+            raise ConfigError(
+                "topk with its KV on the GPU does not support positions=compact; drop it or use --provider cpu"
+            )
+        super().__init__(layer, text, rope, o, policy=policy, storage=RowStorage())
+        self._attach(engine)
+        self.ak, self.av = np.empty((self.kvh, 1024, 0), np.float32), np.empty((self.kvh, 1024, 0), np.float32)
+
+    def _absorb_rows(self, k: np.ndarray, v: np.ndarray, pos: np.ndarray) -> None:
+        super()._absorb_rows(k[..., :0], v[..., :0], pos)  # the host keeps positions only
+
+    def nbytes(self) -> int:
+        """Device memory (the arena) plus the host's window and block tables."""
+        return self.kv.nbytes() + self.window_nbytes() + self._history_nbytes()
+
+    def _retrieve(self, q: np.ndarray, q_abs: np.ndarray, budget: int, sec: dict[str, float]) -> np.ndarray:
+        """TopKCache's block choice -> r [KVH]; the blocks' arena rows (every head the same) go to self._rows."""
+        nb = self.nb
+        self._rows = [np.zeros(0, np.int64) for _ in range(self.kvh)]
+        if nb == 0:
+            return np.zeros(self.kvh, np.int64)
+        t0 = time.perf_counter()
+        k = self.k_opt
+        kb = math.ceil(k * nb) if isinstance(k, float) else int(k)
+        if kb >= nb:
+            top = np.arange(nb)
+        else:
+            reps = self.bsum[:nb] / (self.bcount[:nb, None] * self.kvh)  # [B, hd]
+            score = reps @ q.reshape(-1, self.hd).mean(0, dtype=np.float64)  # [B]
+            top = np.argpartition(-score, kb - 1)[:kb]
+            top = top[np.argsort(-score[top], kind="stable")]
+        t1 = time.perf_counter()
+        sec["select"] += t1 - t0
+        rows = self.sink_n + runs_to_index(self.backend.layout(top, self.bstart, self.bcount))
+        self._rows = [rows] * self.kvh
+        sec["gather"] += time.perf_counter() - t1
+        return np.full(self.kvh, rows.size, np.int64)
+
+    def _history_state(self) -> dict[str, Any]:
+        """TopKCache's history (block tables; positions only in place of k/v) plus the device arena's tokens."""
+        return {**super()._history_state(), **self._device_state()}
+
+    def _restore_history(self, s: dict[str, Any]) -> None:
+        super()._restore_history(s)
+        self._restore_device(s)

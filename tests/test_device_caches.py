@@ -1,4 +1,4 @@
-"""`resv` with its KV on the device (retrieval/device.py) against the host ReSVCache on the same streams.
+"""`resv` and `topk` with their KV on the device (retrieval/device.py) against the host caches on the same streams.
 
 Checked on every machine with the device engine on onnxruntime's CPU provider (`device="cpu"`: the same
 graphs and bindings); the `gpu`-marked cases run the same on the CUDA provider and skip where it is missing.
@@ -18,10 +18,11 @@ from vrex_edge.runtime.kernels import Segment
 from vrex_edge.runtime.kernels.ort_cuda import OrtDeviceEngine
 from vrex_edge.runtime.kernels.reference import attend_reference
 from vrex_edge.runtime.retrieval import make_policy
-from vrex_edge.runtime.retrieval.device import DeviceReSVKV
+from vrex_edge.runtime.retrieval.device import DeviceReSVKV, DeviceTopKKV
 from vrex_edge.runtime.retrieval.policy import Policy
 from vrex_edge.runtime.retrieval.registry import get_spec
 from vrex_edge.runtime.retrieval.resv import ReSVCache
+from vrex_edge.runtime.retrieval.topk import TopKCache
 from vrex_edge.runtime.rope import Rope
 
 DEMO = Path(__file__).resolve().parent.parent / "samples" / "world_demo"
@@ -37,20 +38,22 @@ VARIANTS = [
 ]
 
 
-def device_policy(engine: OrtDeviceEngine, **options) -> Policy:
-    spec = get_spec("resv")
+def device_policy(engine: OrtDeviceEngine, name: str = "resv", **options) -> Policy:
+    spec = get_spec(name)
     return Policy(spec, spec.options.parse(options), device="cuda", device_engine=engine)
 
 
-def pair(text, engine: OrtDeviceEngine, **options) -> tuple[ReSVCache, DeviceReSVKV]:
+def pair(text, engine: OrtDeviceEngine, name: str = "resv", **options):
+    """The host cache and the device cache of policy `name` with the same options."""
     rope = Rope(text.rope)
-    host = make_policy("resv", **options)(0, text, rope)
-    dev = device_policy(engine, **options)(0, text, rope)
-    assert type(host) is ReSVCache and isinstance(dev, DeviceReSVKV)
+    host = make_policy(name, **options)(0, text, rope)
+    dev = device_policy(engine, name, **options)(0, text, rope)
+    assert type(host) is {"resv": ReSVCache, "topk": TopKCache}[name]
+    assert isinstance(dev, {"resv": DeviceReSVKV, "topk": DeviceTopKKV}[name])
     return host, dev
 
 
-def compare(host: ReSVCache, dev: DeviceReSVKV, text, chunks: list[int], seed: int = 0, start: int = 0) -> None:
+def compare(host, dev, text, chunks: list[int], seed: int = 0, start: int = 0) -> None:
     """Attend both caches to one stream; every call: the same kept counts per head, outputs within float32."""
     rng = np.random.default_rng(seed)
     pos = start
@@ -78,20 +81,37 @@ def test_device_resv_matches_host_resv(device: str, options: dict) -> None:
     assert dev.store.nclu.max() > 1
 
 
+TOPK_VARIANTS = [dict(), dict(k=3, decode_block=4, sink=4, recent=16), dict(k=1.0, sink=0, recent=0), dict(k=0.5)]
+
+
 @pytest.mark.parametrize("device", DEVICES)
-def test_device_resv_state_round_trip(device: str) -> None:
+@pytest.mark.parametrize(
+    "options", TOPK_VARIANTS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "defaults"
+)
+def test_device_topk_matches_host_topk(device: str, options: dict) -> None:
+    text = make_text(h=6, kvh=2, hd=32)
+    host, dev = pair(text, OrtDeviceEngine(device=device, min_capacity=16), "topk", **options)
+    compare(host, dev, text, CHUNKS)
+    assert dev.nb == host.nb > 10
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "name, opts",
+    [("resv", dict(hamming=6, horizon=8, max_cluster=8, sink=4, recent=8, reselect=2)), ("topk", dict(k=3, sink=4))],
+)
+def test_device_state_round_trip(device: str, name: str, opts: dict) -> None:
     """A stream saved half way and restored into a fresh device cache goes on exactly as the original."""
     text = make_text(h=4, kvh=2, hd=16)
     eng = OrtDeviceEngine(device=device, min_capacity=16)
-    opts = dict(hamming=6, horizon=8, max_cluster=8, sink=4, recent=8, reselect=2)
-    host, dev = pair(text, eng, **opts)
+    host, dev = pair(text, eng, name, **opts)
     rng = np.random.default_rng(5)
     chunks = list(stream(rng, text, [20, 10, 10, 1, 1, 10, 10, 1, 3, 10, 1, 1]))
     pos = 0
     for i, (q, k, v, phase) in enumerate(chunks):
         p = np.arange(pos, pos + q.shape[1])
         if i == 6:
-            resumed = device_policy(eng, **opts)(0, text, Rope(text.rope))
+            resumed = device_policy(eng, name, **opts)(0, text, Rope(text.rope))
             resumed.restore(dev.state())
             dev = resumed
         a, b = host.attend(q, k, v, p, phase=phase), dev.attend(q, k, v, p, phase=phase)
@@ -125,6 +145,8 @@ def test_device_resv_refuses_what_it_does_not_support(options: dict, says: str) 
     text = make_text()
     with pytest.raises(ConfigError, match=says):
         device_policy(OrtDeviceEngine(device="cpu"), **options)(0, text, Rope(text.rope))
+    with pytest.raises(ConfigError, match="positions=compact"):
+        device_policy(OrtDeviceEngine(device="cpu"), "topk", positions="compact")(0, text, Rope(text.rope))
 
 
 def test_engine_gather_attention_matches_reference() -> None:
