@@ -1,4 +1,4 @@
-"""`resv` and `topk` with their KV on the device (retrieval/device.py) against the host caches on the same streams.
+"""`resv`, `topk` and `window` with their KV on the device (retrieval/device.py) vs the host caches, same streams.
 
 Checked on every machine with the device engine on onnxruntime's CPU provider (`device="cpu"`: the same
 graphs and bindings); the `gpu`-marked cases run the same on the CUDA provider and skip where it is missing.
@@ -18,11 +18,12 @@ from vrex_edge.runtime.kernels import Segment
 from vrex_edge.runtime.kernels.ort_cuda import OrtDeviceEngine
 from vrex_edge.runtime.kernels.reference import attend_reference
 from vrex_edge.runtime.retrieval import make_policy
-from vrex_edge.runtime.retrieval.device import DeviceReSVKV, DeviceTopKKV
+from vrex_edge.runtime.retrieval.device import DeviceReSVKV, DeviceTopKKV, DeviceWindowKV
 from vrex_edge.runtime.retrieval.policy import Policy
 from vrex_edge.runtime.retrieval.registry import get_spec
 from vrex_edge.runtime.retrieval.resv import ReSVCache
 from vrex_edge.runtime.retrieval.topk import TopKCache
+from vrex_edge.runtime.retrieval.window import WindowCache
 from vrex_edge.runtime.rope import Rope
 
 DEMO = Path(__file__).resolve().parent.parent / "samples" / "world_demo"
@@ -48,8 +49,8 @@ def pair(text, engine: OrtDeviceEngine, name: str = "resv", **options):
     rope = Rope(text.rope)
     host = make_policy(name, **options)(0, text, rope)
     dev = device_policy(engine, name, **options)(0, text, rope)
-    assert type(host) is {"resv": ReSVCache, "topk": TopKCache}[name]
-    assert isinstance(dev, {"resv": DeviceReSVKV, "topk": DeviceTopKKV}[name])
+    assert type(host) is {"resv": ReSVCache, "topk": TopKCache, "window": WindowCache}[name]
+    assert isinstance(dev, {"resv": DeviceReSVKV, "topk": DeviceTopKKV, "window": DeviceWindowKV}[name])
     return host, dev
 
 
@@ -122,10 +123,11 @@ def test_device_state_round_trip(device: str, name: str, opts: dict) -> None:
     assert k_dev.shape[1] == pos
 
 
-def test_device_resv_extend_matches_attending() -> None:
+@pytest.mark.parametrize("name, opts", [("resv", dict(hamming=6)), ("topk", dict(k=4)), ("window", dict())])
+def test_device_extend_matches_attending(name: str, opts: dict) -> None:
     """extend() (benchmark warm-up) leaves the device cache as the host's: the next chunk sees the same."""
     text = make_text(h=4, kvh=2, hd=16)
-    host, dev = pair(text, OrtDeviceEngine(device="cpu", min_capacity=16), hamming=6, sink=4, recent=8)
+    host, dev = pair(text, OrtDeviceEngine(device="cpu", min_capacity=16), name, sink=4, recent=8, **opts)
     rng = np.random.default_rng(2)
     k, v = rand(rng, 2, 300, 16), rand(rng, 2, 300, 16)
     for c in (host, dev):
@@ -224,3 +226,19 @@ def test_demo_captions_identical_cpu_and_cuda(policy: str) -> None:
     host = demo_events(cpu, make_policy(policy), 75.0)
     dev = demo_events(gpu, make_policy(policy, device="cuda"), 75.0)
     assert dev == host
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("options", [dict(sink=4, recent=8), dict(sink=0, recent=30), dict(sink=40, recent=0)])
+def test_device_window_matches_host_window_in_a_bounded_arena(device: str, options: dict) -> None:
+    text = make_text(h=6, kvh=2, hd=32)
+    rope = Rope(text.rope)
+    host = make_policy("window", **options)(0, text, rope)
+    dev = device_policy(OrtDeviceEngine(device=device, min_capacity=16), "window", **options)(0, text, rope)
+    assert isinstance(dev, DeviceWindowKV)
+    compare(host, dev, text, CHUNKS * 3)
+    live = options["sink"] + options["recent"]
+    assert dev.kv.capacity <= 4 * (live + 64)  # compacted, not grown with the stream (sum(CHUNKS) * 3 = 1047)
+    resumed = device_policy(OrtDeviceEngine(device=device), "window", **options)(0, text, rope)
+    resumed.restore(host.state())  # a host window's state resumes on the device
+    compare(host, resumed, text, [10, 1, 7], seed=9, start=host.length)

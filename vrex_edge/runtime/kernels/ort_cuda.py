@@ -186,6 +186,13 @@ class OrtDeviceEngine:
             x = np.ascontiguousarray(src, np.float32)  # [m, KVH, hd]
             self._copy(x.ctypes.data, "cpu", kv.row_ptr(dst, row), self.device, x.shape)
 
+    def move(self, kv: DeviceKV, src: int, dst: int, m: int) -> None:
+        """Copy arena rows src .. src + m to dst .. dst + m on the device (the ranges must not overlap)."""
+        if abs(src - dst) < m:
+            raise ValueError("arena move between overlapping rows")
+        for buf in (kv.k, kv.v):
+            self._copy(kv.row_ptr(buf, src), self.device, kv.row_ptr(buf, dst), self.device, (m, kv.kvh, kv.hd))
+
     def download(self, kv: DeviceKV) -> tuple[np.ndarray, np.ndarray]:
         """-> host copies k, v [KVH, n, hd] of the arena's tokens."""
         out = []

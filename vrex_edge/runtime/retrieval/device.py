@@ -18,7 +18,7 @@ GPU, so the arena keeps stream order rather than the host's cluster-contiguous l
 Same options, selections and outputs as ReSVCache (to float rounding), except positions=compact,
 fine > 0 (two-level tables), the KV tiers and retrieval backends other than `host` (ConfigError).
 `DeviceTopKKV` is topk's counterpart (its block tables stay on the host; positions=compact refused).
-`window` keeps its host cache: its device arena would have to drop the tokens leaving the window.
+`DeviceWindowKV` is window's: its arena holds sink + recent and is compacted on the device when full.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from vrex_edge.runtime.retrieval.storage import (
     runs_to_index,
 )
 from vrex_edge.runtime.retrieval.topk import TopKCache, TopKOptions
+from vrex_edge.runtime.retrieval.window import WindowCache
 from vrex_edge.runtime.rope import Rope
 
 if TYPE_CHECKING:
@@ -85,9 +86,10 @@ def unsupported(o: ReSVOptions, storage: KVStorage) -> str | None:
 
 
 class DeviceArena(WindowedCache):
-    """What the device caches share (a base, as WindowedCache is): every token's rotated k, v in the device arena in
-    arrival order (so the sink is rows 0 .. sink_n - 1 and the recent window the last ring.n rows), and
-    a call that attends to sink + the rows `_retrieve` chose (self._rows) + recent in one device run."""
+    """What the device caches share (a base, as WindowedCache is): the tokens' rotated k, v in the device
+    arena in arrival order (the sink is rows 0 .. sink_n - 1, the recent window the last ring.n rows
+    before kv.n, where the next chunk goes), and a call that attends to sink + the rows `_retrieve`
+    chose (self._rows) + recent in one device run. `_make_room` may compact the arena first."""
 
     kv: DeviceKV
     _rows: list[np.ndarray]
@@ -107,6 +109,7 @@ class DeviceArena(WindowedCache):
         positions = np.asarray(positions, dtype=np.int64)
         q_abs = self.rope.apply(q, positions)  # [H, n, hd]
         k_abs = self.rope.apply(k, positions)  # [KVH, n, hd]
+        self._make_room(n)
         sec["attend"] += time.perf_counter() - t0
         r = self._retrieve(q, q_abs, self.retrieve_budget(n), sec)  # [KVH]; arena rows in self._rows
         t1 = time.perf_counter()
@@ -127,6 +130,9 @@ class DeviceArena(WindowedCache):
         self.dev.upload(self.kv, self.rope.apply(k, np.asarray(positions, np.int64)), v)
         super().extend(k, v, positions, chunk=chunk)
 
+    def _make_room(self, n: int) -> None:
+        """Before a chunk of n is appended (the arena otherwise grows by doubling)."""
+
     def selected_rows(self) -> list[np.ndarray]:
         """Per KV head, the arena rows of the history tokens the last call retrieved (tools, benchmarks)."""
         return list(self._rows)
@@ -137,7 +143,7 @@ class DeviceArena(WindowedCache):
         lens = s + r + w  # [KVH]
         rows = np.zeros((self.kvh, int(lens.max())), np.int64)
         rows[:, :s] = np.arange(s)
-        recent = np.arange(self.seen - w, self.seen)
+        recent = np.arange(self.kv.n - w, self.kv.n)
         for h in range(self.kvh):
             e = s + int(r[h])
             rows[h, s:e] = self._rows[h]
@@ -333,3 +339,44 @@ class DeviceTopKKV(DeviceArena, TopKCache):
     def _restore_history(self, s: dict[str, Any]) -> None:
         super()._restore_history(s)
         self._restore_device(s)
+
+
+class DeviceWindowKV(DeviceArena, WindowCache):
+    """WindowCache with k/v and attention on `engine`'s device. Tokens leaving the window stay in the
+    arena until it is full; then the live window moves down behind the sink (one device copy), so the
+    arena stays within a few times sink + recent + chunk. Its state is WindowCache's (the host keeps
+    the sink and the window as the base does); a restore writes them back into the arena."""
+
+    def __init__(self, text: TextSpec, rope: Rope, *, sink: int, recent: int, positions: str, engine: OrtDeviceEngine):
+        if positions == "compact":
+            raise ConfigError(
+                "window with its KV on the GPU does not support positions=compact; drop it or use --provider cpu"
+            )
+        buffer = AttentionBuffer(text.num_kv_heads, 0)  # unused: the attended set is gathered on the device
+        super().__init__(text, rope, sink=sink, recent=recent, positions=positions, table=None, buffer=buffer)
+        self._attach(engine)
+
+    def _make_room(self, n: int) -> None:
+        if self.kv.n + n > self.kv.capacity:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Move the window down behind the sink when the rows it leaves are at least as many as its own
+        (so the copy does not overlap itself); the rows after it are free again."""
+        kv, s, w = self.kv, self.sink_n, self.ring.n
+        if kv.n - s - w >= w:
+            self.dev.move(kv, kv.n - w, s, w)
+            kv.n = s + w
+
+    def extend(self, k: np.ndarray, v: np.ndarray, positions: np.ndarray, *, chunk: int) -> None:
+        super().extend(k, v, positions, chunk=chunk)
+        self._compact()
+
+    def nbytes(self) -> int:
+        return self.kv.nbytes() + self.window_nbytes()
+
+    def _restore_history(self, s: dict[str, Any]) -> None:
+        rs = slice(self.ring.s, self.ring.s + self.ring.n)
+        self.kv.n = 0
+        self.dev.upload(self.kv, self.sink_k[:, : self.sink_n], self.sink_v[:, : self.sink_n])
+        self.dev.upload(self.kv, self.ring.k[:, rs], self.ring.v[:, rs])

@@ -4,7 +4,7 @@ A `PolicySpec` says what a policy is (name, options dataclass, how to build one 
 the registry (retrieval/registry.py) lists every spec. A `Policy` is one session's instance: it
 builds the layer caches over a `KVStorage`, opens the retrieval backend once for all of them
 (policies that use one), and closes it. `device` is where the session's graphs run ("cpu" or
-"cuda"); on "cuda" a policy may keep its KV on the GPU (`full` and `resv` do, through `device_engine`).
+"cuda"); on "cuda" a policy may keep its KV on the GPU (`full`, `resv` and `topk` do, through `device_engine`).
 """
 
 from __future__ import annotations
