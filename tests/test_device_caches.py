@@ -216,7 +216,7 @@ def test_demo_captions_identical_with_host_and_device_kv() -> None:
 
 @pytest.mark.gpu
 @needs_cuda
-@pytest.mark.parametrize("policy", ["full", "resv"])
+@pytest.mark.parametrize("policy", ["full", "resv", "topk", "window"])
 def test_demo_captions_identical_cpu_and_cuda(policy: str) -> None:
     """Issue 16, item 2: the whole demo on the CPU provider and on CUDA (KV on the GPU), same captions and answers."""
     from vrex_edge.cli import default_model
