@@ -28,7 +28,13 @@ import numpy as np
 
 from vrex_edge.errors import ConfigError
 from vrex_edge.runtime.kernels.numpy_engine import NumpyEngine, merge_partial, start_with_chunk
-from vrex_edge.runtime.kernels.ort_graphs import attend_graph, copy_graph, gather_attend_graph, masses_graph
+from vrex_edge.runtime.kernels.ort_graphs import (
+    attend_graph,
+    copy_graph,
+    gather_attend_graph,
+    masses_graph,
+    resv_attend_graph,
+)
 from vrex_edge.runtime.kernels.segments import Segment, segment_lens
 
 _F32 = 4  # bytes
@@ -39,6 +45,7 @@ _GRAPHS = {
     "attend_append": lambda hd: attend_graph(hd, append=True),
     "gather_append": lambda hd: gather_attend_graph(hd, append=True),
     "masses": masses_graph,
+    "resv_append": resv_attend_graph,
 }
 
 
@@ -216,10 +223,7 @@ class OrtDeviceEngine:
         kvh, r, hd = q.shape
         m = new.shape[0]
         c = a + m
-        if c > table.capacity:  # room for the new rows (the device's first a rows move along)
-            big = self.new_rows(table.row, max(c, 2 * table.capacity))
-            self._copy(table.ptr(0), self.device, big.ptr(0), self.device, (a, *table.row))
-            table.buf = big.buf
+        self._room(table, a, c)
         qs = np.ascontiguousarray(q * np.float32(1.0 / np.sqrt(hd)), np.float32)  # [KVH, R, hd]
         new = np.ascontiguousarray(new, np.float32)
         out = np.empty((kvh, c), np.float32)
@@ -235,6 +239,81 @@ class OrtDeviceEngine:
         io.synchronize_outputs()
         table.n = c
         return out
+
+    def _room(self, table: DeviceRows, keep: int, need: int) -> None:
+        """Room for `need` rows in `table`, its first `keep` rows kept (device-to-device copy when it grows)."""
+        if need > table.capacity:
+            big = self.new_rows(table.row, max(need, 2 * table.capacity))
+            self._copy(table.ptr(0), self.device, big.ptr(0), self.device, (keep, *table.row))
+            table.buf = big.buf
+
+    def resv_attend_append(
+        self,
+        qs: np.ndarray,
+        table: DeviceRows,
+        a: int,
+        new: np.ndarray,
+        owner: DeviceRows,
+        ao: int,
+        own_new: np.ndarray,
+        tau: float,
+        recent: int,
+        q: np.ndarray,
+        kv: DeviceKV,
+        k_new: np.ndarray,
+        v_new: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """ReSV's retrieval and attention in one device run (ort_graphs.resv_attend_graph).
+
+        qs [KVH, R, hd] scoring queries; the cluster table's first a rows are on the device, `new` [m,
+        KVH, hd + 1] are its rows a .. a + m (written by the run); owner [cap, KVH, 1] holds each
+        clustered arena row's cluster id (-1: sink) for rows < ao, own_new [mo, KVH] the next ones
+        (written by the run); the arena's last `recent` rows are the recent window; q [KVH, G, n, hd]
+        rotated queries and the chunk k_new/v_new [KVH, n, hd] (appended) as in attend_rows_append.
+        -> output [KVH, G, n, hd], kept [KVH] (rows attended per head). Needs kv.n = ao + mo + recent."""
+        kvh, g, n, hd = q.shape
+        c, lh = a + new.shape[0], ao + own_new.shape[0]
+        assert kv.n == lh + recent and c > 0, "the owner table must cover the arena's clustered rows"
+        self._room(table, a, c)
+        self._room(owner, ao, lh)
+        self.reserve(kv, kv.n + n)
+        qsc = np.ascontiguousarray(qs * np.float32(1.0 / np.sqrt(hd)), np.float32)  # [KVH, R, hd]
+        qa = np.ascontiguousarray((q * np.float32(1.0 / np.sqrt(hd))).reshape(kvh, g * n, hd))  # [KVH, G*n, hd]
+        m, den, acc = start_with_chunk(qa, k_new, v_new, g)  # [KVH, G*n, 1] x2, [KVH, G*n, hd]
+        kt = np.ascontiguousarray(np.asarray(k_new, np.float32).transpose(1, 0, 2))  # [n, KVH, hd]
+        vt = np.ascontiguousarray(np.asarray(v_new, np.float32).transpose(1, 0, 2))
+        new = np.ascontiguousarray(new, np.float32)
+        own_new = np.ascontiguousarray(own_new, np.float32)
+        ring = np.array([kvh, recent], np.int64)
+        tau_a = np.array([tau if tau < 1.0 else 2.0], np.float32)  # > 1: every valid cluster
+        o_acc = np.empty((kvh, g * n, hd), np.float32)
+        o_m, o_den = np.empty((kvh, g * n, 1), np.float32), np.empty((kvh, g * n, 1), np.float32)
+        kept = np.empty(kvh, np.float32)
+        sess, io = self._session("resv_append", hd)
+        io.clear_binding_inputs()
+        io.clear_binding_outputs()
+        for name, x in (("q", qsc), ("new", new), ("own_new", own_new), ("tau", tau_a), ("qa", qa)):
+            self._bind_in(io, name, x.ctypes.data, x.shape, "cpu")
+        for name, x in (("k_new", kt), ("v_new", vt)):
+            self._bind_in(io, name, x.ctypes.data, x.shape, "cpu")
+        io.bind_input("ring", "cpu", 0, np.int64, [2], ring.ctypes.data)
+        self._bind_in(io, "old", table.ptr(0), (a, *table.row), self.device)
+        self._bind_in(io, "own_old", owner.ptr(0), (ao, kvh), self.device)
+        self._bind_in(io, "k", kv.k.data_ptr(), (kv.n * kvh, hd), self.device)  # the arena, where it lies
+        self._bind_in(io, "v", kv.v.data_ptr(), (kv.n * kvh, hd), self.device)
+        for name, x in (("acc", o_acc), ("m", o_m), ("den", o_den), ("kept", kept)):
+            self._bind_out(io, name, x.ctypes.data, x.shape, "cpu")
+        self._bind_out(io, "new_out", table.ptr(a), new.shape, self.device)  # in place, after the old rows
+        self._bind_out(io, "own_out", owner.ptr(ao), own_new.shape, self.device)
+        self._bind_out(io, "k_out", kv.row_ptr(kv.k, kv.n), kt.shape, self.device)
+        self._bind_out(io, "v_out", kv.row_ptr(kv.v, kv.n), vt.shape, self.device)
+        sess.run_with_iobinding(io)
+        io.synchronize_outputs()
+        merge_partial(m, den, acc, o_m, o_den, o_acc)
+        table.n, owner.n = c, lh
+        kv.n += n
+        acc /= den
+        return acc.reshape(kvh, g, n, hd), np.rint(kept).astype(np.int64)
 
     def attend_rows_append(
         self, q: np.ndarray, kv: DeviceKV, rows: np.ndarray, lens: np.ndarray, k_new: np.ndarray, v_new: np.ndarray

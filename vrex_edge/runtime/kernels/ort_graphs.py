@@ -116,6 +116,63 @@ def gather_attend_graph(hd: int, *, append: bool) -> bytes:
     return _model(nodes, "device_gather_partial_softmax", inputs, outputs, [_ax2()])
 
 
+def _masses_nodes() -> list[Any]:
+    """q, old, new -> mass [K, C] and tc3 [K, 1, C] (counts), new_out (see masses_graph)."""
+    from onnx import TensorProto, helper
+
+    return [
+        helper.make_node("Identity", ["new"], ["new_out"]),
+        helper.make_node("Concat", ["old", "new"], ["t"], axis=0),  # [c, K, hd + 1]
+        helper.make_node("Slice", ["t", "zero_i", "hd_i", "ax2"], ["reps"]),  # [c, K, hd]
+        helper.make_node("Slice", ["t", "hd_i", "hd1_i", "ax2"], ["cnt"]),  # [c, K, 1]
+        helper.make_node("Transpose", ["reps"], ["rt"], perm=[1, 2, 0]),  # [K, hd, c]
+        helper.make_node("MatMul", ["q", "rt"], ["sc"]),  # [K, R, c]
+        helper.make_node("Transpose", ["cnt"], ["tcc"], perm=[1, 0, 2]),  # [K, c, 1]
+        helper.make_node("Transpose", ["cnt"], ["tc3"], perm=[1, 2, 0]),  # [K, 1, c]
+        helper.make_node("Greater", ["tc3", "zero"], ["valid"]),
+        helper.make_node("Where", ["valid", "sc", "neginf"], ["sv"]),
+        helper.make_node("ReduceMax", ["sv"], ["mx"], axes=[2], keepdims=1),  # [K, R, 1]
+        helper.make_node("Sub", ["sv", "mx"], ["dm"]),
+        helper.make_node("Exp", ["dm"], ["pm"]),  # [K, R, c]
+        helper.make_node("MatMul", ["pm", "tcc"], ["z"]),  # [K, R, 1] per-query normaliser
+        helper.make_node("Reciprocal", ["z"], ["iz"]),
+        helper.make_node("Shape", ["q"], ["qshape"]),
+        helper.make_node("Gather", ["qshape", "one"], ["r_i"], axis=0),
+        helper.make_node("Cast", ["r_i"], ["rows"], to=TensorProto.FLOAT),
+        helper.make_node("Div", ["iz", "rows"], ["w0"]),  # / R
+        helper.make_node("Transpose", ["w0"], ["w"], perm=[0, 2, 1]),  # [K, 1, R]
+        helper.make_node("MatMul", ["w", "pm"], ["mp"]),  # [K, 1, c]
+        helper.make_node("Mul", ["mp", "tc3"], ["m3"]),
+        helper.make_node("Squeeze", ["m3", "ax1"], ["mass"]),  # [K, c]
+    ]
+
+
+def _masses_inits(hd: int) -> list[Any]:
+    from onnx import TensorProto, helper
+
+    f, i64 = TensorProto.FLOAT, TensorProto.INT64
+    return [
+        helper.make_tensor("ax1", i64, [1], [1]),
+        helper.make_tensor("zero_i", i64, [1], [0]),
+        helper.make_tensor("hd_i", i64, [1], [hd]),
+        helper.make_tensor("hd1_i", i64, [1], [hd + 1]),
+        helper.make_tensor("one", i64, [], [1]),
+        helper.make_tensor("zero", f, [], [0.0]),
+        helper.make_tensor("neginf", f, [], [float("-inf")]),
+    ]
+
+
+def _masses_inputs(hd: int) -> list[Any]:
+    from onnx import TensorProto, helper
+
+    f = TensorProto.FLOAT
+    return [
+        helper.make_tensor_value_info("q", f, ["K", "R", hd]),
+        helper.make_tensor_value_info("old", f, ["A", "K", hd + 1]),
+        helper.make_tensor_value_info("new", f, ["B", "K", hd + 1]),
+    ]
+
+
 def masses_graph(hd: int) -> bytes:
     """The cluster masses over a cluster-major table of representatives and counts, refreshing it.
 
@@ -127,52 +184,112 @@ def masses_graph(hd: int) -> bytes:
     from onnx import TensorProto, helper
 
     f = TensorProto.FLOAT
-    i64 = TensorProto.INT64
-    nodes = [
-        helper.make_node("Identity", ["new"], ["new_out"]),
-        helper.make_node("Concat", ["old", "new"], ["t"], axis=0),  # [c, K, hd + 1]
-        helper.make_node("Slice", ["t", "zero_i", "hd_i", "ax2"], ["reps"]),  # [c, K, hd]
-        helper.make_node("Slice", ["t", "hd_i", "hd1_i", "ax2"], ["cnt"]),  # [c, K, 1]
-        helper.make_node("Transpose", ["reps"], ["rt"], perm=[1, 2, 0]),  # [K, hd, c]
-        helper.make_node("MatMul", ["q", "rt"], ["s"]),  # [K, R, c]
-        helper.make_node("Transpose", ["cnt"], ["tcc"], perm=[1, 0, 2]),  # [K, c, 1]
-        helper.make_node("Transpose", ["cnt"], ["tc3"], perm=[1, 2, 0]),  # [K, 1, c]
-        helper.make_node("Greater", ["tc3", "zero"], ["valid"]),
-        helper.make_node("Where", ["valid", "s", "neginf"], ["sv"]),
-        helper.make_node("ReduceMax", ["sv"], ["mx"], axes=[2], keepdims=1),  # [K, R, 1]
-        helper.make_node("Sub", ["sv", "mx"], ["d"]),
-        helper.make_node("Exp", ["d"], ["p"]),  # [K, R, c]
-        helper.make_node("MatMul", ["p", "tcc"], ["z"]),  # [K, R, 1] per-query normaliser
-        helper.make_node("Reciprocal", ["z"], ["iz"]),
-        helper.make_node("Shape", ["q"], ["qshape"]),
-        helper.make_node("Gather", ["qshape", "one"], ["r_i"], axis=0),
-        helper.make_node("Cast", ["r_i"], ["rows"], to=f),
-        helper.make_node("Div", ["iz", "rows"], ["w0"]),  # / R
-        helper.make_node("Transpose", ["w0"], ["w"], perm=[0, 2, 1]),  # [K, 1, R]
-        helper.make_node("MatMul", ["w", "p"], ["mp"]),  # [K, 1, c]
-        helper.make_node("Mul", ["mp", "tc3"], ["m3"]),
-        helper.make_node("Squeeze", ["m3", "ax1"], ["mass"]),  # [K, c]
-    ]
-    inits = [
-        helper.make_tensor("ax1", i64, [1], [1]),
-        helper.make_tensor("ax2", i64, [1], [2]),
-        helper.make_tensor("zero_i", i64, [1], [0]),
-        helper.make_tensor("hd_i", i64, [1], [hd]),
-        helper.make_tensor("hd1_i", i64, [1], [hd + 1]),
-        helper.make_tensor("one", i64, [], [1]),
-        helper.make_tensor("zero", f, [], [0.0]),
-        helper.make_tensor("neginf", f, [], [float("-inf")]),
-    ]
-    inputs = [
-        helper.make_tensor_value_info("q", f, ["K", "R", hd]),
-        helper.make_tensor_value_info("old", f, ["A", "K", hd + 1]),
-        helper.make_tensor_value_info("new", f, ["B", "K", hd + 1]),
-    ]
+    inits = [*_masses_inits(hd), helper.make_tensor("ax2", TensorProto.INT64, [1], [2])]
     outputs = [
         helper.make_tensor_value_info("mass", f, ["K", "C"]),
         helper.make_tensor_value_info("new_out", f, ["B", "K", hd + 1]),
     ]
-    return _model(nodes, "device_cluster_masses", inputs, outputs, inits)
+    return _model(_masses_nodes(), "device_cluster_masses", _masses_inputs(hd), outputs, inits)
+
+
+def resv_attend_graph(hd: int) -> bytes:
+    """ReSV's whole retrieval and attention in one run: masses, WiCSum, the token mask and a gather.
+
+    qs [K, R, hd] scaled scoring queries, old/new the cluster table's rows as in masses_graph; own_old
+    [AO, K] (device) and own_new [BO, K] (host): each clustered row's cluster id per head (-1: a sink
+    row), for rows 0 .. Lh - 1 = AO + BO - 1; ring [2] int64 = (K, w): the last w arena rows are the
+    recent window, always attended; tau [1]: the WiCSum fraction (> 1: every cluster); qa [K, M, hd]
+    scaled attention queries; k, v [T, hd] the arena as rows token * K + head (T = (Lh + w) * K);
+    k_new, v_new the chunk (appended in place as in attend_graph).
+    -> acc, m, den (partial softmax over each head's sink + selected + recent rows), kept [K] (rows
+    attended per head), new_out, own_out (Identity: bound where those table rows go), k_out, v_out.
+    WiCSum here sorts the masses (TopK) and keeps a cluster when the clusters heavier than it hold less
+    than tau of the total: the definition accel/host.py's `wicsum` computes with buckets."""
+    from onnx import TensorProto, helper
+
+    f, i64 = TensorProto.FLOAT, TensorProto.INT64
+    nodes = [
+        *_masses_nodes(),  # mass [K, C], tc3 [K, 1, C]
+        # WiCSum over the sorted masses
+        helper.make_node("Shape", ["mass"], ["mshape"]),
+        helper.make_node("Slice", ["mshape", "one_1", "two_1"], ["kc"]),  # [1] = C
+        helper.make_node("TopK", ["mass", "kc"], ["vals", "order"], axis=1, largest=1, sorted=1),
+        helper.make_node("CumSum", ["vals", "one"], ["cum"]),
+        helper.make_node("Sub", ["cum", "vals"], ["heavier"]),  # mass of the clusters before each
+        helper.make_node("ReduceSum", ["mass", "ax1"], ["total"], keepdims=1),  # [K, 1]
+        helper.make_node("Mul", ["total", "tau"], ["goal"]),
+        helper.make_node("Less", ["heavier", "goal"], ["ks_b"]),
+        helper.make_node("Cast", ["ks_b"], ["ks"], to=f),
+        helper.make_node("ConstantOfShape", ["mshape"], ["zeros"], value=helper.make_tensor("z", f, [1], [0.0])),
+        helper.make_node("ScatterElements", ["zeros", "order", "ks"], ["keep0"], axis=1),  # [K, C]
+        helper.make_node("Greater", ["tc3", "zero"], ["valid3"]),
+        helper.make_node("Cast", ["valid3"], ["validf3"], to=f),
+        helper.make_node("Squeeze", ["validf3", "ax1"], ["validf"]),  # [K, C]
+        helper.make_node("Mul", ["keep0", "validf"], ["keep"]),
+        # the token mask over the arena's rows: clustered rows by their cluster, sink and recent always
+        helper.make_node("Identity", ["own_new"], ["own_out"]),
+        helper.make_node("Concat", ["own_old", "own_new"], ["own"], axis=0),  # [Lh, K]
+        helper.make_node("Transpose", ["own"], ["own_t"], perm=[1, 0]),  # [K, Lh]
+        helper.make_node("Less", ["own_t", "zero"], ["is_sink"]),
+        helper.make_node("Max", ["own_t", "zero"], ["own_c"]),
+        helper.make_node("Cast", ["own_c"], ["own_i"], to=i64),
+        helper.make_node("GatherElements", ["keep", "own_i"], ["tk"], axis=1),  # [K, Lh]
+        helper.make_node("Where", ["is_sink", "onef", "tk"], ["tkm"]),
+        helper.make_node("ConstantOfShape", ["ring"], ["ones"], value=helper.make_tensor("o", f, [1], [1.0])),
+        helper.make_node("Concat", ["tkm", "ones"], ["mask"], axis=1),  # [K, L]
+        helper.make_node("ReduceSum", ["mask", "ax1"], ["kept"], keepdims=0),  # [K]
+        # gather the attended rows of every head, attend each head's queries to its own rows only
+        helper.make_node("Greater", ["mask", "half"], ["mask_b"]),
+        helper.make_node("NonZero", ["mask_b"], ["nz"]),  # [2, nnz] (head, token), head-major
+        helper.make_node("Gather", ["nz", "zero_s"], ["heads"], axis=0),  # [nnz]
+        helper.make_node("Gather", ["nz", "one"], ["toks"], axis=0),
+        helper.make_node("Slice", ["mshape", "zero_1", "one_1"], ["kk"]),  # [1] = K
+        helper.make_node("Mul", ["toks", "kk"], ["tk_k"]),
+        helper.make_node("Add", ["tk_k", "heads"], ["flat"]),  # rows of k, v [T, hd]
+        helper.make_node("Gather", ["k", "flat"], ["kg"], axis=0),  # [nnz, hd]
+        helper.make_node("Gather", ["v", "flat"], ["vt"], axis=0),  # [nnz, hd]
+        helper.make_node("Transpose", ["kg"], ["kt"], perm=[1, 0]),  # [hd, nnz]
+        helper.make_node("MatMul", ["qa", "kt"], ["s0"]),  # [K, M, nnz]
+        helper.make_node("Squeeze", ["kk"], ["k_s"]),
+        helper.make_node("Range", ["zero_s", "k_s", "one"], ["hr"]),  # [K]
+        helper.make_node("Unsqueeze", ["hr", "ax12"], ["hr3"]),  # [K, 1, 1]
+        helper.make_node("Equal", ["hr3", "heads"], ["same"]),  # [K, 1, nnz]
+        helper.make_node("Where", ["same", "zero", "far"], ["hb"]),
+        helper.make_node("Add", ["s0", "hb"], ["s"]),
+        *_softmax_tail("s"),
+    ]
+    n2, i2, o2 = _append_io(hd)
+    inits = [
+        *_masses_inits(hd),
+        helper.make_tensor("ax12", i64, [2], [1, 2]),
+        helper.make_tensor("zero_1", i64, [1], [0]),
+        helper.make_tensor("one_1", i64, [1], [1]),
+        helper.make_tensor("two_1", i64, [1], [2]),
+        helper.make_tensor("zero_s", i64, [], [0]),
+        helper.make_tensor("onef", f, [], [1.0]),
+        helper.make_tensor("half", f, [], [0.5]),
+        helper.make_tensor("far", f, [], [-1e30]),
+        _ax2(),
+    ]
+    inputs = [
+        *_masses_inputs(hd),
+        helper.make_tensor_value_info("own_old", f, ["AO", "K"]),
+        helper.make_tensor_value_info("own_new", f, ["BO", "K"]),
+        helper.make_tensor_value_info("ring", i64, [2]),
+        helper.make_tensor_value_info("tau", f, [1]),
+        helper.make_tensor_value_info("qa", f, ["K", "M", hd]),
+        helper.make_tensor_value_info("k", f, ["T", hd]),
+        helper.make_tensor_value_info("v", f, ["T", hd]),
+        *i2,
+    ]
+    outputs = [
+        *_partial_outputs(hd),
+        helper.make_tensor_value_info("kept", f, ["K"]),
+        helper.make_tensor_value_info("new_out", f, ["B", "K", hd + 1]),
+        helper.make_tensor_value_info("own_out", f, ["BO", "K"]),
+        *o2,
+    ]
+    return _model(nodes + n2, "device_resv_attend", inputs, outputs, inits)
 
 
 def copy_graph() -> bytes:

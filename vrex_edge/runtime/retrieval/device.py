@@ -54,8 +54,27 @@ if TYPE_CHECKING:
     from vrex_edge.runtime.retrieval.policy import Policy
 
 
+class LoggedRows(Rows):
+    """Rows that also log what is appended (pos, owner), for a cache that mirrors the owners elsewhere."""
+
+    def __init__(self, hd: int, cap: int):
+        super().__init__(hd, cap)
+        self.log: list[np.ndarray] = []  # owner arrays in append order
+
+    def append(self, k: np.ndarray, v: np.ndarray, pos: np.ndarray, owner: np.ndarray) -> int:
+        self.log.append(np.asarray(owner, np.int64).copy())
+        return super().append(k, v, pos, owner)
+
+    def drain(self) -> np.ndarray:
+        """-> the owners appended since the last drain, in order."""
+        out = np.concatenate(self.log) if self.log else np.zeros(0, np.int64)
+        self.log = []
+        return out
+
+
 class RowStorage:
-    """KVStorage for a ClusterStore whose k/v live elsewhere: zero-width rows (pos and owner only)."""
+    """KVStorage for a ClusterStore whose k/v live elsewhere: zero-width rows (pos and owner only); the
+    open rows log their owners (DeviceReSVKV mirrors each arena row's cluster on the device)."""
 
     def buffer(
         self, layer: int, kvh: int, hd: int, *, keeps_rows: bool, max_rows: int | None = None
@@ -63,7 +82,7 @@ class RowStorage:
         return AttentionBuffer(kvh, 0)
 
     def open_rows(self, layer: int, kvh: int, hd: int) -> list[Rows]:
-        return [Rows(0, 256) for _ in range(kvh)]
+        return [LoggedRows(0, 256) for _ in range(kvh)]
 
     def arena(self, layer: int, kvh: int, hd: int, layout: Any) -> ResidentArena:
         return ResidentArena(kvh, 0, layout)
@@ -111,14 +130,8 @@ class DeviceArena(WindowedCache):
         k_abs = self.rope.apply(k, positions)  # [KVH, n, hd]
         self._make_room(n)
         sec["attend"] += time.perf_counter() - t0
-        r = self._retrieve(q, q_abs, self.retrieve_budget(n), sec)  # [KVH]; arena rows in self._rows
-        t1 = time.perf_counter()
-        rows, lens = self._layout(r)  # [KVH, S], [KVH]
-        t2 = time.perf_counter()
-        sec["gather"] += t2 - t1
-        o = self.dev.attend_rows_append(q_abs.reshape(self.kvh, self.g, n, self.hd), self.kv, rows, lens, k_abs, v)
+        o, lens = self._attend_device(q, q_abs, k_abs, v, sec)  # [KVH, G, n, hd], [KVH]
         t3 = time.perf_counter()
-        sec["attend"] += t3 - t2
         self._push(k_abs, v, self._aux(k, k_abs), positions, self._tag(phase, n))
         sec["cluster"] += time.perf_counter() - t3
         self._stats = LayerStats(history=self.seen - n, kept=lens, seconds=sec, clusters=self._clusters())
@@ -129,6 +142,21 @@ class DeviceArena(WindowedCache):
         """The base's warm-up, with the tokens also written into the device arena."""
         self.dev.upload(self.kv, self.rope.apply(k, np.asarray(positions, np.int64)), v)
         super().extend(k, v, positions, chunk=chunk)
+
+    def _attend_device(
+        self, q: np.ndarray, q_abs: np.ndarray, k_abs: np.ndarray, v: np.ndarray, sec: dict[str, float]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`_retrieve` on the host, then the device attends to sink + its rows + recent and appends the
+        chunk -> output [KVH, G, n, hd], rows attended per head [KVH]."""
+        n = q.shape[1]
+        r = self._retrieve(q, q_abs, self.retrieve_budget(n), sec)  # [KVH]; arena rows in self._rows
+        t1 = time.perf_counter()
+        rows, lens = self._layout(r)  # [KVH, S], [KVH]
+        t2 = time.perf_counter()
+        sec["gather"] += t2 - t1
+        o = self.dev.attend_rows_append(q_abs.reshape(self.kvh, self.g, n, self.hd), self.kv, rows, lens, k_abs, v)
+        sec["attend"] += time.perf_counter() - t2
+        return o, lens
 
     def _make_room(self, n: int) -> None:
         """Before a chunk of n is appended (the arena otherwise grows by doubling)."""
@@ -183,6 +211,50 @@ class DeviceReSVKV(DeviceArena, ReSVCache):
         self.table = engine.new_rows((self.kvh, self.hd + 1), 256)  # [cap_c, KVH, hd + 1]: rep, count (0: none)
         self.dirty = 0  # clusters >= dirty changed since the table was last written
         self.absorbed = 0  # tokens in the clusters (the arena row of the next one is sink_n + absorbed)
+        # one device run per call (ort_graphs.resv_attend_graph) unless an option needs the host's selection
+        self.fused = o.reselect == 1 and o.max_kept == 0 and o.dense_below == 0
+        self.owner = engine.new_rows((self.kvh, 1), 1024)  # [cap, KVH, 1]: each arena row's cluster (-1: sink)
+        self._owners: list[np.ndarray] = []  # [m, KVH] clusters of rows absorbed since the owner table was written
+
+    def _attend_device(
+        self, q: np.ndarray, q_abs: np.ndarray, k_abs: np.ndarray, v: np.ndarray, sec: dict[str, float]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Fused: scoring, WiCSum, the token mask, the gather and attention in one device run; only the
+        changed table rows and the new rows' clusters go in besides q and the chunk, kept counts come back."""
+        c = int(self.store.nclu.max())
+        if not self.fused or c == 0:
+            return super()._attend_device(q, q_abs, k_abs, v, sec)
+        t0 = time.perf_counter()
+        n = q.shape[1]
+        qs = (q_abs if self.score_post else q).reshape(self.kvh, self.g * n, self.hd)  # [KVH, G*n, hd]
+        new, own = self._dirty_rows(c), self._owner_rows()
+        t1 = time.perf_counter()
+        sec["select"] += t1 - t0
+        o, kept = self.dev.resv_attend_append(
+            qs,
+            self.table,
+            self.dirty,
+            new,
+            self.owner,
+            self.owner.n,
+            own,
+            self.tau,
+            self.ring.n,
+            q_abs.reshape(self.kvh, self.g, n, self.hd),
+            self.kv,
+            k_abs,
+            v,
+        )
+        self.dirty = c
+        sec["attend"] += time.perf_counter() - t1
+        return o, kept
+
+    def _owner_rows(self) -> np.ndarray:
+        """The owner table's rows owner.n .. sink_n + absorbed - 1 -> [m, KVH] f32 (-1 for sink rows)."""
+        sink = np.full((max(self.sink_n - self.owner.n, 0), self.kvh), -1.0, np.float32)
+        out = np.concatenate([sink, *self._owners]).astype(np.float32)
+        self._owners = []
+        return out
 
     def nbytes(self) -> int:
         """Device memory (arena, representatives, counts) plus the host's window and tables."""
@@ -203,6 +275,7 @@ class DeviceReSVKV(DeviceArena, ReSVCache):
         st.push(none, none, rows, kc, ks)
         self.absorbed += m
         self.dirty = min(self.dirty, changed)
+        self._owners.append(np.stack([p.drain() for p in st.pending], axis=1))  # type: ignore[attr-defined]
 
     def _dirty_rows(self, c: int) -> np.ndarray:
         """Table rows dirty .. c-1 from the host tables -> [c - dirty, KVH, hd + 1] (rep, count)."""
@@ -274,6 +347,13 @@ class DeviceReSVKV(DeviceArena, ReSVCache):
         self.store.arena.restore(s["arena"])
         self.absorbed = int(s["absorbed"])
         self._restore_device(s)
+        for p in self.store.pending:
+            p.drain()  # type: ignore[attr-defined]
+        own = np.zeros((self.absorbed, self.kvh), np.int64)  # every clustered row's cluster, written again
+        for h in range(self.kvh):
+            rows, ids = self.store.members(h)  # the store's pos are arena rows
+            own[rows - self.sink_n, h] = ids
+        self.owner.n, self._owners = 0, [own]
         self.table.n, self.dirty = 0, 0  # written again at the next scoring
 
 
