@@ -16,7 +16,8 @@ graphs and bindings on the CPU provider (the CPU-only tests check the logic with
 For `resv` on the device (retrieval/device.py) two more runs per layer and chunk: `masses` scores a
 cluster table on the device (writing its changed rows in the same run) and returns the masses
 [KVH, C]; `attend_rows_append` gathers each head's attended rows from the arena by index (the rows
-[KVH, S] go in) and attends and appends as above. The graphs: ort_graphs.py.
+[KVH, S] go in) and attends and appends as above; `resv_attend_append` does all of ReSV's retrieval
+and the attention in one run. Those runs: ort_cuda_runs.py; the graphs: ort_graphs.py.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import numpy as np
 
 from vrex_edge.errors import ConfigError
 from vrex_edge.runtime.kernels.numpy_engine import NumpyEngine, merge_partial, start_with_chunk
+from vrex_edge.runtime.kernels.ort_cuda_runs import RetrievalRuns
 from vrex_edge.runtime.kernels.ort_graphs import (
     attend_graph,
     copy_graph,
@@ -38,7 +40,6 @@ from vrex_edge.runtime.kernels.ort_graphs import (
 from vrex_edge.runtime.kernels.segments import Segment, segment_lens
 
 _F32 = 4  # bytes
-_FAR = np.float32(-1e30)  # the score bias of a padded row: exp() of it is 0, and a row of them stays finite
 _GRAPHS = {
     "copy": lambda hd: copy_graph(),
     "attend": lambda hd: attend_graph(hd, append=False),
@@ -69,26 +70,7 @@ class DeviceKV:
         return buf.data_ptr() + row * self.kvh * self.hd * _F32
 
 
-class DeviceRows:
-    """A growable float32 OrtValue [cap, a, b] on the engine's device (rows of [a, b]); `n` rows used.
-    Made by OrtDeviceEngine.new_rows and written only through its engine."""
-
-    def __init__(self, buf: Any, row: tuple[int, int]):
-        self.buf, self.row = buf, row
-        self.n = 0
-
-    @property
-    def capacity(self) -> int:
-        return int(self.buf.shape()[0])
-
-    def nbytes(self) -> int:
-        return self.capacity * self.row[0] * self.row[1] * _F32
-
-    def ptr(self, row: int) -> int:
-        return self.buf.data_ptr() + row * self.row[0] * self.row[1] * _F32
-
-
-class OrtDeviceEngine:
+class OrtDeviceEngine(RetrievalRuns):
     """Chunk attention over DeviceKV arenas (see module docstring). Not thread-safe."""
 
     name = "ort-cuda"
@@ -208,156 +190,6 @@ class OrtDeviceEngine:
             self._copy(src.data_ptr(), self.device, x.ctypes.data, "cpu", x.shape)
             out.append(np.ascontiguousarray(x.transpose(1, 0, 2)))  # [KVH, n, hd]
         return out[0], out[1]
-
-    def new_rows(self, row: tuple[int, int], capacity: int) -> DeviceRows:
-        new = self._ort.OrtValue.ortvalue_from_shape_and_type
-        return DeviceRows(new([max(capacity, 1), *row], np.float32, self.device, 0), row)
-
-    # ------------------------------------------------------------------ ReSV on the device
-
-    def masses(self, q: np.ndarray, table: DeviceRows, a: int, new: np.ndarray) -> np.ndarray:
-        """q [KVH, R, hd] scoring queries against a cluster table [cap, KVH, hd + 1] (representative,
-        then token count; 0: no cluster) whose first `a` rows are on the device and whose rows a ..
-        a + len(new) are `new` [m, KVH, hd + 1] (host; written into the table by the same run) ->
-        mass [KVH, a + m] float32 on the host: HostBackend.masses's definition (accel/host.py)."""
-        kvh, r, hd = q.shape
-        m = new.shape[0]
-        c = a + m
-        self._room(table, a, c)
-        qs = np.ascontiguousarray(q * np.float32(1.0 / np.sqrt(hd)), np.float32)  # [KVH, R, hd]
-        new = np.ascontiguousarray(new, np.float32)
-        out = np.empty((kvh, c), np.float32)
-        sess, io = self._session("masses", hd)
-        io.clear_binding_inputs()
-        io.clear_binding_outputs()
-        self._bind_in(io, "q", qs.ctypes.data, qs.shape, "cpu")
-        self._bind_in(io, "old", table.ptr(0), (a, *table.row), self.device)
-        self._bind_in(io, "new", new.ctypes.data, new.shape, "cpu")
-        self._bind_out(io, "mass", out.ctypes.data, out.shape, "cpu")
-        self._bind_out(io, "new_out", table.ptr(a), new.shape, self.device)  # in place, after the old rows
-        sess.run_with_iobinding(io)
-        io.synchronize_outputs()
-        table.n = c
-        return out
-
-    def _room(self, table: DeviceRows, keep: int, need: int) -> None:
-        """Room for `need` rows in `table`, its first `keep` rows kept (device-to-device copy when it grows)."""
-        if need > table.capacity:
-            big = self.new_rows(table.row, max(need, 2 * table.capacity))
-            self._copy(table.ptr(0), self.device, big.ptr(0), self.device, (keep, *table.row))
-            table.buf = big.buf
-
-    def resv_attend_append(
-        self,
-        qs: np.ndarray,
-        table: DeviceRows,
-        a: int,
-        new: np.ndarray,
-        owner: DeviceRows,
-        ao: int,
-        own_new: np.ndarray,
-        tau: float,
-        recent: int,
-        q: np.ndarray,
-        kv: DeviceKV,
-        k_new: np.ndarray,
-        v_new: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """ReSV's retrieval and attention in one device run (ort_graphs.resv_attend_graph).
-
-        qs [KVH, R, hd] scoring queries; the cluster table's first a rows are on the device, `new` [m,
-        KVH, hd + 1] are its rows a .. a + m (written by the run); owner [cap, KVH, 1] holds each
-        clustered arena row's cluster id (-1: sink) for rows < ao, own_new [mo, KVH] the next ones
-        (written by the run); the arena's last `recent` rows are the recent window; q [KVH, G, n, hd]
-        rotated queries and the chunk k_new/v_new [KVH, n, hd] (appended) as in attend_rows_append.
-        -> output [KVH, G, n, hd], kept [KVH] (rows attended per head). Needs kv.n = ao + mo + recent."""
-        kvh, g, n, hd = q.shape
-        c, lh = a + new.shape[0], ao + own_new.shape[0]
-        assert kv.n == lh + recent and c > 0, "the owner table must cover the arena's clustered rows"
-        self._room(table, a, c)
-        self._room(owner, ao, lh)
-        self.reserve(kv, kv.n + n)
-        qsc = np.ascontiguousarray(qs * np.float32(1.0 / np.sqrt(hd)), np.float32)  # [KVH, R, hd]
-        qa = np.ascontiguousarray((q * np.float32(1.0 / np.sqrt(hd))).reshape(kvh, g * n, hd))  # [KVH, G*n, hd]
-        m, den, acc = start_with_chunk(qa, k_new, v_new, g)  # [KVH, G*n, 1] x2, [KVH, G*n, hd]
-        kt = np.ascontiguousarray(np.asarray(k_new, np.float32).transpose(1, 0, 2))  # [n, KVH, hd]
-        vt = np.ascontiguousarray(np.asarray(v_new, np.float32).transpose(1, 0, 2))
-        new = np.ascontiguousarray(new, np.float32)
-        own_new = np.ascontiguousarray(own_new, np.float32)
-        ring = np.array([kvh, recent], np.int64)
-        tau_a = np.array([tau if tau < 1.0 else 2.0], np.float32)  # > 1: every valid cluster
-        o_acc = np.empty((kvh, g * n, hd), np.float32)
-        o_m, o_den = np.empty((kvh, g * n, 1), np.float32), np.empty((kvh, g * n, 1), np.float32)
-        kept = np.empty(kvh, np.float32)
-        sess, io = self._session("resv_append", hd)
-        io.clear_binding_inputs()
-        io.clear_binding_outputs()
-        for name, x in (("q", qsc), ("new", new), ("own_new", own_new), ("tau", tau_a), ("qa", qa)):
-            self._bind_in(io, name, x.ctypes.data, x.shape, "cpu")
-        for name, x in (("k_new", kt), ("v_new", vt)):
-            self._bind_in(io, name, x.ctypes.data, x.shape, "cpu")
-        io.bind_input("ring", "cpu", 0, np.int64, [2], ring.ctypes.data)
-        self._bind_in(io, "old", table.ptr(0), (a, *table.row), self.device)
-        self._bind_in(io, "own_old", owner.ptr(0), (ao, kvh), self.device)
-        self._bind_in(io, "k", kv.k.data_ptr(), (kv.n * kvh, hd), self.device)  # the arena, where it lies
-        self._bind_in(io, "v", kv.v.data_ptr(), (kv.n * kvh, hd), self.device)
-        for name, x in (("acc", o_acc), ("m", o_m), ("den", o_den), ("kept", kept)):
-            self._bind_out(io, name, x.ctypes.data, x.shape, "cpu")
-        self._bind_out(io, "new_out", table.ptr(a), new.shape, self.device)  # in place, after the old rows
-        self._bind_out(io, "own_out", owner.ptr(ao), own_new.shape, self.device)
-        self._bind_out(io, "k_out", kv.row_ptr(kv.k, kv.n), kt.shape, self.device)
-        self._bind_out(io, "v_out", kv.row_ptr(kv.v, kv.n), vt.shape, self.device)
-        sess.run_with_iobinding(io)
-        io.synchronize_outputs()
-        merge_partial(m, den, acc, o_m, o_den, o_acc)
-        table.n, owner.n = c, lh
-        kv.n += n
-        acc /= den
-        return acc.reshape(kvh, g, n, hd), np.rint(kept).astype(np.int64)
-
-    def attend_rows_append(
-        self, q: np.ndarray, kv: DeviceKV, rows: np.ndarray, lens: np.ndarray, k_new: np.ndarray, v_new: np.ndarray
-    ) -> np.ndarray:
-        """q [KVH, G, n, hd] rotated queries; head h attends to the arena tokens rows[h, :lens[h]]
-        (rows [KVH, S] int64, any order, entries past lens[h] ignored) and, causally, to the chunk
-        k_new/v_new [KVH, n, hd], which is then appended to kv (same graph run) -> [KVH, G, n, hd].
-        What crosses: q, the rows, a [KVH, S] bias and the chunk in; the partial softmax out."""
-        kvh, g, n, hd = q.shape
-        self.reserve(kv, kv.n + n)
-        qs = np.ascontiguousarray((q * np.float32(1.0 / np.sqrt(hd))).reshape(kvh, g * n, hd))  # [KVH, G*n, hd]
-        m, den, acc = start_with_chunk(qs, k_new, v_new, g)  # [KVH, G*n, 1] x2, [KVH, G*n, hd]
-        kt = np.ascontiguousarray(np.asarray(k_new, np.float32).transpose(1, 0, 2))  # [n, KVH, hd]
-        vt = np.ascontiguousarray(np.asarray(v_new, np.float32).transpose(1, 0, 2))
-        s = rows.shape[1]
-        if kv.n == 0 or s == 0 or not lens.any():  # nothing to attend to: only the append
-            for x, buf in ((kt, kv.k), (vt, kv.v)):
-                self._copy(x.ctypes.data, "cpu", kv.row_ptr(buf, kv.n), self.device, x.shape)
-        else:
-            live = np.arange(s) < np.asarray(lens)[:, None]  # [KVH, S]
-            flat = np.where(live, rows * kvh + np.arange(kvh)[:, None], 0).astype(np.int64)  # rows of [n*KVH, hd]
-            bias = np.where(live, np.float32(0), _FAR).astype(np.float32)[:, None, :]  # [KVH, 1, S]
-            o_acc = np.empty((kvh, g * n, hd), np.float32)
-            o_m, o_den = np.empty((kvh, g * n, 1), np.float32), np.empty((kvh, g * n, 1), np.float32)
-            sess, io = self._session("gather_append", hd)
-            io.clear_binding_inputs()
-            io.clear_binding_outputs()
-            self._bind_in(io, "q", qs.ctypes.data, qs.shape, "cpu")
-            self._bind_in(io, "k", kv.k.data_ptr(), (kv.n * kvh, hd), self.device)  # the arena, where it lies
-            self._bind_in(io, "v", kv.v.data_ptr(), (kv.n * kvh, hd), self.device)
-            io.bind_input("idx", "cpu", 0, np.int64, list(flat.shape), flat.ctypes.data)
-            self._bind_in(io, "bias", bias.ctypes.data, bias.shape, "cpu")
-            self._bind_in(io, "k_new", kt.ctypes.data, kt.shape, "cpu")
-            self._bind_in(io, "v_new", vt.ctypes.data, vt.shape, "cpu")
-            for name, a in (("acc", o_acc), ("m", o_m), ("den", o_den)):
-                self._bind_out(io, name, a.ctypes.data, a.shape, "cpu")
-            self._bind_out(io, "k_out", kv.row_ptr(kv.k, kv.n), kt.shape, self.device)  # in place, after the tokens
-            self._bind_out(io, "v_out", kv.row_ptr(kv.v, kv.n), vt.shape, self.device)
-            sess.run_with_iobinding(io)
-            io.synchronize_outputs()
-            merge_partial(m, den, acc, o_m, o_den, o_acc)
-        kv.n += n
-        acc /= den
-        return acc.reshape(kvh, g, n, hd)
 
     # ------------------------------------------------------------------ attention
 

@@ -231,19 +231,18 @@ class DeviceReSVKV(DeviceArena, ReSVCache):
         t1 = time.perf_counter()
         sec["select"] += t1 - t0
         o, kept = self.dev.resv_attend_append(
-            qs,
-            self.table,
-            self.dirty,
-            new,
-            self.owner,
-            self.owner.n,
-            own,
-            self.tau,
-            self.ring.n,
             q_abs.reshape(self.kvh, self.g, n, self.hd),
             self.kv,
             k_abs,
             v,
+            score_q=qs,
+            table=self.table,
+            new=new,
+            a=self.dirty,
+            owner=self.owner,
+            owner_new=own,
+            tau=self.tau,
+            recent=self.ring.n,
         )
         self.dirty = c
         sec["attend"] += time.perf_counter() - t1
