@@ -10,10 +10,12 @@ medians of --repeats calls after 3 warm-ups per copy. Variants:
   full offload   DeviceFullKV whose oldest 3/4 of the KV lives in host memory and is copied to the device
                  before every call (what transformers' OffloadedCache streams per layer), 1/4 resident
   resv host      ReSVCache (host retrieval and attention)
-  resv device    DeviceReSVKV: KV, cluster table, scoring and attention on the device (retrieval/device.py)
-  resv offload   resv device plus, per call, the host gather and device copy of the selected tokens that lie
-                 in the offloaded 3/4: a cost model of the tiered device path, which is not built (attention
-                 still reads those tokens from the device arena)
+  resv device    DeviceReSVKV: KV, cluster table, scoring, selection and attention in one device run per
+                 call (retrieval/device.py)
+  resv offload   DeviceReSVKV with the selection on the host (so the selected rows are known there, as a tier
+                 needs: two device runs per call) plus, per call, the host gather and device copy of the
+                 selected tokens that lie in the offloaded 3/4: a cost model of the tiered device path,
+                 which is not built (attention still reads those tokens from the device arena)
 
 The offload copies are synchronous from pageable numpy memory (OffloadedCache uses pinned memory and
 overlaps the next layer's copy with this layer's compute), so "full offload" is a pessimistic baseline.
@@ -87,6 +89,7 @@ def build(variant: str, L: int, text, rope, stream: Stream, dev, new: int, resv_
     from vrex_edge.runtime.retrieval.full import DeviceFullKV
     from vrex_edge.runtime.retrieval.policy import Policy
     from vrex_edge.runtime.retrieval.registry import get_spec
+    from vrex_edge.runtime.retrieval.resv import ReSVOptions
 
     k, v = stream.kv(L)
     pos = np.arange(L)
@@ -100,8 +103,9 @@ def build(variant: str, L: int, text, rope, stream: Stream, dev, new: int, resv_
         if where == "host":
             cache = make_policy("resv", resv_opt)(0, text, rope)
         else:
-            cache = Policy(spec, spec.options.parse(resv_opt), device="cuda", device_engine=dev)(0, text, rope)
-            assert isinstance(cache, DeviceReSVKV)
+            pol = Policy(spec, spec.options.parse(resv_opt), device="cuda", device_engine=dev)
+            assert isinstance(pol.options, ReSVOptions)  # offload: the host-selection path (its rows are known)
+            cache = DeviceReSVKV(0, text, rope, pol.options, policy=pol, engine=dev, fused=where == "device")
         cache.extend(k, v, pos, chunk=new)
     off = 3 * L // 4  # rows 0 .. off-1 live in host memory under the 1/4 budget
     host_k = np.ascontiguousarray(rope.apply(k[:, :off], pos[:off]).transpose(1, 0, 2))  # [off, KVH, hd]

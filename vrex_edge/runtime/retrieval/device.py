@@ -162,7 +162,8 @@ class DeviceArena(WindowedCache):
         """Before a chunk of n is appended (the arena otherwise grows by doubling)."""
 
     def selected_rows(self) -> list[np.ndarray]:
-        """Per KV head, the arena rows of the history tokens the last call retrieved (tools, benchmarks)."""
+        """Per KV head, the arena rows of the history tokens the last call retrieved on the host (tools,
+        benchmarks; empty after a fused resv call, whose selection stays on the device)."""
         return list(self._rows)
 
     def _layout(self, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -200,7 +201,10 @@ class DeviceReSVKV(DeviceArena, ReSVCache):
         policy: Policy,
         engine: OrtDeviceEngine,
         storage: KVStorage = RESIDENT,
+        fused: bool = True,
     ):
+        """fused: one device run per call where the options allow it (else the host selects, and the
+        selected rows are known on the host: `selected_rows`)."""
         why = unsupported(o, storage)
         if why is not None:
             raise ConfigError(f"resv with its KV on the GPU does not support {why}; drop it or use --provider cpu")
@@ -212,7 +216,7 @@ class DeviceReSVKV(DeviceArena, ReSVCache):
         self.dirty = 0  # clusters >= dirty changed since the table was last written
         self.absorbed = 0  # tokens in the clusters (the arena row of the next one is sink_n + absorbed)
         # one device run per call (ort_graphs.resv_attend_graph) unless an option needs the host's selection
-        self.fused = o.reselect == 1 and o.max_kept == 0 and o.dense_below == 0
+        self.fused = fused and o.reselect == 1 and o.max_kept == 0 and o.dense_below == 0
         self.owner = engine.new_rows((self.kvh, 1), 1024)  # [cap, KVH, 1]: each arena row's cluster (-1: sink)
         self._owners: list[np.ndarray] = []  # [m, KVH] clusters of rows absorbed since the owner table was written
 
