@@ -278,7 +278,9 @@ class DeviceReSVKV(DeviceArena, ReSVCache):
         st.push(none, none, rows, kc, ks)
         self.absorbed += m
         self.dirty = min(self.dirty, changed)
-        self._owners.append(np.stack([p.drain() for p in st.pending], axis=1))  # type: ignore[attr-defined]
+        owners = np.stack([p.drain() for p in st.pending], axis=1)  # type: ignore[attr-defined]  # [m, KVH]
+        if self.fused:  # the device owner table's next rows
+            self._owners.append(owners)
 
     def _dirty_rows(self, c: int) -> np.ndarray:
         """Table rows dirty .. c-1 from the host tables -> [c - dirty, KVH, hd + 1] (rep, count)."""
@@ -352,11 +354,13 @@ class DeviceReSVKV(DeviceArena, ReSVCache):
         self._restore_device(s)
         for p in self.store.pending:
             p.drain()  # type: ignore[attr-defined]
-        own = np.zeros((self.absorbed, self.kvh), np.int64)  # every clustered row's cluster, written again
-        for h in range(self.kvh):
-            rows, ids = self.store.members(h)  # the store's pos are arena rows
-            own[rows - self.sink_n, h] = ids
-        self.owner.n, self._owners = 0, [own]
+        self.owner.n, self._owners = 0, []
+        if self.fused:  # every clustered row's cluster, for the owner table to be written again
+            own = np.zeros((self.absorbed, self.kvh), np.int64)
+            for h in range(self.kvh):
+                rows, ids = self.store.members(h)  # the store's pos are arena rows
+                own[rows - self.sink_n, h] = ids
+            self._owners = [own]
         self.table.n, self.dirty = 0, 0  # written again at the next scoring
 
 
