@@ -18,7 +18,7 @@ from vrex_edge.runtime.kernels import Segment
 from vrex_edge.runtime.kernels.ort_cuda import OrtDeviceEngine
 from vrex_edge.runtime.kernels.reference import attend_reference
 from vrex_edge.runtime.retrieval import make_policy
-from vrex_edge.runtime.retrieval.device import DeviceReSVKV, DeviceTopKKV, DeviceWindowKV
+from vrex_edge.runtime.retrieval.device import DeviceReSVKV, DeviceTopKKV, DeviceWindowKV, RowStorage
 from vrex_edge.runtime.retrieval.policy import Policy
 from vrex_edge.runtime.retrieval.registry import get_spec
 from vrex_edge.runtime.retrieval.resv import ReSVCache
@@ -155,6 +155,8 @@ def test_device_resv_refuses_what_it_does_not_support(options: dict, says: str) 
         device_policy(OrtDeviceEngine(device="cpu"), **options)(0, text, Rope(text.rope))
     with pytest.raises(ConfigError, match="positions=compact"):
         device_policy(OrtDeviceEngine(device="cpu"), "topk", positions="compact")(0, text, Rope(text.rope))
+    with pytest.raises(ConfigError, match="KV tiers"):  # any storage but the resident one is the tiers'
+        device_policy(OrtDeviceEngine(device="cpu"))(0, text, Rope(text.rope), RowStorage())
 
 
 def test_engine_gather_attention_matches_reference() -> None:

@@ -260,8 +260,8 @@ class DeviceReSVKV(DeviceArena, ReSVCache):
         return out
 
     def nbytes(self) -> int:
-        """Device memory (arena, representatives, counts) plus the host's window and tables."""
-        dev = self.kv.nbytes() + self.table.nbytes()
+        """Device memory (arena, cluster table, owner table) plus the host's window and tables."""
+        dev = self.kv.nbytes() + self.table.nbytes() + self.owner.nbytes()
         return dev + self.window_nbytes() + self.store.nbytes()
 
     # ------------------------------------------------------------------ ReSVCache hooks
