@@ -1,19 +1,22 @@
-"""`resv` (and `topk`) with the KV, representatives, scoring and attention on the device (sessions on CUDA).
+"""`resv`, `topk` and `window` with the KV, and for resv the scoring, selection and attention, on the device.
 
-What lives where, per layer (kernels/ort_cuda.py runs the device side):
+What lives where for `resv`, per layer (kernels/ort_cuda.py and ort_cuda_runs.py run the device side):
 - device: every token's rotated k, v in one token-major arena [cap, KVH, hd] in arrival order (sink,
   history, recent window); a cluster table [cap_c, KVH, hd + 1] (representative, token count),
-  cluster-major, so the clusters a push can change (the open ones, the newest ids) are one
-  contiguous block of rows: the scoring run itself writes the rows changed since the last one.
+  cluster-major, so the clusters a push can change (the open ones, the newest ids) are one contiguous
+  block of rows; an owner table [cap, KVH] (each clustered arena row's cluster). The run that reads a
+  table also writes its rows changed since the last run.
 - host: the cluster tables (ClusterStore: codes, counts, means, open sums) and, per token, its
   cluster and its arena row: the store's rows hold no k/v (zero-width, `RowStorage`) and their `pos`
-  is the arena row. Also the sink and the recent window (bounded), which hashing and the
-  representatives are computed from, as the chunk's k/v arrive from the stage graph anyway.
-Per call, what crosses: the cluster masses [KVH, C] come to the host and WiCSum runs there (the
-host's code); the attended tokens' arena rows [KVH, S] go to the device, where one graph run gathers
-sink + selected + recent by index, attends, and writes the chunk into the arena; the partial softmax
-comes back and is merged with the chunk's causal block on the host. A gather by index is cheap on a
-GPU, so the arena keeps stream order rather than the host's cluster-contiguous layout.
+  is the arena row. Also the sink and the recent window (bounded), from which hashing and the
+  representatives are computed, as the chunk's k/v arrive from the stage graph anyway.
+Per call, one device run (ort_graphs.resv_attend_graph): the cluster masses, WiCSum (by sorting), the
+token mask from the owner table, a gather of each head's sink + selected + recent rows, attention,
+and the chunk's append. In: q, the chunk's k/v, the changed table rows and the new rows' clusters;
+out: the partial softmax (merged with the chunk's causal block on the host) and the kept counts.
+With reselect > 1, max_kept or dense_below (or fused=False) the host selects as ReSVCache does from
+masses [KVH, C] the device computes, and a second run gathers the selected rows [KVH, S] it sends.
+A gather by index is cheap on a GPU, so the arena keeps stream order, not a cluster-contiguous layout.
 
 Same options, selections and outputs as ReSVCache (to float rounding), except positions=compact,
 fine > 0 (two-level tables), the KV tiers and retrieval backends other than `host` (ConfigError).
