@@ -11,7 +11,7 @@ medians of --repeats calls after 3 warm-ups per copy. Variants:
                  before every call (what transformers' OffloadedCache streams per layer), 1/4 resident
   resv host      ReSVCache (host retrieval and attention)
   resv device    DeviceReSVKV: KV, cluster table, scoring, selection and attention in one device run per
-                 call (retrieval/device.py)
+                 call (retrieval/device_resv.py)
   resv offload   DeviceReSVKV with the selection on the host (so the selected rows are known there, as a tier
                  needs: two device runs per call) plus, per call, the host gather and device copy of the
                  selected tokens that lie in the offloaded 3/4: a cost model of the tiered device path,
@@ -85,7 +85,7 @@ class Stream:
 def build(variant: str, L: int, text, rope, stream: Stream, dev, new: int, resv_opt: dict[str, str]):
     """A cache filled with L tokens, and its call (q, k, v, positions) -> output; plus an upload counter."""
     from vrex_edge.runtime.retrieval import FullKV, make_policy
-    from vrex_edge.runtime.retrieval.device import DeviceReSVKV
+    from vrex_edge.runtime.retrieval.device_resv import DeviceReSVKV
     from vrex_edge.runtime.retrieval.full import DeviceFullKV
     from vrex_edge.runtime.retrieval.policy import Policy
     from vrex_edge.runtime.retrieval.registry import get_spec

@@ -1,4 +1,4 @@
-"""`resv`, `topk` and `window` with their KV on the device (retrieval/device.py) vs the host caches, same streams.
+"""`resv`, `topk` and `window` with their KV on the device (retrieval/device*.py) vs the host caches, same streams.
 
 Checked on every machine with the device engine on onnxruntime's CPU provider (`device="cpu"`: the same
 graphs and bindings); the `gpu`-marked cases run the same on the CUDA provider and skip where it is missing.
@@ -18,7 +18,8 @@ from vrex_edge.runtime.kernels import Segment
 from vrex_edge.runtime.kernels.ort_cuda import OrtDeviceEngine
 from vrex_edge.runtime.kernels.reference import attend_reference
 from vrex_edge.runtime.retrieval import make_policy
-from vrex_edge.runtime.retrieval.device import DeviceReSVKV, DeviceTopKKV, DeviceWindowKV, RowStorage
+from vrex_edge.runtime.retrieval.device import DeviceTopKKV, DeviceWindowKV, RowStorage
+from vrex_edge.runtime.retrieval.device_resv import DeviceReSVKV
 from vrex_edge.runtime.retrieval.policy import Policy
 from vrex_edge.runtime.retrieval.registry import get_spec
 from vrex_edge.runtime.retrieval.resv import ReSVCache

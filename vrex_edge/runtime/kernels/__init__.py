@@ -9,7 +9,7 @@ history. `numpy` is always present and `reference.attend_reference` is the oracl
 against. The engine is chosen by benchmarks/results/attention.md. `ort-cuda` (ort_cuda.py) is the
 device engine: onnxruntime's CUDA provider over KV arenas in device OrtValues (DeviceKV), which the
 policies use when the session runs on CUDA (full: retrieval/full.py; resv, topk, window:
-retrieval/device.py; benchmarks/results/gpu.md).
+retrieval/device.py, device_resv.py; benchmarks/results/gpu.md).
 """
 
 from __future__ import annotations

@@ -13,11 +13,10 @@ m and den [KVH, G*n, 1]): never KV-sized data. The chunk's own causal block (n x
 log-sum-exp merge stay on the host in numpy, as in ort_engine.py. `device="cpu"` runs the same
 graphs and bindings on the CPU provider (the CPU-only tests check the logic with it).
 
-For `resv` on the device (retrieval/device.py) two more runs per layer and chunk: `masses` scores a
-cluster table on the device (writing its changed rows in the same run) and returns the masses
-[KVH, C]; `attend_rows_append` gathers each head's attended rows from the arena by index (the rows
-[KVH, S] go in) and attends and appends as above; `resv_attend_append` does all of ReSV's retrieval
-and the attention in one run. Those runs: ort_cuda_runs.py; the graphs: ort_graphs.py.
+For the retrieval policies on the device (retrieval/device.py, device_resv.py) ort_cuda_runs.py adds
+`attend_rows_append` (each head's rows gathered from the arena by index, attended, the chunk
+appended), `masses` (ReSV's cluster masses over a device table the same run refreshes) and
+`resv_attend_append` (ReSV's whole retrieval and attention in one run). The graphs: ort_graphs.py.
 """
 
 from __future__ import annotations

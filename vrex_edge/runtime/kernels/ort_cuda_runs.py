@@ -1,4 +1,4 @@
-"""The device engine's runs for the retrieval policies (retrieval/device.py): a chunk attending to rows
+"""The device engine's runs for the retrieval policies (retrieval/device.py, device_resv.py): a chunk attending to rows
 gathered from the arena by index, ReSV's cluster masses, and ReSV's whole retrieval plus attention in
 one run. Part of OrtDeviceEngine (ort_cuda.py), which provides the sessions, bindings and copies.
 

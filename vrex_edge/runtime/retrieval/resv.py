@@ -209,8 +209,8 @@ def heaviest(sel: np.ndarray, mass: np.ndarray, counts: np.ndarray, budget: int)
 
 def _build(policy: Policy, layer: int, text: TextSpec, rope: Rope, storage: KVStorage) -> ReSVCache:
     assert isinstance(policy.options, ReSVOptions)
-    if policy.device == "cuda":  # KV, representatives, scoring and attention on the GPU (retrieval/device.py)
-        from vrex_edge.runtime.retrieval.device import DeviceReSVKV
+    if policy.device == "cuda":  # KV, representatives, scoring and attention on the GPU (retrieval/device_resv.py)
+        from vrex_edge.runtime.retrieval.device_resv import DeviceReSVKV
 
         return DeviceReSVKV(
             layer, text, rope, policy.options, policy=policy, engine=policy.device_engine, storage=storage
