@@ -201,7 +201,7 @@ class RetrievalRuns:
         qs = np.ascontiguousarray(score_q * np.float32(1.0 / np.sqrt(hd)), np.float32)  # [KVH, R, hd]
         new, owner_new = np.ascontiguousarray(new, np.float32), np.ascontiguousarray(owner_new, np.float32)
         ring = np.array([kvh, recent], np.int64)
-        tau_a = np.array([tau if tau < 1.0 else 2.0], np.float32)  # > 1: every valid cluster
+        tau_a = np.array([tau if tau < 1.0 else 2.0], np.float64)  # > 1: every valid cluster
         kept = np.empty(kvh, np.float32)
         sess, io = self._start("resv_append", hd)
         ch.bind(self, io, kv, "qa")
@@ -211,7 +211,7 @@ class RetrievalRuns:
         self._bind_in(io, "own_new", owner_new.ctypes.data, owner_new.shape, "cpu")
         self._bind_out(io, "own_out", owner.ptr(ao), owner_new.shape, self.device)  # in place, after the old rows
         io.bind_input("ring", "cpu", 0, np.int64, [2], ring.ctypes.data)
-        self._bind_in(io, "tau", tau_a.ctypes.data, tau_a.shape, "cpu")
+        io.bind_input("tau", "cpu", 0, np.float64, [1], tau_a.ctypes.data)
         self._bind_out(io, "kept", kept.ctypes.data, kept.shape, "cpu")
         self._go(sess, io)
         table.n, owner.n = c, lh

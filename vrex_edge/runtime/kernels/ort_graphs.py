@@ -198,7 +198,7 @@ def resv_attend_graph(hd: int) -> bytes:
     qs [K, R, hd] scaled scoring queries, old/new the cluster table's rows as in masses_graph; own_old
     [AO, K] (device) and own_new [BO, K] (host): each clustered row's cluster id per head (-1: a sink
     row), for rows 0 .. Lh - 1 = AO + BO - 1; ring [2] int64 = (K, w): the last w arena rows are the
-    recent window, always attended; tau [1]: the WiCSum fraction (> 1: every cluster); qa [K, M, hd]
+    recent window, always attended; tau [1] f64: the WiCSum fraction (> 1: every cluster); qa [K, M, hd]
     scaled attention queries; k, v [T, hd] the arena as rows token * K + head (T = (Lh + w) * K);
     k_new, v_new the chunk (appended in place as in attend_graph).
     -> acc, m, den (partial softmax over each head's sink + selected + recent rows), kept [K] (rows
@@ -214,9 +214,10 @@ def resv_attend_graph(hd: int) -> bytes:
         helper.make_node("Shape", ["mass"], ["mshape"]),
         helper.make_node("Slice", ["mshape", "one_1", "two_1"], ["kc"]),  # [1] = C
         helper.make_node("TopK", ["mass", "kc"], ["vals", "order"], axis=1, largest=1, sorted=1),
-        helper.make_node("CumSum", ["vals", "one"], ["cum"]),
-        helper.make_node("Sub", ["cum", "vals"], ["heavier"]),  # mass of the clusters before each
-        helper.make_node("ReduceSum", ["mass", "ax1"], ["total"], keepdims=1),  # [K, 1]
+        helper.make_node("Cast", ["vals"], ["vals64"], to=TensorProto.DOUBLE),  # sums in f64, as the host's
+        helper.make_node("CumSum", ["vals64", "one"], ["cum"]),
+        helper.make_node("Sub", ["cum", "vals64"], ["heavier"]),  # mass of the clusters before each
+        helper.make_node("ReduceSum", ["vals64", "ax1"], ["total"], keepdims=1),  # [K, 1]
         helper.make_node("Mul", ["total", "tau"], ["goal"]),
         helper.make_node("Less", ["heavier", "goal"], ["ks_b"]),
         helper.make_node("Cast", ["ks_b"], ["ks"], to=f),
@@ -276,7 +277,7 @@ def resv_attend_graph(hd: int) -> bytes:
         helper.make_tensor_value_info("own_old", f, ["AO", "K"]),
         helper.make_tensor_value_info("own_new", f, ["BO", "K"]),
         helper.make_tensor_value_info("ring", i64, [2]),
-        helper.make_tensor_value_info("tau", f, [1]),
+        helper.make_tensor_value_info("tau", TensorProto.DOUBLE, [1]),
         helper.make_tensor_value_info("qa", f, ["K", "M", hd]),
         helper.make_tensor_value_info("k", f, ["T", hd]),
         helper.make_tensor_value_info("v", f, ["T", hd]),
