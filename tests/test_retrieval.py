@@ -381,3 +381,38 @@ def test_two_level_tables_bound_the_resident_representatives(positions):
     for h in range(text.num_kv_heads):
         old = np.flatnonzero(cut[h, : st.lo[h]]) // 4
         assert np.isin(old, np.flatnonzero(blocks[h])).all() and not blocks[h].all()
+
+
+def test_two_level_selection_scores_a_bounded_candidate_set():
+    """With a budget, the fine clusters scored come from the heaviest kept blocks holding at most
+    CANDIDATES x budget tokens (plus the resident window), however long the stream: a frame's work
+    on an endless stream stays bounded. Without one, every kept block is a candidate."""
+    from vrex_edge.runtime.retrieval.clusters import CANDIDATES
+
+    text = make_text()
+    base = dict(tau=0.9, hamming=6, sink=4, recent=10, keys="pre", horizon=8, max_cluster=8)
+    cache = build("resv", text, fine=16, block=4, tau_coarse=1.0, **base)
+    run(cache, text, [10] * 120)
+    st = cache.store
+    seen: list[int] = []
+    real = st.backend.score_select
+
+    def spy(q, reps, counts, tau):
+        seen.append(int((counts > 0).sum(1).max()))  # candidates of the busiest head
+        return real(q, reps, counts, tau=tau)
+
+    st.backend.score_select = spy
+    q = np.random.default_rng(2).standard_normal((text.num_kv_heads, 3, text.head_dim)).astype(np.float32)
+    try:
+        st.score(q, tau=0.9)
+        every = seen[-1]
+        budget = 12
+        keep, mass = st.score(q, tau=0.9, budget=budget)
+    finally:
+        st.backend.score_select = real
+    window = int((st.nclu - st.lo).max())
+    assert every > window + CANDIDATES * budget  # uncapped: all retired clusters are candidates
+    assert seen[-1] <= window + CANDIDATES * budget  # capped: each candidate cluster holds >= 1 token
+    for h in range(text.num_kv_heads):  # old clusters only from blocks whose tokens fit the cap
+        old = np.unique(np.flatnonzero(mass[h, : st.lo[h]] > 0) // 4)
+        assert st.ccounts[h, old].sum() <= CANDIDATES * budget

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from vrex_edge.accel.host import HostBackend
-from vrex_edge.runtime.retrieval.resv import heaviest
+from vrex_edge.runtime.retrieval.clusters import heaviest
 
 BATCH = 64  # clusters per read between checks for "the layer has started"
 
@@ -134,8 +134,8 @@ class Prefetcher:
             if cache.score_post:
                 q = cache.rope.apply(q, positions)
             qs = q.reshape(cache.kvh, cache.g * q.shape[1], cache.hd)  # [KVH, G*n, hd]
-            keep, mass = st.score(qs, tau=cache.tau, backend=self.host)
             budget = cache.retrieve_budget(len(positions))
+            keep, mass = st.score(qs, tau=cache.tau, backend=self.host, budget=budget)
             for h in range(cache.kvh):  # the exact selection's cut (resv.heaviest), so no more is read
                 sel = np.flatnonzero(keep[h])
                 if int(st.counts[h, sel].sum()) > budget:

@@ -27,7 +27,8 @@ from vrex_edge.accel.backend import RetrievalBackend
 from vrex_edge.runtime.arrays import grow
 from vrex_edge.runtime.retrieval.storage import Arena, Rows, runs_to_index, take_rows
 
-__all__ = ["ClusterStore", "runs_to_index"]
+__all__ = ["ClusterStore", "heaviest", "runs_to_index"]
+CANDIDATES = 2  # two-level selection scores the fine clusters of blocks holding at most this x the budget
 TABLES = ("means_t", "codes", "counts", "start", "nclu", "lo", "nblk", "cmeans_t", "ccounts")
 
 
@@ -199,19 +200,25 @@ class ClusterStore:
             self.ccounts[h, j] = self.counts[h, j * b : (j + 1) * b].sum()
 
     def score(
-        self, q: np.ndarray, tau: float, *, backend: RetrievalBackend | None = None
+        self, q: np.ndarray, tau: float, *, backend: RetrievalBackend | None = None, budget: int = 0
     ) -> tuple[np.ndarray, np.ndarray]:
         """q [KVH, R, hd] scoring queries -> (keep [KVH, C] bool, mass [KVH, C] f32) over cluster ids
         0..C-1 (C = the most clusters of any head); clusters that were not scored weigh 0.
-        backend: another backend than the store's (the prefetcher predicts on the host)."""
+        backend: another backend than the store's (the prefetcher predicts on the host).
+        budget: the retrieved tokens per head the caller will keep at most (0: no bound). With
+        two-level tables, only the heaviest kept blocks holding up to CANDIDATES x budget tokens have
+        their fine clusters scored, so a frame's work stays bounded on an endless stream."""
         be = backend or self.backend
         c = int(self.nclu.max())
         if not self.nblk.any():  # one level: every representative is resident
             return be.score_select(q, self.means[:, :c], self.counts[:, :c], tau=tau)
         nb = int(self.nblk.max())
-        bk, _ = self._select(be, q, self.cmeans_t[:, :, :nb].swapaxes(1, 2), self.ccounts[:, :nb], self.tau_coarse)
+        bk, bm = self._select(be, q, self.cmeans_t[:, :, :nb].swapaxes(1, 2), self.ccounts[:, :nb], self.tau_coarse)
         b = self.block
         blocks = [np.flatnonzero(bk[h]) for h in range(self.kvh)]
+        if budget:  # the heaviest blocks by coarse mass, in id order (the archive reads them in order)
+            cap = CANDIDATES * budget
+            blocks = [np.sort(heaviest(x, bm[h], self.ccounts[h], cap)) for h, x in enumerate(blocks)]
         win = self.nclu - self.lo  # resident clusters per head
         r = int(max(x.size * b + int(w) for x, w in zip(blocks, win, strict=True)))
         reps = np.zeros((self.kvh, self.hd, r), np.float32)  # candidates: kept blocks' clusters, then the window
@@ -332,6 +339,15 @@ class ClusterStore:
         self.open_sums = [np.asarray(x, np.float64) for x in s["open_sums"]]
         for r, x in zip(self.pending, s["pending"], strict=True):
             r.restore(x)
+
+
+def heaviest(sel: np.ndarray, mass: np.ndarray, counts: np.ndarray, budget: int) -> np.ndarray:
+    """The heaviest clusters (or blocks) of `sel` whose tokens (counts) fit in `budget`; ids past
+    mass [C] (opened after the scoring) weigh 0."""
+    w = np.where(sel < mass.size, mass[np.minimum(sel, mass.size - 1)], 0.0)
+    order = sel[np.argsort(-w, kind="stable")]
+    tok = np.cumsum(counts[order])
+    return order[: int(np.searchsorted(tok, budget, side="right"))]
 
 
 def _member(owner: np.ndarray, ids: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ from vrex_edge.accel import backend_names, hyperplanes
 from vrex_edge.bundle import TextSpec
 from vrex_edge.errors import AccelError
 from vrex_edge.runtime.retrieval.base import POSITION_MODES, WindowedCache
-from vrex_edge.runtime.retrieval.clusters import ClusterStore
+from vrex_edge.runtime.retrieval.clusters import ClusterStore, heaviest
 from vrex_edge.runtime.retrieval.gather import BufferedGather
 from vrex_edge.runtime.retrieval.options import WindowedOptions, opt
 from vrex_edge.runtime.retrieval.policy import Policy, PolicySpec
@@ -173,7 +173,7 @@ class ReSVCache(WindowedCache):
         else:
             n = q.shape[1]
             qs = (q_abs if self.score_post else q).reshape(self.kvh, self.g * n, self.hd)  # [KVH, G*n, hd]
-            keep, mass = st.score(qs, tau=self.tau)
+            keep, mass = st.score(qs, tau=self.tau, budget=budget)
             sels = [np.flatnonzero(keep[h]) for h in range(self.kvh)]
             self.last_mass, self.last_sel = mass, sels
             self.last_nsel = np.array([s.size for s in sels])
@@ -196,15 +196,6 @@ class ReSVCache(WindowedCache):
                 )
         sec["gather"] += time.perf_counter() - t1
         return r
-
-
-def heaviest(sel: np.ndarray, mass: np.ndarray, counts: np.ndarray, budget: int) -> np.ndarray:
-    """The heaviest clusters of `sel` whose tokens (counts) fit in `budget`; clusters opened after
-    the scoring (ids past mass [C]) weigh 0."""
-    w = np.where(sel < mass.size, mass[np.minimum(sel, mass.size - 1)], 0.0)
-    order = sel[np.argsort(-w, kind="stable")]
-    tok = np.cumsum(counts[order])
-    return order[: int(np.searchsorted(tok, budget, side="right"))]
 
 
 def _build(policy: Policy, layer: int, text: TextSpec, rope: Rope, storage: KVStorage) -> ReSVCache:
