@@ -34,8 +34,9 @@ import numpy as np
 from vrex_edge.accel.host import wicsum
 from vrex_edge.bundle import TextSpec
 from vrex_edge.errors import ConfigError
+from vrex_edge.runtime.retrieval.clusters import heaviest
 from vrex_edge.runtime.retrieval.device import DeviceArena, RowStorage
-from vrex_edge.runtime.retrieval.resv import ReSVCache, ReSVOptions, heaviest
+from vrex_edge.runtime.retrieval.resv import ReSVCache, ReSVOptions
 from vrex_edge.runtime.retrieval.storage import RESIDENT, KVStorage
 from vrex_edge.runtime.rope import Rope
 
