@@ -251,3 +251,34 @@ def test_device_window_matches_host_window_in_a_bounded_arena(device: str, optio
     resumed = device_policy(OrtDeviceEngine(device=device), "window", **options)(0, text, rope)
     resumed.restore(host.state())  # a host window's state resumes on the device
     compare(host, resumed, text, [10, 1, 7], seed=9, start=host.length)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_device_resv_at_40k_matches_host() -> None:
+    """SmolLM2 heads, a 40K history of clustered keys (tens of thousands of clusters per head: TopK, CumSum
+    and NonZero at size on CUDA): the fused device run keeps what the host keeps and gives its outputs."""
+    text = make_text(h=9, kvh=3, hd=64, max_positions=65536)
+    rng = np.random.default_rng(7)
+    cent = rng.standard_normal((3, 2000, 64)).astype(np.float32)
+    pick = rng.integers(0, 2000, size=(3, 40_000))
+    k = (np.take_along_axis(cent, pick[..., None], axis=1) + 0.3 * rng.standard_normal((3, 40_000, 64))).astype(
+        np.float32
+    )
+    v = rand(rng, 3, 40_000, 64)
+    host, dev = pair(text, OrtDeviceEngine(device="cuda"), keys="pre")
+    assert dev.fused
+    for c in (host, dev):
+        c.extend(k, v, np.arange(40_000), chunk=10)
+    pos = 40_000
+    for _ in range(3):
+        q = (np.repeat(cent[:, rng.integers(0, 50, size=10)], 3, axis=0) * 1.5 + rand(rng, 9, 10, 64)).astype(
+            np.float32
+        )
+        kn, vn = rand(rng, 3, 10, 64), rand(rng, 3, 10, 64)
+        p = np.arange(pos, pos + 10)
+        a, b = host.attend(q, kn, vn, p, phase="prefill"), dev.attend(q, kn, vn, p, phase="prefill")
+        np.testing.assert_array_equal(dev.stats().kept, host.stats().kept)
+        assert host.stats().kept.max() < 40_000 // 2  # a real selection, not everything
+        np.testing.assert_allclose(b, a, atol=3e-5, rtol=1e-4)
+        pos += 10
