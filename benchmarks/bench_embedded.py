@@ -8,6 +8,13 @@ alone (mean FrameProcessed total) and the wall-clock rate including the captions
     python benchmarks/bench_embedded.py --cache 6000 --policy full resv window
     python benchmarks/bench_embedded.py --cache 6000 --policy resv resv:tau=0.98
     python benchmarks/bench_embedded.py --cache 6000 --policy full resv window --provider cuda
+    python benchmarks/bench_embedded.py --cache 6000 --policy full resv --provider cuda --engine host
+
+--engine says where the caches keep their KV: `auto` as a session does (on CUDA, full and resv keep it
+on the GPU: kernels/ort_cuda.py, retrieval/device.py), `host` in host memory whatever the provider (the
+path before the device caches), `ort-cuda` on the device engine (with the CPU provider it runs on
+onnxruntime's CPU provider: the same graphs, to check the path on a machine without a GPU). The "kv"
+column names the cache class that ran.
 
 A policy may carry options after a colon (resv:tau=0.98,hamming=6). "kept" is the fraction of
 the history the policy attended to over the whole run (prefill / decode), from session.stats().
@@ -30,19 +37,42 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def bench(
-    bundle: Path, spec: str, frames: np.ndarray, cache: int, window: int, threads: int | None, providers: list[str]
-) -> dict:
-    from vrex_edge.runtime.engine import load_model
-    from vrex_edge.runtime.events import Caption, FrameProcessed
+def make_policy(spec: str, engine: str, cuda: bool, threads: int | None):
+    """The Policy of `spec` ("name:key=value,...") with its KV where --engine says (module docstring)."""
     from vrex_edge.runtime.retrieval.options import parse_pairs
+    from vrex_edge.runtime.retrieval.policy import Policy
+    from vrex_edge.runtime.retrieval.registry import get_spec
+
+    name, _, opts = spec.partition(":")
+    ps = get_spec(name)
+    options = ps.options.parse(parse_pairs(opts.split(",") if opts else [], where="--policy"))
+    if engine == "host" or (engine == "auto" and not cuda):
+        return Policy(ps, options, device="cpu")
+    if engine == "auto":
+        return Policy(ps, options, device="cuda")
+    from vrex_edge.runtime.kernels.ort_cuda import OrtDeviceEngine
+
+    dev = OrtDeviceEngine(device="cuda" if cuda else "cpu", threads=threads or 1)
+    return Policy(ps, options, device="cuda", device_engine=dev)
+
+
+def bench(
+    bundle: Path,
+    spec: str,
+    frames: np.ndarray,
+    cache: int,
+    window: int,
+    threads: int | None,
+    providers: list[str],
+    engine: str = "auto",
+) -> dict:
+    from vrex_edge.runtime.engine import load_model, uses_cuda
+    from vrex_edge.runtime.events import Caption, FrameProcessed
     from vrex_edge.runtime.session import StreamSession
     from vrex_edge.world.sim import FPS
 
-    policy, _, opts = spec.partition(":")
-    options = parse_pairs(opts.split(",") if opts else [], where="--policy")
     model = load_model(bundle, threads=threads, providers=providers or ["cpu"])
-    session = StreamSession(model, policy=policy, policy_options=options)  # on CUDA, full keeps its KV on the GPU
+    session = StreamSession(model, policy=make_policy(spec, engine, uses_cuda(model.providers), threads))
     lo, hi = cache - window, cache + window
     frame_ms: list[float] = []
     split = dict.fromkeys(("cluster", "select", "gather", "attend"), 0.0)  # policy seconds of the measured frames
@@ -75,6 +105,7 @@ def bench(
     share = (split["cluster"] + split["select"] + split["gather"]) * 1e3 / float(np.sum(frame_ms))
     return {
         "policy": spec,
+        "kv": type(session.caches[0]).__name__,
         "kept": kept or "-",
         "retrieval": share,
         "split_ms": {k: v * 1e3 / n_in for k, v in split.items()},
@@ -107,19 +138,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--provider", action="append", default=[], help="execution provider (cpu, cuda, tensorrt; repeatable)"
     )
+    ap.add_argument(
+        "--engine", choices=("auto", "host", "ort-cuda"), default="auto", help="where the KV lives (see above)"
+    )
     args = ap.parse_args(argv)
     if args.clock == "cpu":
         time.perf_counter = time.process_time  # the runtime's stage timers read time.perf_counter at call time
     frames = render(simulate(args.seed, args.seconds))  # [N, H, W, 3] BGR
     print(
-        "| policy | cache tokens | frames measured | captions | kept | ms / frame | frames/s (frame stage) |"
+        "| policy | kv | cache tokens | frames measured | captions | kept | ms / frame | frames/s (frame stage) |"
         " frames/s (wall, incl. captions) | retrieval share | cluster / select / gather / attend ms per frame |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for p in args.policy:
-        r = bench(args.bundle, p, frames, args.cache, args.window, args.threads, args.provider)
+        r = bench(args.bundle, p, frames, args.cache, args.window, args.threads, args.provider, args.engine)
         print(
-            f"| {p} | {args.cache} +- {args.window} | {r['frames']} | {r['captions']} | {r['kept']} | "
+            f"| {p} | {r['kv']} | {args.cache} +- {args.window} | {r['frames']} | {r['captions']} | {r['kept']} | "
             f"{r['frame_ms']:.1f} | "
             f"{r['frame_fps']:.1f} | {r['wall_fps']:.1f} | {100 * r['retrieval']:.0f}% | "
             + " / ".join(f"{r['split_ms'][k]:.1f}" for k in ("cluster", "select", "gather", "attend"))

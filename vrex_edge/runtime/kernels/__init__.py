@@ -8,7 +8,8 @@ own per-head lengths) plus the chunk itself, causal among itself, without concat
 history. `numpy` is always present and `reference.attend_reference` is the oracle both are tested
 against. The engine is chosen by benchmarks/results/attention.md. `ort-cuda` (ort_cuda.py) is the
 device engine: onnxruntime's CUDA provider over KV arenas in device OrtValues (DeviceKV), which the
-`full` policy uses when the session runs on CUDA (benchmarks/results/gpu.md).
+policies use when the session runs on CUDA (full: retrieval/full.py; resv, topk, window:
+retrieval/device.py, device_resv.py; benchmarks/results/gpu.md).
 """
 
 from __future__ import annotations

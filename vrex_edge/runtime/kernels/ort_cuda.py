@@ -12,6 +12,11 @@ chunk's k/v going in ([KVH, n, hd] each) and the partial softmax coming out (acc
 m and den [KVH, G*n, 1]): never KV-sized data. The chunk's own causal block (n x n) and the
 log-sum-exp merge stay on the host in numpy, as in ort_engine.py. `device="cpu"` runs the same
 graphs and bindings on the CPU provider (the CPU-only tests check the logic with it).
+
+For the retrieval policies on the device (retrieval/device.py, device_resv.py) ort_cuda_runs.py adds
+`attend_rows_append` (each head's rows gathered from the arena by index, attended, the chunk
+appended), `masses` (ReSV's cluster masses over a device table the same run refreshes) and
+`resv_attend_append` (ReSV's whole retrieval and attention in one run). The graphs: ort_graphs.py.
 """
 
 from __future__ import annotations
@@ -23,70 +28,25 @@ import numpy as np
 
 from vrex_edge.errors import ConfigError
 from vrex_edge.runtime.kernels.numpy_engine import NumpyEngine, merge_partial, start_with_chunk
+from vrex_edge.runtime.kernels.ort_cuda_runs import RetrievalRuns
+from vrex_edge.runtime.kernels.ort_graphs import (
+    attend_graph,
+    copy_graph,
+    gather_attend_graph,
+    masses_graph,
+    resv_attend_graph,
+)
 from vrex_edge.runtime.kernels.segments import Segment, segment_lens
 
 _F32 = 4  # bytes
-
-
-def _graphs(hd: int, *, append: bool) -> bytes:
-    """q [K, M, hd], k, v [L, K, hd] (token-major history) -> acc [K, M, hd], m, den [K, M, 1]; with
-    `append` also k_new, v_new [n, K, hd] -> k_out, v_out (Identity: bound where the chunk goes)."""
-    from onnx import TensorProto, helper
-
-    f = TensorProto.FLOAT
-    nodes = [
-        helper.make_node("Transpose", ["k"], ["kt"], perm=[1, 2, 0]),  # [K, hd, L]
-        helper.make_node("MatMul", ["q", "kt"], ["s"]),  # [K, M, L]
-        helper.make_node("ReduceMax", ["s"], ["m"], axes=[2], keepdims=1),  # [K, M, 1]
-        helper.make_node("Sub", ["s", "m"], ["d"]),
-        helper.make_node("Exp", ["d"], ["p"]),
-        helper.make_node("ReduceSum", ["p", "ax"], ["den"], keepdims=1),  # [K, M, 1]
-        helper.make_node("Transpose", ["v"], ["vt"], perm=[1, 0, 2]),  # [K, L, hd]
-        helper.make_node("MatMul", ["p", "vt"], ["acc"]),  # [K, M, hd]
-    ]
-    inputs = [
-        helper.make_tensor_value_info("q", f, ["K", "M", hd]),
-        helper.make_tensor_value_info("k", f, ["L", "K", hd]),
-        helper.make_tensor_value_info("v", f, ["L", "K", hd]),
-    ]
-    outputs = [
-        helper.make_tensor_value_info("acc", f, ["K", "M", hd]),
-        helper.make_tensor_value_info("m", f, ["K", "M", 1]),
-        helper.make_tensor_value_info("den", f, ["K", "M", 1]),
-    ]
-    if append:
-        nodes += [
-            helper.make_node("Identity", ["k_new"], ["k_out"]),
-            helper.make_node("Identity", ["v_new"], ["v_out"]),
-        ]
-        inputs += [helper.make_tensor_value_info(n, f, ["n", "K", hd]) for n in ("k_new", "v_new")]
-        outputs += [helper.make_tensor_value_info(n, f, ["n", "K", hd]) for n in ("k_out", "v_out")]
-    graph = helper.make_graph(
-        nodes,
-        "device_partial_softmax",
-        inputs,
-        outputs,
-        initializer=[helper.make_tensor("ax", TensorProto.INT64, [1], [2])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model.SerializeToString()
-
-
-def _copy_graph() -> bytes:
-    """x [a, b, c] -> y (Identity): host <-> device and device <-> device copies by bound address."""
-    from onnx import TensorProto, helper
-
-    f = TensorProto.FLOAT
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])],
-        "copy",
-        [helper.make_tensor_value_info("x", f, ["a", "b", "c"])],
-        [helper.make_tensor_value_info("y", f, ["a", "b", "c"])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model.SerializeToString()
+_GRAPHS = {
+    "copy": lambda hd: copy_graph(),
+    "attend": lambda hd: attend_graph(hd, append=False),
+    "attend_append": lambda hd: attend_graph(hd, append=True),
+    "gather_append": lambda hd: gather_attend_graph(hd, append=True),
+    "masses": masses_graph,
+    "resv_append": resv_attend_graph,
+}
 
 
 class DeviceKV:
@@ -109,7 +69,7 @@ class DeviceKV:
         return buf.data_ptr() + row * self.kvh * self.hd * _F32
 
 
-class OrtDeviceEngine:
+class OrtDeviceEngine(RetrievalRuns):
     """Chunk attention over DeviceKV arenas (see module docstring). Not thread-safe."""
 
     name = "ort-cuda"
@@ -157,7 +117,7 @@ class OrtDeviceEngine:
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             so.log_severity_level = 3
-            model = _copy_graph() if kind == "copy" else _graphs(hd, append=kind == "attend_append")
+            model = _GRAPHS[kind](hd)
             sess = ort.InferenceSession(model, sess_options=so, providers=self.providers)
             self._sessions[key] = (sess, sess.io_binding())
         return self._sessions[key]
@@ -202,10 +162,24 @@ class OrtDeviceEngine:
         """Append k, v [KVH, m, hd] (host) to the arena without attending."""
         m = k.shape[1]
         self.reserve(kv, kv.n + m)
-        for src, dst in ((k, kv.k), (v, kv.v)):
-            x = np.ascontiguousarray(np.asarray(src, np.float32).transpose(1, 0, 2))  # [m, KVH, hd]
-            self._copy(x.ctypes.data, "cpu", kv.row_ptr(dst, kv.n), self.device, x.shape)
+        self.write(kv, kv.n, np.asarray(k, np.float32).transpose(1, 0, 2), np.asarray(v, np.float32).transpose(1, 0, 2))
         kv.n += m
+
+    def write(self, kv: DeviceKV, row: int, kt: np.ndarray, vt: np.ndarray) -> None:
+        """Overwrite arena rows row .. row + m with host kt, vt [m, KVH, hd] (token-major; within kv.n
+        or its capacity): one host-to-device copy each, what a KV tier streaming to the device does."""
+        if row + kt.shape[0] > kv.capacity:
+            raise ValueError("arena write past its capacity")
+        for src, dst in ((kt, kv.k), (vt, kv.v)):
+            x = np.ascontiguousarray(src, np.float32)  # [m, KVH, hd]
+            self._copy(x.ctypes.data, "cpu", kv.row_ptr(dst, row), self.device, x.shape)
+
+    def move(self, kv: DeviceKV, src: int, dst: int, m: int) -> None:
+        """Copy arena rows src .. src + m to dst .. dst + m on the device (the ranges must not overlap)."""
+        if abs(src - dst) < m:
+            raise ValueError("arena move between overlapping rows")
+        for buf in (kv.k, kv.v):
+            self._copy(kv.row_ptr(buf, src), self.device, kv.row_ptr(buf, dst), self.device, (m, kv.kvh, kv.hd))
 
     def download(self, kv: DeviceKV) -> tuple[np.ndarray, np.ndarray]:
         """-> host copies k, v [KVH, n, hd] of the arena's tokens."""

@@ -4,7 +4,7 @@ A `PolicySpec` says what a policy is (name, options dataclass, how to build one 
 the registry (retrieval/registry.py) lists every spec. A `Policy` is one session's instance: it
 builds the layer caches over a `KVStorage`, opens the retrieval backend once for all of them
 (policies that use one), and closes it. `device` is where the session's graphs run ("cpu" or
-"cuda"); on "cuda" a policy may keep its KV on the GPU (`full` does, through `device_engine`).
+"cuda"); on "cuda" a policy may keep its KV on the GPU (`full`, `resv` and `topk` do, through `device_engine`).
 """
 
 from __future__ import annotations
@@ -44,13 +44,17 @@ class PolicySpec:
 class Policy:
     """One session's policy: `policy(layer, text, rope, storage)` builds that layer's cache."""
 
-    def __init__(self, spec: PolicySpec, options: Options, *, device: str = "cpu"):
+    def __init__(
+        self, spec: PolicySpec, options: Options, *, device: str = "cpu", device_engine: OrtDeviceEngine | None = None
+    ):
+        """device_engine: the engine of device-resident caches on "cuda" (default: ort-cuda, made on first
+        use); an OrtDeviceEngine(device="cpu") runs that path on the CPU provider (tests, benchmarks)."""
         if device not in DEVICES:
             raise ConfigError(f"policy device must be one of {', '.join(DEVICES)}, got '{device}'")
         self.spec, self.options, self.device = spec, options, device
         self._backend: RetrievalBackend | None = None
         self._engine: AttentionEngine | None = None
-        self._device_engine: Any = None
+        self._device_engine: Any = device_engine
         self._tables: dict[int, tuple[Rope, RopeTable]] = {}
 
     @property

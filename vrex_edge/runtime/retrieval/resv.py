@@ -200,6 +200,12 @@ class ReSVCache(WindowedCache):
 
 def _build(policy: Policy, layer: int, text: TextSpec, rope: Rope, storage: KVStorage) -> ReSVCache:
     assert isinstance(policy.options, ReSVOptions)
+    if policy.device == "cuda":  # KV, representatives, scoring and attention on the GPU (retrieval/device_resv.py)
+        from vrex_edge.runtime.retrieval.device_resv import DeviceReSVKV
+
+        return DeviceReSVKV(
+            layer, text, rope, policy.options, policy=policy, engine=policy.device_engine, storage=storage
+        )
     return ReSVCache(layer, text, rope, policy.options, policy=policy, storage=storage)
 
 

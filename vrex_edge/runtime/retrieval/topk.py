@@ -177,6 +177,12 @@ class TopKCache(WindowedCache):
 
 def _build(policy: Policy, layer: int, text: TextSpec, rope: Rope, storage: KVStorage) -> TopKCache:
     assert isinstance(policy.options, TopKOptions)
+    if policy.device == "cuda":  # KV and attention on the GPU, block tables on the host (retrieval/device.py)
+        from vrex_edge.runtime.retrieval.device import DeviceTopKKV
+
+        return DeviceTopKKV(
+            layer, text, rope, policy.options, policy=policy, engine=policy.device_engine, storage=storage
+        )
     return TopKCache(layer, text, rope, policy.options, policy=policy, storage=storage)
 
 

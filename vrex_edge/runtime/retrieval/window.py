@@ -26,6 +26,12 @@ class WindowCache(WindowedCache):
 def _build(policy: Policy, layer: int, text: TextSpec, rope: Rope, storage: KVStorage) -> WindowCache:
     o = policy.options
     assert isinstance(o, WindowOptions)
+    if policy.device == "cuda":  # KV and attention on the GPU (retrieval/device.py)
+        from vrex_edge.runtime.retrieval.device import DeviceWindowKV
+
+        return DeviceWindowKV(
+            text, rope, sink=o.sink, recent=o.recent, positions=o.positions, engine=policy.device_engine
+        )
     compact = o.positions == "compact"
     return WindowCache(
         text,

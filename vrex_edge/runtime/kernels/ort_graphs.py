@@ -1,0 +1,306 @@
+"""The ONNX graphs the device engine (ort_cuda.py) runs: partial-softmax attention over a token-major
+history (contiguous or gathered by index), the softmax-consistent cluster masses of ReSV, and a copy.
+
+Every graph is float32, opset 17, with symbolic sizes, so one session per (graph, head_dim) serves
+every history length. Attention graphs return the partial softmax of their rows (acc unnormalised,
+m the row max, den the row sum), which the engine merges on the host with the chunk's causal block.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_OPSET = 17
+
+
+def _model(nodes: list, name: str, inputs: list, outputs: list, initializer: list | None = None) -> bytes:
+    from onnx import helper
+
+    graph = helper.make_graph(nodes, name, inputs, outputs, initializer=initializer or [])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", _OPSET)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def _softmax_tail(s: str) -> list[Any]:
+    """Nodes from scores `s` [K, M, L] and values `vt` [K, L, hd] to acc [K, M, hd], m, den [K, M, 1]."""
+    from onnx import helper
+
+    return [
+        helper.make_node("ReduceMax", [s], ["m"], axes=[2], keepdims=1),  # [K, M, 1]
+        helper.make_node("Sub", [s, "m"], ["d"]),
+        helper.make_node("Exp", ["d"], ["p"]),
+        helper.make_node("ReduceSum", ["p", "ax2"], ["den"], keepdims=1),  # [K, M, 1]
+        helper.make_node("MatMul", ["p", "vt"], ["acc"]),  # [K, M, hd]
+    ]
+
+
+def _append_io(hd: int) -> tuple[list, list, list]:
+    """The in-place append of a chunk: k_new, v_new [n, K, hd] -> k_out, v_out (bound where it goes)."""
+    from onnx import TensorProto, helper
+
+    f = TensorProto.FLOAT
+    nodes = [helper.make_node("Identity", ["k_new"], ["k_out"]), helper.make_node("Identity", ["v_new"], ["v_out"])]
+    inputs = [helper.make_tensor_value_info(n, f, ["n", "K", hd]) for n in ("k_new", "v_new")]
+    outputs = [helper.make_tensor_value_info(n, f, ["n", "K", hd]) for n in ("k_out", "v_out")]
+    return nodes, inputs, outputs
+
+
+def _partial_outputs(hd: int) -> list:
+    from onnx import TensorProto, helper
+
+    f = TensorProto.FLOAT
+    return [
+        helper.make_tensor_value_info("acc", f, ["K", "M", hd]),
+        helper.make_tensor_value_info("m", f, ["K", "M", 1]),
+        helper.make_tensor_value_info("den", f, ["K", "M", 1]),
+    ]
+
+
+def _ax2() -> Any:
+    from onnx import TensorProto, helper
+
+    return helper.make_tensor("ax2", TensorProto.INT64, [1], [2])
+
+
+def attend_graph(hd: int, *, append: bool) -> bytes:
+    """q [K, M, hd], k, v [L, K, hd] (token-major history) -> acc [K, M, hd], m, den [K, M, 1]; with
+    `append` also k_new, v_new [n, K, hd] -> k_out, v_out (Identity: bound where the chunk goes)."""
+    from onnx import TensorProto, helper
+
+    f = TensorProto.FLOAT
+    nodes = [
+        helper.make_node("Transpose", ["k"], ["kt"], perm=[1, 2, 0]),  # [K, hd, L]
+        helper.make_node("MatMul", ["q", "kt"], ["s"]),  # [K, M, L]
+        helper.make_node("Transpose", ["v"], ["vt"], perm=[1, 0, 2]),  # [K, L, hd]
+        *_softmax_tail("s"),
+    ]
+    inputs = [
+        helper.make_tensor_value_info("q", f, ["K", "M", hd]),
+        helper.make_tensor_value_info("k", f, ["L", "K", hd]),
+        helper.make_tensor_value_info("v", f, ["L", "K", hd]),
+    ]
+    outputs = _partial_outputs(hd)
+    if append:
+        n2, i2, o2 = _append_io(hd)
+        nodes, inputs, outputs = nodes + n2, inputs + i2, outputs + o2
+    return _model(nodes, "device_partial_softmax", inputs, outputs, [_ax2()])
+
+
+def gather_attend_graph(hd: int, *, append: bool) -> bytes:
+    """q [K, M, hd]; k, v [T, hd] (a token-major arena seen as rows token * K + head); idx [K, S] int64
+    rows of each head's attended tokens; bias [K, 1, S] (0, or a large negative past a head's length)
+    -> acc [K, M, hd], m, den [K, M, 1]; with `append` the chunk's in-place write as in attend_graph."""
+    from onnx import TensorProto, helper
+
+    f = TensorProto.FLOAT
+    nodes = [
+        helper.make_node("Gather", ["k", "idx"], ["kg"], axis=0),  # [K, S, hd]
+        helper.make_node("Gather", ["v", "idx"], ["vt"], axis=0),  # [K, S, hd]
+        helper.make_node("Transpose", ["kg"], ["kt"], perm=[0, 2, 1]),  # [K, hd, S]
+        helper.make_node("MatMul", ["q", "kt"], ["s0"]),  # [K, M, S]
+        helper.make_node("Add", ["s0", "bias"], ["s"]),
+        *_softmax_tail("s"),
+    ]
+    inputs = [
+        helper.make_tensor_value_info("q", f, ["K", "M", hd]),
+        helper.make_tensor_value_info("k", f, ["T", hd]),
+        helper.make_tensor_value_info("v", f, ["T", hd]),
+        helper.make_tensor_value_info("idx", TensorProto.INT64, ["K", "S"]),
+        helper.make_tensor_value_info("bias", f, ["K", 1, "S"]),
+    ]
+    outputs = _partial_outputs(hd)
+    if append:
+        n2, i2, o2 = _append_io(hd)
+        nodes, inputs, outputs = nodes + n2, inputs + i2, outputs + o2
+    return _model(nodes, "device_gather_partial_softmax", inputs, outputs, [_ax2()])
+
+
+def _masses_nodes() -> list[Any]:
+    """q, old, new -> mass [K, C] and tc3 [K, 1, C] (counts), new_out (see masses_graph)."""
+    from onnx import TensorProto, helper
+
+    return [
+        helper.make_node("Identity", ["new"], ["new_out"]),
+        helper.make_node("Concat", ["old", "new"], ["t"], axis=0),  # [c, K, hd + 1]
+        helper.make_node("Slice", ["t", "zero_i", "hd_i", "ax2"], ["reps"]),  # [c, K, hd]
+        helper.make_node("Slice", ["t", "hd_i", "hd1_i", "ax2"], ["cnt"]),  # [c, K, 1]
+        helper.make_node("Transpose", ["reps"], ["rt"], perm=[1, 2, 0]),  # [K, hd, c]
+        helper.make_node("MatMul", ["q", "rt"], ["sc"]),  # [K, R, c]
+        helper.make_node("Transpose", ["cnt"], ["tcc"], perm=[1, 0, 2]),  # [K, c, 1]
+        helper.make_node("Transpose", ["cnt"], ["tc3"], perm=[1, 2, 0]),  # [K, 1, c]
+        helper.make_node("Greater", ["tc3", "zero"], ["valid"]),
+        helper.make_node("Where", ["valid", "sc", "neginf"], ["sv"]),
+        helper.make_node("ReduceMax", ["sv"], ["mx"], axes=[2], keepdims=1),  # [K, R, 1]
+        helper.make_node("Sub", ["sv", "mx"], ["dm"]),
+        helper.make_node("Exp", ["dm"], ["pm"]),  # [K, R, c]
+        helper.make_node("MatMul", ["pm", "tcc"], ["z"]),  # [K, R, 1] per-query normaliser
+        helper.make_node("Reciprocal", ["z"], ["iz"]),
+        helper.make_node("Shape", ["q"], ["qshape"]),
+        helper.make_node("Gather", ["qshape", "one"], ["r_i"], axis=0),
+        helper.make_node("Cast", ["r_i"], ["rows"], to=TensorProto.FLOAT),
+        helper.make_node("Div", ["iz", "rows"], ["w0"]),  # / R
+        helper.make_node("Transpose", ["w0"], ["w"], perm=[0, 2, 1]),  # [K, 1, R]
+        helper.make_node("MatMul", ["w", "pm"], ["mp"]),  # [K, 1, c]
+        helper.make_node("Mul", ["mp", "tc3"], ["m3"]),
+        helper.make_node("Squeeze", ["m3", "ax1"], ["mass"]),  # [K, c]
+    ]
+
+
+def _masses_inits(hd: int) -> list[Any]:
+    from onnx import TensorProto, helper
+
+    f, i64 = TensorProto.FLOAT, TensorProto.INT64
+    return [
+        helper.make_tensor("ax1", i64, [1], [1]),
+        helper.make_tensor("zero_i", i64, [1], [0]),
+        helper.make_tensor("hd_i", i64, [1], [hd]),
+        helper.make_tensor("hd1_i", i64, [1], [hd + 1]),
+        helper.make_tensor("one", i64, [], [1]),
+        helper.make_tensor("zero", f, [], [0.0]),
+        helper.make_tensor("neginf", f, [], [float("-inf")]),
+    ]
+
+
+def _masses_inputs(hd: int) -> list[Any]:
+    from onnx import TensorProto, helper
+
+    f = TensorProto.FLOAT
+    return [
+        helper.make_tensor_value_info("q", f, ["K", "R", hd]),
+        helper.make_tensor_value_info("old", f, ["A", "K", hd + 1]),
+        helper.make_tensor_value_info("new", f, ["B", "K", hd + 1]),
+    ]
+
+
+def masses_graph(hd: int) -> bytes:
+    """The cluster masses over a cluster-major table of representatives and counts, refreshing it.
+
+    old [a, K, hd + 1] (the table's first a rows, on the device; column hd is the cluster's token count,
+    0: no cluster), new [c - a, K, hd + 1] (the rows that changed since the last run) and q [K, R, hd]
+    scaled queries -> mass [K, c]: per head the mean over the R queries of each cluster's normalised
+    count * exp(s - max s), s = q . rep (accel/host.py's HostBackend.masses); and new_out (Identity:
+    bound at the table's row a, so the device table holds every row afterwards)."""
+    from onnx import TensorProto, helper
+
+    f = TensorProto.FLOAT
+    inits = [*_masses_inits(hd), helper.make_tensor("ax2", TensorProto.INT64, [1], [2])]
+    outputs = [
+        helper.make_tensor_value_info("mass", f, ["K", "C"]),
+        helper.make_tensor_value_info("new_out", f, ["B", "K", hd + 1]),
+    ]
+    return _model(_masses_nodes(), "device_cluster_masses", _masses_inputs(hd), outputs, inits)
+
+
+def resv_attend_graph(hd: int) -> bytes:
+    """ReSV's whole retrieval and attention in one run: masses, WiCSum, the token mask and a gather.
+
+    qs [K, R, hd] scaled scoring queries, old/new the cluster table's rows as in masses_graph; own_old
+    [AO, K] (device) and own_new [BO, K] (host): each clustered row's cluster id per head (-1: a sink
+    row), for rows 0 .. Lh - 1 = AO + BO - 1; ring [2] int64 = (K, w): the last w arena rows are the
+    recent window, always attended; tau [1] f64: the WiCSum fraction (> 1: every cluster); qa [K, M, hd]
+    scaled attention queries; k, v [T, hd] the arena as rows token * K + head (T = (Lh + w) * K);
+    k_new, v_new the chunk (appended in place as in attend_graph).
+    -> acc, m, den (partial softmax over each head's sink + selected + recent rows), kept [K] (rows
+    attended per head), new_out, own_out (Identity: bound where those table rows go), k_out, v_out.
+    WiCSum here sorts the masses (TopK) and keeps a cluster when the clusters heavier than it hold less
+    than tau of the total: the definition accel/host.py's `wicsum` computes with buckets."""
+    from onnx import TensorProto, helper
+
+    f, i64 = TensorProto.FLOAT, TensorProto.INT64
+    nodes = [
+        *_masses_nodes(),  # mass [K, C], tc3 [K, 1, C]
+        # WiCSum over the sorted masses
+        helper.make_node("Shape", ["mass"], ["mshape"]),
+        helper.make_node("Slice", ["mshape", "one_1", "two_1"], ["kc"]),  # [1] = C
+        helper.make_node("TopK", ["mass", "kc"], ["vals", "order"], axis=1, largest=1, sorted=1),
+        helper.make_node("Cast", ["vals"], ["vals64"], to=TensorProto.DOUBLE),  # sums in f64, as the host's
+        helper.make_node("CumSum", ["vals64", "one"], ["cum"]),
+        helper.make_node("Sub", ["cum", "vals64"], ["heavier"]),  # mass of the clusters before each
+        helper.make_node("ReduceSum", ["vals64", "ax1"], ["total"], keepdims=1),  # [K, 1]
+        helper.make_node("Mul", ["total", "tau"], ["goal"]),
+        helper.make_node("Less", ["heavier", "goal"], ["ks_b"]),
+        helper.make_node("Cast", ["ks_b"], ["ks"], to=f),
+        helper.make_node("ConstantOfShape", ["mshape"], ["zeros"], value=helper.make_tensor("z", f, [1], [0.0])),
+        helper.make_node("ScatterElements", ["zeros", "order", "ks"], ["keep0"], axis=1),  # [K, C]
+        helper.make_node("Greater", ["tc3", "zero"], ["valid3"]),
+        helper.make_node("Cast", ["valid3"], ["validf3"], to=f),
+        helper.make_node("Squeeze", ["validf3", "ax1"], ["validf"]),  # [K, C]
+        helper.make_node("Mul", ["keep0", "validf"], ["keep"]),
+        # the token mask over the arena's rows: clustered rows by their cluster, sink and recent always
+        helper.make_node("Identity", ["own_new"], ["own_out"]),
+        helper.make_node("Concat", ["own_old", "own_new"], ["own"], axis=0),  # [Lh, K]
+        helper.make_node("Transpose", ["own"], ["own_t"], perm=[1, 0]),  # [K, Lh]
+        helper.make_node("Less", ["own_t", "zero"], ["is_sink"]),
+        helper.make_node("Max", ["own_t", "zero"], ["own_c"]),
+        helper.make_node("Cast", ["own_c"], ["own_i"], to=i64),
+        helper.make_node("GatherElements", ["keep", "own_i"], ["tk"], axis=1),  # [K, Lh]
+        helper.make_node("Where", ["is_sink", "onef", "tk"], ["tkm"]),
+        helper.make_node("ConstantOfShape", ["ring"], ["ones"], value=helper.make_tensor("o", f, [1], [1.0])),
+        helper.make_node("Concat", ["tkm", "ones"], ["mask"], axis=1),  # [K, L]
+        helper.make_node("ReduceSum", ["mask", "ax1"], ["kept"], keepdims=0),  # [K]
+        # gather the attended rows of every head, attend each head's queries to its own rows only
+        helper.make_node("Greater", ["mask", "half"], ["mask_b"]),
+        helper.make_node("NonZero", ["mask_b"], ["nz"]),  # [2, nnz] (head, token), head-major
+        helper.make_node("Gather", ["nz", "zero_s"], ["heads"], axis=0),  # [nnz]
+        helper.make_node("Gather", ["nz", "one"], ["toks"], axis=0),
+        helper.make_node("Slice", ["mshape", "zero_1", "one_1"], ["kk"]),  # [1] = K
+        helper.make_node("Mul", ["toks", "kk"], ["tk_k"]),
+        helper.make_node("Add", ["tk_k", "heads"], ["flat"]),  # rows of k, v [T, hd]
+        helper.make_node("Gather", ["k", "flat"], ["kg"], axis=0),  # [nnz, hd]
+        helper.make_node("Gather", ["v", "flat"], ["vt"], axis=0),  # [nnz, hd]
+        helper.make_node("Transpose", ["kg"], ["kt"], perm=[1, 0]),  # [hd, nnz]
+        helper.make_node("MatMul", ["qa", "kt"], ["s0"]),  # [K, M, nnz]
+        helper.make_node("Squeeze", ["kk"], ["k_s"]),
+        helper.make_node("Range", ["zero_s", "k_s", "one"], ["hr"]),  # [K]
+        helper.make_node("Unsqueeze", ["hr", "ax12"], ["hr3"]),  # [K, 1, 1]
+        helper.make_node("Equal", ["hr3", "heads"], ["same"]),  # [K, 1, nnz]
+        helper.make_node("Where", ["same", "zero", "far"], ["hb"]),
+        helper.make_node("Add", ["s0", "hb"], ["s"]),
+        *_softmax_tail("s"),
+    ]
+    n2, i2, o2 = _append_io(hd)
+    inits = [
+        *_masses_inits(hd),
+        helper.make_tensor("ax12", i64, [2], [1, 2]),
+        helper.make_tensor("zero_1", i64, [1], [0]),
+        helper.make_tensor("one_1", i64, [1], [1]),
+        helper.make_tensor("two_1", i64, [1], [2]),
+        helper.make_tensor("zero_s", i64, [], [0]),
+        helper.make_tensor("onef", f, [], [1.0]),
+        helper.make_tensor("half", f, [], [0.5]),
+        helper.make_tensor("far", f, [], [-1e30]),
+        _ax2(),
+    ]
+    inputs = [
+        *_masses_inputs(hd),
+        helper.make_tensor_value_info("own_old", f, ["AO", "K"]),
+        helper.make_tensor_value_info("own_new", f, ["BO", "K"]),
+        helper.make_tensor_value_info("ring", i64, [2]),
+        helper.make_tensor_value_info("tau", TensorProto.DOUBLE, [1]),
+        helper.make_tensor_value_info("qa", f, ["K", "M", hd]),
+        helper.make_tensor_value_info("k", f, ["T", hd]),
+        helper.make_tensor_value_info("v", f, ["T", hd]),
+        *i2,
+    ]
+    outputs = [
+        *_partial_outputs(hd),
+        helper.make_tensor_value_info("kept", f, ["K"]),
+        helper.make_tensor_value_info("new_out", f, ["B", "K", hd + 1]),
+        helper.make_tensor_value_info("own_out", f, ["BO", "K"]),
+        *o2,
+    ]
+    return _model(nodes + n2, "device_resv_attend", inputs, outputs, inits)
+
+
+def copy_graph() -> bytes:
+    """x [a, b, c] -> y (Identity): host <-> device and device <-> device copies by bound address."""
+    from onnx import TensorProto, helper
+
+    f = TensorProto.FLOAT
+    return _model(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "copy",
+        [helper.make_tensor_value_info("x", f, ["a", "b", "c"])],
+        [helper.make_tensor_value_info("y", f, ["a", "b", "c"])],
+    )
