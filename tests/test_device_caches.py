@@ -150,14 +150,27 @@ def test_device_extend_matches_attending(name: str, opts: dict) -> None:
         (dict(accel="dre-emu"), "accel=dre-emu"),
     ],
 )
-def test_device_resv_refuses_what_it_does_not_support(options: dict, says: str) -> None:
+def test_device_policies_keep_what_the_device_path_lacks_on_the_host(options: dict, says: str) -> None:
+    """On CUDA, options the device path cannot run build the host cache (the graphs stay on the
+    device), so every setting works on every provider; the device classes refuse them by name."""
+    from vrex_edge.runtime.retrieval.device_resv import DeviceReSVKV
+    from vrex_edge.runtime.retrieval.resv import ReSVCache
+    from vrex_edge.runtime.retrieval.topk import TopKCache
+
     text = make_text()
+    cache = device_policy(OrtDeviceEngine(device="cpu"), **options)(0, text, Rope(text.rope))
+    assert type(cache) is ReSVCache
+    assert type(device_policy(OrtDeviceEngine(device="cpu"))(0, text, Rope(text.rope), RowStorage())) is ReSVCache
+    topk = device_policy(OrtDeviceEngine(device="cpu"), "topk", positions="compact")(0, text, Rope(text.rope))
+    assert type(topk) is TopKCache
+    policy = device_policy(OrtDeviceEngine(device="cpu"), **options)
     with pytest.raises(ConfigError, match=says):
-        device_policy(OrtDeviceEngine(device="cpu"), **options)(0, text, Rope(text.rope))
-    with pytest.raises(ConfigError, match="positions=compact"):
-        device_policy(OrtDeviceEngine(device="cpu"), "topk", positions="compact")(0, text, Rope(text.rope))
+        DeviceReSVKV(0, text, Rope(text.rope), policy.options, policy=policy, engine=policy.device_engine)
+    plain = device_policy(OrtDeviceEngine(device="cpu"))
     with pytest.raises(ConfigError, match="KV tiers"):  # any storage but the resident one is the tiers'
-        device_policy(OrtDeviceEngine(device="cpu"))(0, text, Rope(text.rope), RowStorage())
+        DeviceReSVKV(
+            0, text, Rope(text.rope), plain.options, policy=plain, engine=plain.device_engine, storage=RowStorage()
+        )
 
 
 def test_engine_gather_attention_matches_reference() -> None:

@@ -201,8 +201,10 @@ class ReSVCache(WindowedCache):
 def _build(policy: Policy, layer: int, text: TextSpec, rope: Rope, storage: KVStorage) -> ReSVCache:
     assert isinstance(policy.options, ReSVOptions)
     if policy.device == "cuda":  # KV, representatives, scoring and attention on the GPU (retrieval/device_resv.py)
-        from vrex_edge.runtime.retrieval.device_resv import DeviceReSVKV
+        from vrex_edge.runtime.retrieval.device_resv import DeviceReSVKV, unsupported
 
+        if unsupported(policy.options, storage) is not None:  # retrieval on the host, the graphs still on CUDA
+            return ReSVCache(layer, text, rope, policy.options, policy=policy, storage=storage)
         return DeviceReSVKV(
             layer, text, rope, policy.options, policy=policy, engine=policy.device_engine, storage=storage
         )

@@ -177,7 +177,8 @@ class TopKCache(WindowedCache):
 
 def _build(policy: Policy, layer: int, text: TextSpec, rope: Rope, storage: KVStorage) -> TopKCache:
     assert isinstance(policy.options, TopKOptions)
-    if policy.device == "cuda":  # KV and attention on the GPU, block tables on the host (retrieval/device.py)
+    # KV and attention on the GPU, block tables on the host (retrieval/device.py); compact positions stay on the host
+    if policy.device == "cuda" and policy.options.positions != "compact":
         from vrex_edge.runtime.retrieval.device import DeviceTopKKV
 
         return DeviceTopKKV(

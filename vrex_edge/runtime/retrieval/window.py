@@ -26,7 +26,8 @@ class WindowCache(WindowedCache):
 def _build(policy: Policy, layer: int, text: TextSpec, rope: Rope, storage: KVStorage) -> WindowCache:
     o = policy.options
     assert isinstance(o, WindowOptions)
-    if policy.device == "cuda":  # KV and attention on the GPU (retrieval/device.py)
+    # KV and attention on the GPU (retrieval/device.py); compact positions stay on the host
+    if policy.device == "cuda" and policy.options.positions != "compact":
         from vrex_edge.runtime.retrieval.device import DeviceWindowKV
 
         return DeviceWindowKV(
