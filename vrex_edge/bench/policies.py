@@ -39,8 +39,8 @@ def policy_defaults(name: str) -> dict[str, object]:
     return get_spec(name).options.parse({}).resolved()
 
 
-def factory(name: str, opts: dict[str, str]) -> Policy:
-    return make_policy(name, opts)
+def factory(name: str, opts: dict[str, str], device: str = "cpu") -> Policy:
+    return make_policy(name, opts, device=device)
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -158,7 +158,7 @@ def make_filled(
     filled: dict[tuple, list[LayerCache]] = {}
     for var in variants:
         name, opts = parse_variant(var)
-        make = factory(name, opts)  # validates the options
+        make = factory(name, opts, wl.device)  # validates the options
         key = (name, tuple(sorted((k, str(v)) for k, v in opts.items() if k != "tau")))
         t0 = time.perf_counter()
         base = filled.get(key)

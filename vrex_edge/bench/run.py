@@ -63,6 +63,7 @@ def run(
     cache_dir: Path = CACHE_DIR,
     command: str = "",
     progress: Progress | None = None,
+    providers: Sequence[str] = ("cpu",),
 ) -> BenchReport:
     """Run the benchmark; with `out`, write policies_<workload>.md and the PNG plots there."""
     if not sizes or min(sizes) < 1:
@@ -70,7 +71,7 @@ def run(
     if frames < 1 or gen < 0 or probes < 0:
         raise ConfigError("--frames must be >= 1, --gen and --probes >= 0")
     variants = expand_variants(policies, options, accels)
-    wl = load_workload(workload, bundle, cache_dir=cache_dir, progress=progress)
+    wl = load_workload(workload, bundle, cache_dir=cache_dir, progress=progress, providers=providers)
     partial: list[Result] = []
 
     def write_partial(res: list[Result]) -> None:  # a long run keeps what it measured so far

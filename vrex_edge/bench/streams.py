@@ -13,14 +13,14 @@ prefilling it chunk by chunk (sizes past the real prefix repeat it: latency only
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from vrex_edge.errors import ConfigError
-from vrex_edge.runtime.engine import Model, load_model
+from vrex_edge.runtime.engine import Model, load_model, uses_cuda
 from vrex_edge.runtime.retrieval import FullKV
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,6 +46,11 @@ class Workload:
     frame_embeds: Callable[[int], np.ndarray]  # frame index -> [chunk, D]
     prefix_embeds: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 0), np.float32))  # [P, D]
     _kv: list[tuple[np.ndarray, np.ndarray]] | None = field(default=None, repr=False)  # per layer k, v [KVH, R, hd]
+
+    @property
+    def device(self) -> str:
+        """Where the policies keep their KV: "cuda" when the stage graphs run on CUDA."""
+        return "cuda" if uses_cuda(self.model.providers) else "cpu"
 
     @property
     def max_positions(self) -> int:
@@ -123,9 +128,14 @@ def tiny_video_bundle(cache_dir: Path = CACHE_DIR, progress: Progress | None = N
 
 
 def text_workload(
-    bundle: Path | None = None, *, cache_dir: Path = CACHE_DIR, chunk: int = 10, progress: Progress | None = None
+    bundle: Path | None = None,
+    *,
+    cache_dir: Path = CACHE_DIR,
+    chunk: int = 10,
+    progress: Progress | None = None,
+    providers: Sequence[str] = ("cpu",),
 ) -> Workload:
-    model = load_model(bundle or smollm2_bundle(cache_dir, progress))
+    model = load_model(bundle or smollm2_bundle(cache_dir, progress), providers=providers)
     ids = np.asarray(model.tokenizer.encode(reference_text()), np.int64)  # [N]
 
     def frame(i: int) -> np.ndarray:
@@ -140,7 +150,12 @@ def text_workload(
 
 
 def video_workload(
-    bundle: Path | None = None, *, cache_dir: Path = CACHE_DIR, seed: int = 0, progress: Progress | None = None
+    bundle: Path | None = None,
+    *,
+    cache_dir: Path = CACHE_DIR,
+    seed: int = 0,
+    progress: Progress | None = None,
+    providers: Sequence[str] = ("cpu",),
 ) -> Workload:
     """Frames of the synthetic world through the bundle's vision stage (VIDEO_MODEL by default)."""
     from vrex_edge.runtime.preprocess import Preprocessor
@@ -149,7 +164,7 @@ def video_workload(
 
     if bundle is None:
         bundle = VIDEO_MODEL if (VIDEO_MODEL / "manifest.json").is_file() else tiny_video_bundle(cache_dir, progress)
-    model = load_model(bundle)
+    model = load_model(bundle, providers=providers)
     if not model.has_vision or model.vision_spec is None:
         raise ConfigError(f"the video workload needs a bundle with a vision stage ({bundle} has none)")
     pre = Preprocessor(model.vision_spec)
@@ -174,10 +189,16 @@ def video_workload(
 
 
 def load_workload(
-    name: str, bundle: Path | None = None, *, cache_dir: Path = CACHE_DIR, progress: Progress | None = None
+    name: str,
+    bundle: Path | None = None,
+    *,
+    cache_dir: Path = CACHE_DIR,
+    progress: Progress | None = None,
+    providers: Sequence[str] = ("cpu",),
 ) -> Workload:
+    """providers: the stage graphs' execution providers; on CUDA the policies keep their KV there too."""
     if name == "text":
-        return text_workload(bundle, cache_dir=cache_dir, progress=progress)
+        return text_workload(bundle, cache_dir=cache_dir, progress=progress, providers=providers)
     if name == "video":
-        return video_workload(bundle, cache_dir=cache_dir, progress=progress)
+        return video_workload(bundle, cache_dir=cache_dir, progress=progress, providers=providers)
     raise ConfigError(f"unknown workload '{name}' (choose from: {', '.join(WORKLOADS)})")

@@ -297,6 +297,7 @@ def bench(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Folder for the Markdown table and PNG plots.")
     ] = None,
+    provider: ProviderOpt = [],  # noqa: B006
 ) -> None:
     """Benchmark the retrieval policies side by side: latency, kept fraction and fidelity vs full."""
     from vrex_edge.bench import run
@@ -325,6 +326,7 @@ def bench(
             str(probes),
             *(["--model", str(model)] if model else []),
             *(["--out", str(out)] if out else []),
+            *[a for p in provider for a in ("--provider", p)],
         ]
         line = "vrex-edge bench " + shlex.join(argv)  # the run, reproducible (written at the top of the table)
         report = run(
@@ -340,6 +342,7 @@ def bench(
             bundle=model,
             command=line,
             progress=lambda msg: typer.echo(msg, err=True),
+            providers=provider or ["cpu"],
         )
         typer.echo(report.markdown)
         for f in report.files:

@@ -13,7 +13,7 @@ import numpy as np
 from vrex_edge.bundle import TextSpec
 from vrex_edge.runtime import kernels
 from vrex_edge.runtime.kvcache import GrowingArray, LayerStats, Phase
-from vrex_edge.runtime.retrieval.options import NoOptions
+from vrex_edge.runtime.retrieval.options import NoOptions, opt
 from vrex_edge.runtime.retrieval.policy import Policy, PolicySpec
 from vrex_edge.runtime.retrieval.storage import KVStorage
 from vrex_edge.runtime.rope import Rope
@@ -25,6 +25,12 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class FullOptions(NoOptions):
     policy = "full"
+    engine: str = opt(
+        "default",
+        choices=("default", "numpy", "ort-cpu"),
+        affects=False,
+        help="host attention kernel (numpy: the reference path; benchmarks compare them)",
+    )
 
 
 class FullKV:
@@ -89,6 +95,10 @@ class DeviceFullKV:
         self._stats = LayerStats(history=hist, kept=np.full(self.kvh, hist, dtype=np.int64))
         return out.reshape(self.h, n, self.hd).transpose(1, 0, 2).reshape(n, self.h * self.hd)
 
+    def extend(self, k: np.ndarray, v: np.ndarray, positions: np.ndarray, *, chunk: int = 0) -> None:
+        """Append un-rotated k, v [KVH, m, hd] at `positions` without attending (benchmark fills)."""
+        self.engine.upload(self.kv, self.rope.apply(k, positions), v)
+
     @property
     def length(self) -> int:
         return self.kv.n
@@ -112,7 +122,9 @@ class DeviceFullKV:
 def _build(policy: Policy, layer: int, text: TextSpec, rope: Rope, storage: KVStorage) -> FullKV | DeviceFullKV:
     if policy.device == "cuda":
         return DeviceFullKV(text, rope, engine=policy.device_engine)
-    return FullKV(text, rope, engine=policy.engine)
+    o = policy.options
+    assert isinstance(o, FullOptions)
+    return FullKV(text, rope, engine=policy.engine if o.engine == "default" else kernels.make_engine(o.engine))
 
 
 SPEC = PolicySpec("full", FullOptions, _build, "every cached token (the reference)")
