@@ -111,20 +111,19 @@ def soak(args: argparse.Namespace) -> dict:
     model = load_model(bundle, threads=1)
     sha = _bundle_sha(bundle)  # now: the embedded model may be replaced while the soak runs
     budget = None if args.budget == "none" else parse_bytes(args.budget)
+    # readme: the README's endless-stream settings (resv defaults + these); soak: the first soaks' settings
+    tuned = {} if args.preset == "readme" else dict(keys="pre", hamming=6, horizon=32, sink=16, recent=40, reselect=2)
     opts = dict(
         positions="compact",
-        keys="pre",
-        hamming=6,
-        horizon=32,
-        sink=16,
-        recent=40,
+        **tuned,
         tau=args.tau,
-        reselect=2,
         max_kept=args.max_kept,
         fine=args.fine,
         block=args.block,
         tau_coarse=args.tau_coarse,
     )
+    if args.clock == "cpu":  # the stage timers read time.perf_counter at call time: process CPU time instead
+        time.perf_counter = time.process_time
     kv = None if budget is None else TierConfig(budget=budget, root=work / "kv", prefetch=True)
     s = StreamSession(model, policy="resv", policy_options=opts, kv=kv)  # the model narrates as trained
     segs = world_segments(args.seed, args.frames, args.segment_s)
@@ -210,6 +209,7 @@ def soak(args: argparse.Namespace) -> dict:
         "accuracy": correct / len(answers) if answers else None,
         "captions": captions,
         "options": opts,
+        "clock": args.clock,  # cpu: frame_ms_median and wall_s are process CPU time
         "seed": args.seed,
         "bundle": str(bundle),
         "bundle_sha": sha,
@@ -334,6 +334,12 @@ def main() -> None:
         "--ask-every", type=int, default=1800, help="recall questions every this many frames, and at the end"
     )
     a.add_argument("--every", type=int, default=300)
+    a.add_argument(
+        "--preset", choices=("soak", "readme"), default="soak", help="resv settings: the first soaks' or the README's"
+    )
+    a.add_argument(
+        "--clock", choices=("wall", "cpu"), default="wall", help="cpu: frame times in process CPU time (a shared box)"
+    )
     a.add_argument("--out", type=Path)
     b = sub.add_parser("latency")
     b.add_argument("--bundle", type=Path, default=ROOT / ".cache" / "bundles" / "smollm2-135m")
