@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tests.test_device_caches import CHUNKS, device_policy
-from tests.test_gpu import DEVICES, rand
+from tests.test_gpu import DEVICES, needs_cuda, rand
 from tests.test_retrieval import make_text, stream
 from vrex_edge.runtime.kernels.ort_cuda import OrtDeviceEngine
 from vrex_edge.runtime.retrieval import FullKV
@@ -137,18 +137,20 @@ def test_budget_resv_extend_keeps_kv_on_the_host() -> None:
 
 def test_slot_map_takes_the_least_recently_used_slots() -> None:
     sm = SlotMap(2, 5)
-    sm.cover(20)
-    sm.tick = 1
+    sm.start(20)  # call 1
     sm.assign(np.array([0, 0, 0, 1]), np.array([0, 1, 2, 4]), np.array([7, 8, 9, 3]))
-    sm.tick = 2
-    sm.touch(np.array([[1, -1], [4, -1]]))  # slot 1 of head 0 and slot 4 of head 1 used now
+    sm.settle()
+    sm.start(20)  # call 2 uses slot 1 of head 0 and slot 4 of head 1
+    sm.touch(np.array([[1, -1], [4, -1]]))
     slots, got = sm.oldest(np.array([4, 5]), before=2)
-    np.testing.assert_array_equal(got, [4, 4])  # head 0: slots 3, 4 (free), 0, 2; head 1: every slot but 4
-    assert set(slots[0, :4]) == {0, 2, 3, 4} and set(slots[1, :4]) == {0, 1, 2, 3}
-    assert list(slots[0, 2:4]) in ([0, 2], [2, 0])  # free ones first, then the oldest used
+    np.testing.assert_array_equal(got, [4, 4])  # head 1: every slot but the one in use
+    np.testing.assert_array_equal(slots[0, :4], [3, 4, 0, 2])  # free ones first, then the oldest used
+    np.testing.assert_array_equal(slots[1, :4], [0, 1, 2, 3])
     sm.assign(np.array([0]), np.array([0]), np.array([11]))  # evicts token 7
     assert sm.slot[0, 7] == -1 and sm.slot[0, 11] == 0
+    sm.settle()
     sm.check()
+    np.testing.assert_array_equal(sm.order[0], [3, 4, 2, 0, 1])
 
 
 def test_cuda_budget_builds_from_the_tiers(tmp_path: Path) -> None:
@@ -198,3 +200,77 @@ def test_offloaded_full_matches_full(device: str, resident: int) -> None:
     np.testing.assert_allclose(
         back.attend(q, k, v, p, phase="decode"), ref.attend(q, k, v, p, phase="decode"), atol=3e-5
     )
+
+
+def test_demo_captions_identical_with_a_device_budget(tmp_path: Path) -> None:
+    """The embedded model on the demo with resv: the host path and the device path under --kv-budget (CPU
+    provider; 512 tokens per layer on the device, about half the KV at the end, so the slots evict) say the
+    same. (The session's TierManager also charges the host's sink and window copies to the budget, which
+    smaller budgets here do not fit.)"""
+    import itertools
+    import json
+
+    from tests.test_device_caches import DEMO, demo_events
+    from vrex_edge.cli import default_model
+    from vrex_edge.runtime.capture import open_video
+    from vrex_edge.runtime.engine import load_model
+    from vrex_edge.runtime.events import Answer, Caption
+    from vrex_edge.runtime.kvstore import TierConfig
+    from vrex_edge.runtime.retrieval.policy import Policy
+    from vrex_edge.runtime.retrieval.registry import get_spec
+    from vrex_edge.runtime.session import StreamSession
+
+    model = load_model(default_model(), threads=1)
+    spec = get_spec("resv")
+    host = demo_events(model, Policy(spec, spec.options.parse({}), device="cpu"), 40.0)
+    truth = json.loads(DEMO.with_suffix(".json").read_text())
+    questions = [(q["time"], q["question"]) for q in truth["questions"] if q["time"] < 40.0]
+    frames = itertools.islice(open_video(DEMO.with_suffix(".mp4"), fps=truth["fps"]), int(40.0 * truth["fps"]))
+    text = model.text
+    budget = 512 * 2 * text.num_kv_heads * text.head_dim * 4 * text.num_layers  # 512 tokens per layer
+    session = StreamSession(
+        model, policy=device_policy(OrtDeviceEngine(device="cpu")), kv=TierConfig(budget=budget, root=tmp_path)
+    )
+    dev = [(e.t, e.text) for e in session.run(frames, questions) if isinstance(e, Caption | Answer)]
+    caches = session.caches
+    session.close()
+    assert all(type(c) is BudgetReSVKV and c.slot_count == 512 for c in caches)
+    c = caches[0]
+    assert c.length > 512 and (c.slots.token >= 0).all() and c.uploads["rows"] > c.kvh * 512  # the slots evicted
+    assert len(host) >= 8 and dev == host
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_budget_resv_at_40k_matches_host() -> None:
+    """SmolLM2 heads, a 40K history of clustered keys and a device budget of 1/4 of its KV on CUDA: the
+    host resv's kept counts and outputs, and fewer rows copied in than read once the slots are warm."""
+    text = make_text(h=9, kvh=3, hd=64, max_positions=65536)
+    rng = np.random.default_rng(7)
+    cent = rng.standard_normal((3, 2000, 64)).astype(np.float32)
+    pick = rng.integers(0, 2000, size=(3, 40_000))
+    k = (np.take_along_axis(cent, pick[..., None], axis=1) + 0.3 * rng.standard_normal((3, 40_000, 64))).astype(
+        np.float32
+    )
+    v = rand(rng, 3, 40_000, 64)
+    rope = Rope(text.rope)
+    host = device_policy(OrtDeviceEngine(device="cpu"), keys="pre")(0, text, rope)
+    _, dev = budget_pair(OrtDeviceEngine(device="cuda"), text, 10_000, keys="pre")
+    for c in (host, dev):
+        c.extend(k, v, np.arange(40_000), chunk=10)
+    pos, read, copied = 40_000, 0, 0
+    for i in range(6):
+        q = (np.repeat(cent[:, rng.integers(0, 50, size=10)], 3, axis=0) * 1.5 + rand(rng, 9, 10, 64)).astype(
+            np.float32
+        )
+        kn, vn = rand(rng, 3, 10, 64), rand(rng, 3, 10, 64)
+        p = np.arange(pos, pos + 10)
+        rows = dev.uploads["rows"]
+        a, b = host.attend(q, kn, vn, p, phase="prefill"), dev.attend(q, kn, vn, p, phase="prefill")
+        np.testing.assert_array_equal(dev.stats().kept, host.stats().kept)
+        np.testing.assert_allclose(b, a, atol=3e-5, rtol=1e-4)
+        if i >= 3:
+            read, copied = read + int(dev.stats().kept.sum()), copied + dev.uploads["rows"] - rows
+        pos += 10
+    dev.slots.check()
+    assert copied < read

@@ -55,18 +55,21 @@ def device_budget(storage: KVStorage, layers: int) -> int | None:
 
 
 class SlotMap:
-    """Which token each of a KV head's `cap` device slots holds and the call (tick) that last used it;
-    and each token's slot. Every operation is vectorised over heads and rows."""
+    """Which token each of a KV head's `cap` device slots holds and the call (tick) that last used it,
+    each token's slot, and the slots in least recently used order. Vectorised over heads and rows: the
+    order is kept by stable partitions (a radix sort of a boolean), never a sort of the ticks."""
 
     def __init__(self, kvh: int, cap: int):
         self.kvh, self.cap = kvh, cap
         self.token = np.full((kvh, cap), -1, np.int64)  # [KVH, C]: token in each slot (-1: free)
         self.used = np.full((kvh, cap), -1, np.int64)  # [KVH, C]: tick of the last call that used it
+        self.order = np.tile(np.arange(cap), (kvh, 1))  # [KVH, C]: slots by `used`, oldest first
         self.slot = np.full((kvh, 1024), -1, np.int64)  # [KVH, tokens]: each token's slot (-1: host only)
         self.tick = 0
 
-    def cover(self, tokens: int) -> None:
-        """Room in `slot` for tokens 0 .. tokens - 1."""
+    def start(self, tokens: int) -> None:
+        """A new call (tick) over tokens 0 .. tokens - 1."""
+        self.tick += 1
         if tokens > self.slot.shape[1]:
             big = np.full((self.kvh, max(tokens, 2 * self.slot.shape[1])), -1, np.int64)
             big[:, : self.slot.shape[1]] = self.slot
@@ -82,19 +85,18 @@ class SlotMap:
         h, j = np.nonzero(slots >= 0)
         self.used[h, slots[h, j]] = self.tick
 
+    def settle(self) -> None:
+        """Move the slots this call used to the end of the order (the others keep theirs)."""
+        now = np.take_along_axis(self.used, self.order, axis=1) >= self.tick  # [KVH, C]
+        self.order = np.take_along_axis(self.order, np.argsort(now, axis=1, kind="stable"), axis=1)
+
     def oldest(self, want: np.ndarray, before: int) -> tuple[np.ndarray, np.ndarray]:
-        """Per head up to want[h] slots last used before tick `before`, least recently used first ->
-        slots [KVH, max(want)] and how many of each row qualify, got [KVH] (got[h] <= want[h])."""
+        """Per head up to want[h] slots last used before tick `before` (this call's last), least recently
+        used first -> slots [KVH, max(want)] and how many of each row qualify, got [KVH] (<= want)."""
+        self.settle()
         k = min(int(want.max(initial=0)), self.cap)
-        if k == 0:
-            return np.zeros((self.kvh, 0), np.int64), np.zeros(self.kvh, np.int64)
-        part = (
-            np.argpartition(self.used, k - 1, axis=1)[:, :k] if k < self.cap else np.tile(np.arange(k), (self.kvh, 1))
-        )
-        u = np.take_along_axis(self.used, part, axis=1)
-        o = np.argsort(u, axis=1, kind="stable")
-        part, u = np.take_along_axis(part, o, axis=1), np.take_along_axis(u, o, axis=1)
-        return part, np.minimum(want, (u < before).sum(axis=1))
+        old = (np.take_along_axis(self.used, self.order, axis=1) < before).sum(axis=1)  # [KVH]
+        return self.order[:, :k], np.minimum(want, old)
 
     def assign(self, heads: np.ndarray, slots: np.ndarray, tokens: np.ndarray) -> None:
         """Put tokens [P] of heads [P] into slots [P] (evicting what they held); used by this call."""
@@ -106,11 +108,13 @@ class SlotMap:
         self.used[heads, slots] = self.tick
 
     def check(self) -> None:
-        """The two maps agree (tests)."""
+        """The maps agree and the order is by last use (tests)."""
         h, s = np.nonzero(self.token >= 0)
         assert (self.slot[h, self.token[h, s]] == s).all()
         h, t = np.nonzero(self.slot >= 0)
         assert (self.token[h, self.slot[h, t]] == t).all()
+        assert (np.diff(np.take_along_axis(self.used, self.order, axis=1), axis=1) >= 0).all()
+        assert (np.sort(self.order, axis=1) == np.arange(self.cap)).all()
 
 
 class BudgetReSVKV(DeviceReSVKV):
@@ -165,8 +169,7 @@ class BudgetReSVKV(DeviceReSVKV):
         t1 = time.perf_counter()
         tok, lens = self._layout(r, end=self.seen)  # [KVH, S] token indices: sink, selected, recent
         live = np.arange(tok.shape[1]) < lens[:, None]  # [KVH, S]
-        sm.tick += 1
-        sm.cover(self.seen + n)
+        sm.start(self.seen + n)
         sm.touch(sm.lookup(tok, live))  # the resident rows this call reads are not evicted below
         heads = np.repeat(np.arange(kvh), c)  # [KVH * c], head-major
         chunk, _ = sm.oldest(np.full(kvh, c), before=sm.tick + 1)  # the chunk always gets slots
@@ -180,6 +183,7 @@ class BudgetReSVKV(DeviceReSVKV):
         ch, cj = mh[kept], mj[kept]
         slots[ch, cj] = free[ch, rank[kept]]
         sm.assign(ch, slots[ch, cj], tok[ch, cj])
+        sm.settle()
         ctok = tok[ch, cj]
         put = np.concatenate([slots[ch, cj] * kvh + ch, chunk.ravel() * kvh + heads])  # arena rows
         put_k = np.concatenate([self.host.k[ctok, ch], k_abs[:, n - c :].reshape(-1, self.hd)])  # [P, hd], staging
