@@ -98,6 +98,11 @@ class HostKV:
         self.v[self.n : self.n + m] = v.transpose(1, 0, 2)
         self.n += m
 
+    def rows(self, tok: np.ndarray, heads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """tok, heads [P] -> k, v [P, hd] of those tokens' heads (one gather each: a staging buffer)."""
+        flat = tok * self.kvh + heads  # rows of the [cap * KVH, hd] view
+        return np.take(self.k.reshape(-1, self.hd), flat, axis=0), np.take(self.v.reshape(-1, self.hd), flat, axis=0)
+
     def head_major(self) -> tuple[np.ndarray, np.ndarray]:
         """-> copies k, v [KVH, n, hd] (the caches' state form)."""
         return (

@@ -85,18 +85,20 @@ class SlotMap:
         h, j = np.nonzero(slots >= 0)
         self.used[h, slots[h, j]] = self.tick
 
-    def settle(self) -> None:
-        """Move the slots this call used to the end of the order (the others keep theirs)."""
-        now = np.take_along_axis(self.used, self.order, axis=1) >= self.tick  # [KVH, C]
-        self.order = np.take_along_axis(self.order, np.argsort(now, axis=1, kind="stable"), axis=1)
+    def settle(self) -> np.ndarray:
+        """Move the slots this call used to the end of the order (the others keep theirs) -> the slots'
+        ticks in the new order [KVH, C] (non-decreasing)."""
+        u = np.take_along_axis(self.used, self.order, axis=1)  # [KVH, C]
+        p = np.argsort(u >= self.tick, axis=1, kind="stable")
+        self.order = np.take_along_axis(self.order, p, axis=1)
+        return np.take_along_axis(u, p, axis=1)
 
     def oldest(self, want: np.ndarray, before: int) -> tuple[np.ndarray, np.ndarray]:
         """Per head up to want[h] slots last used before tick `before` (this call's last), least recently
         used first -> slots [KVH, max(want)] and how many of each row qualify, got [KVH] (<= want)."""
-        self.settle()
+        u = self.settle()
         k = min(int(want.max(initial=0)), self.cap)
-        old = (np.take_along_axis(self.used, self.order, axis=1) < before).sum(axis=1)  # [KVH]
-        return self.order[:, :k], np.minimum(want, old)
+        return self.order[:, :k], np.minimum(want, (u < before).sum(axis=1))
 
     def assign(self, heads: np.ndarray, slots: np.ndarray, tokens: np.ndarray) -> None:
         """Put tokens [P] of heads [P] into slots [P] (evicting what they held); used by this call."""
@@ -170,11 +172,14 @@ class BudgetReSVKV(DeviceReSVKV):
         tok, lens = self._layout(r, end=self.seen)  # [KVH, S] token indices: sink, selected, recent
         live = np.arange(tok.shape[1]) < lens[:, None]  # [KVH, S]
         sm.start(self.seen + n)
-        sm.touch(sm.lookup(tok, live))  # the resident rows this call reads are not evicted below
+        slots = sm.lookup(tok, live)  # [KVH, S]
+        sm.touch(slots)  # the resident rows this call reads are evicted last
         heads = np.repeat(np.arange(kvh), c)  # [KVH * c], head-major
         chunk, _ = sm.oldest(np.full(kvh, c), before=sm.tick + 1)  # the chunk always gets slots
+        displaced = bool((np.take_along_axis(sm.used, chunk, axis=1) == sm.tick).any())  # a row read now
         sm.assign(heads, chunk.ravel(), np.tile(np.arange(self.seen + n - c, self.seen + n), kvh))
-        slots = sm.lookup(tok, live)  # [KVH, S]; a row the chunk displaced is missing again
+        if displaced:  # such a row is missing again
+            slots = sm.lookup(tok, live)
         miss = live & (slots < 0)
         free, got = sm.oldest(miss.sum(axis=1), before=sm.tick)  # slots no row of this call uses
         mh, mj = np.nonzero(miss)  # head-major
@@ -186,14 +191,15 @@ class BudgetReSVKV(DeviceReSVKV):
         sm.settle()
         ctok = tok[ch, cj]
         put = np.concatenate([slots[ch, cj] * kvh + ch, chunk.ravel() * kvh + heads])  # arena rows
-        put_k = np.concatenate([self.host.k[ctok, ch], k_abs[:, n - c :].reshape(-1, self.hd)])  # [P, hd], staging
-        put_v = np.concatenate([self.host.v[ctok, ch], v[:, n - c :].reshape(-1, self.hd)])
+        hk, hv = self.host.rows(ctok, ch)  # [P - KVH * c, hd]
+        put_k = np.concatenate([hk, k_abs[:, n - c :].reshape(-1, self.hd)])  # [P, hd]: the staging buffers
+        put_v = np.concatenate([hv, v[:, n - c :].reshape(-1, self.hd)])
         xh, xj = mh[~kept], mj[~kept]  # needed now, no slot left: read from host memory for this call
         xlens = np.bincount(xh, minlength=kvh)
         xr = rank[~kept] - got[xh]
         xk = np.zeros((kvh, int(xlens.max(initial=0)), self.hd), np.float32)
         xv = np.zeros_like(xk)
-        xk[xh, xr], xv[xh, xr] = self.host.k[tok[xh, xj], xh], self.host.v[tok[xh, xj], xh]
+        xk[xh, xr], xv[xh, xr] = self.host.rows(tok[xh, xj], xh)
         on = slots >= 0  # [KVH, S]: read from the arena
         idx = np.where(on, slots * kvh + np.arange(kvh)[:, None], 0)
         rows = int(mh.size)
