@@ -1,28 +1,30 @@
 """One layer's cache call (a chunk of --new tokens: retrieval, attention, append) for full and resv with
 the KV in host memory, all on the device, and under a device budget of 1/4 of the KV (issue 16, item 3).
 
-SmolLM2 shapes by default (9 query heads over 3 KV heads, head_dim 64), histories of 1K / 8K / 40K.
-Each variant fills `--layers` cache copies and calls them in turn (as a model's layers would be called);
-medians of --repeats calls after 3 warm-ups per copy. Variants:
+SmolLM2 shapes by default (9 query heads over 3 KV heads, head_dim 64, 30 layers), histories of 1K / 8K /
+40K. Each variant fills `--layers` cache copies and calls them in turn (as a model's layers would be
+called); medians of --repeats calls after 3 warm-ups per copy. Variants:
 
   full host      FullKV with the default host engine (the CPU path)
   full device    DeviceFullKV: every token on the device (kernels/ort_cuda.py)
-  full offload   DeviceFullKV whose oldest 3/4 of the KV lives in host memory and is copied to the device
-                 before every call (what transformers' OffloadedCache streams per layer), 1/4 resident
+  full offload   OffloadedFullKV (retrieval/full.py): the oldest 1/4 of the KV on the device, the other 3/4
+                 in host memory, copied to the device by every call (one bulk copy each for k and v), then
+                 attention over all of it: what transformers' OffloadedCache streams per layer
   resv host      ReSVCache (host retrieval and attention)
   resv device    DeviceReSVKV: KV, cluster table, scoring, selection and attention in one device run per
                  call (retrieval/device_resv.py)
-  resv offload   DeviceReSVKV with the selection on the host (so the selected rows are known there, as a tier
-                 needs: two device runs per call) plus, per call, the host gather and device copy of the
-                 selected tokens that lie in the offloaded 3/4: a cost model of the tiered device path,
-                 which is not built (attention still reads those tokens from the device arena)
+  resv budget    BudgetReSVKV (retrieval/device_tiers.py): at most 1/4 of the KV on the device (slots: sink,
+                 recent window, chunk, the recently selected rows; the cluster table beside them), every
+                 token in host memory; per call the device's masses, the host's selection, and one run that
+                 writes the selected rows not resident into the least recently used slots and attends
 
-The offload copies are synchronous from pageable numpy memory (OffloadedCache uses pinned memory and
-overlaps the next layer's copy with this layer's compute), so "full offload" is a pessimistic baseline.
+The host-to-device copies go from pageable numpy memory and are synchronous (OffloadedCache uses pinned
+memory and overlaps the next layer's copy with this layer's compute), for both offloaded variants; the
+last column is the KV bytes each call copies in (the chunk's own k/v, the same for every variant, aside).
 Keys are synthetic: `--pool` centroids per head plus `--noise`, with queries near `--hot` of them, so resv
 keeps part of the history (the "kept" column says how much); they cluster before RoPE, hence resv's
-`keys=pre` by default (--resv-opt). `--no-cuda` runs the device variants on
-onnxruntime's CPU provider (same graphs; checks the script on a machine without a GPU).
+`keys=pre` by default (--resv-opt). `--no-cuda` runs the device variants on onnxruntime's CPU provider
+(same graphs; checks the script on a machine without a GPU).
 
     python benchmarks/bench_gpu_caches.py
     python benchmarks/bench_gpu_caches.py --sizes 1000 8000 --no-cuda --layers 2 --repeats 5
@@ -37,7 +39,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-VARIANTS = ("full host", "full device", "full offload", "resv host", "resv device", "resv offload")
+VARIANTS = ("full host", "full device", "full offload", "resv host", "resv device", "resv budget")
 
 
 def text_spec(h: int, kvh: int, hd: int, max_positions: int):
@@ -83,10 +85,12 @@ class Stream:
 
 
 def build(variant: str, L: int, text, rope, stream: Stream, dev, new: int, resv_opt: dict[str, str]):
-    """A cache filled with L tokens, and its call (q, k, v, positions) -> output; plus an upload counter."""
+    """A cache filled with L tokens and its call (q, k, v, positions) -> output; the device budget of
+    the offloaded variants is 1/4 of the L tokens' KV."""
     from vrex_edge.runtime.retrieval import FullKV, make_policy
     from vrex_edge.runtime.retrieval.device_resv import DeviceReSVKV
-    from vrex_edge.runtime.retrieval.full import DeviceFullKV
+    from vrex_edge.runtime.retrieval.device_tiers import BudgetReSVKV
+    from vrex_edge.runtime.retrieval.full import DeviceFullKV, OffloadedFullKV
     from vrex_edge.runtime.retrieval.policy import Policy
     from vrex_edge.runtime.retrieval.registry import get_spec
     from vrex_edge.runtime.retrieval.resv import ReSVOptions
@@ -94,9 +98,14 @@ def build(variant: str, L: int, text, rope, stream: Stream, dev, new: int, resv_
     k, v = stream.kv(L)
     pos = np.arange(L)
     policy, where = variant.split()
-    moved = [0]  # bytes copied host -> device by the offload model, summed over calls
+    quarter = L // 4  # tokens of the device budget
     if policy == "full":
-        cache = FullKV(text, rope) if where == "host" else DeviceFullKV(text, rope, engine=dev)
+        if where == "host":
+            cache = FullKV(text, rope)
+        elif where == "device":
+            cache = DeviceFullKV(text, rope, engine=dev)
+        else:
+            cache = OffloadedFullKV(text, rope, engine=dev, resident=quarter)
         cache.restore({"k": rope.apply(k, pos), "v": v})
     else:
         spec = get_spec("resv")
@@ -104,27 +113,14 @@ def build(variant: str, L: int, text, rope, stream: Stream, dev, new: int, resv_
             cache = make_policy("resv", resv_opt)(0, text, rope)
         else:
             pol = Policy(spec, spec.options.parse(resv_opt), device="cuda", device_engine=dev)
-            assert isinstance(pol.options, ReSVOptions)  # offload: the host-selection path (its rows are known)
-            cache = DeviceReSVKV(0, text, rope, pol.options, policy=pol, engine=dev, fused=where == "device")
+            assert isinstance(pol.options, ReSVOptions)
+            if where == "device":
+                cache = DeviceReSVKV(0, text, rope, pol.options, policy=pol, engine=dev)
+            else:
+                row = 2 * text.num_kv_heads * text.head_dim * 4  # bytes of one token's k/v
+                cache = BudgetReSVKV(0, text, rope, pol.options, policy=pol, engine=dev, budget=quarter * row)
         cache.extend(k, v, pos, chunk=new)
-    off = 3 * L // 4  # rows 0 .. off-1 live in host memory under the 1/4 budget
-    host_k = np.ascontiguousarray(rope.apply(k[:, :off], pos[:off]).transpose(1, 0, 2))  # [off, KVH, hd]
-    host_v = np.ascontiguousarray(v[:, :off].transpose(1, 0, 2))
-    scratch = dev.new_kv(text.num_kv_heads, text.head_dim, off) if where == "offload" and policy == "resv" else None
-
-    def call(q: np.ndarray, kn: np.ndarray, vn: np.ndarray, p: np.ndarray) -> np.ndarray:
-        if where == "offload" and policy == "full":  # stream the offloaded 3/4 in before attending
-            dev.write(cache.kv, 0, host_k, host_v)
-            moved[0] += host_k.nbytes + host_v.nbytes
-        out = cache.attend(q, kn, vn, p, phase="prefill")
-        if scratch is not None:  # the selected tokens resv would have fetched from host memory
-            rows = np.unique(np.concatenate(cache.selected_rows()))
-            rows = rows[rows < off]
-            dev.write(scratch, 0, host_k[rows], host_v[rows])
-            moved[0] += 2 * host_k[rows].nbytes
-        return out
-
-    return cache, call, moved
+    return cache
 
 
 def median_ms(fn: Callable[[], object], repeats: int, warm: int) -> float:
@@ -145,24 +141,25 @@ def parse_pairs(pairs: list[str], where: str) -> dict[str, str]:
 
 
 def time_variant(variant: str, L: int, args: argparse.Namespace, text, rope, dev) -> tuple[float, float, float]:
-    """-> (median ms per call, kept fraction of the history, MiB copied host -> device per call)."""
+    """-> (median ms per call, kept fraction of the history, MiB of KV copied host -> device per call)."""
     stream = Stream(args, seed=L)  # the same keys and queries for every variant
     opt = parse_pairs(args.resv_opt, where="--resv-opt")
-    built = [build(variant, L, text, rope, stream, dev, args.new, opt) for _ in range(args.layers)]
+    caches = [build(variant, L, text, rope, stream, dev, args.new, opt) for _ in range(args.layers)]
     pos = [L] * args.layers
-    turn = [0]
+    turn, moved = [0], [0]
 
     def one() -> None:
         i = turn[0] % args.layers
         turn[0] += 1
         q, k, v = stream.chunk(args.new)
-        built[i][1](q, k, v, np.arange(pos[i], pos[i] + args.new))
+        caches[i].attend(q, k, v, np.arange(pos[i], pos[i] + args.new), phase="prefill")
+        moved[0] += getattr(caches[i], "last_upload", 0)
         pos[i] += args.new
 
     ms = median_ms(one, args.repeats * args.layers, 3 * args.layers)
-    st = built[0][0].stats()
+    st = caches[0].stats()
     kept = float(np.mean(st.kept)) / max(st.history, 1)
-    return ms, kept, sum(b[2][0] for b in built) / turn[0] / 2**20
+    return ms, kept, moved[0] / turn[0] / 2**20
 
 
 def bench_size(L: int, args: argparse.Namespace, dev) -> list[str]:
@@ -189,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--kv-heads", type=int, default=3)
     ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--new", type=int, default=10, help="new tokens per call")
-    ap.add_argument("--layers", type=int, default=4, help="filled cache copies called in turn")
+    ap.add_argument("--layers", type=int, default=30, help="filled cache copies called in turn (SmolLM2: 30)")
     ap.add_argument("--repeats", type=int, default=20, help="timed calls per copy")
     ap.add_argument("--pool", type=int, default=2000, help="key centroids per KV head")
     ap.add_argument("--noise", type=float, default=0.3, help="key noise around its centroid")
@@ -206,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     dev = OrtDeviceEngine(device="cpu" if args.no_cuda else "cuda")
     print(
         "| history | variant | ms per call | vs full device | vs full offload | kept (history) "
-        "| MiB host->device per call (offload) |"
+        "| MiB of KV host->device per call |"
     )
     print("|---:|---|---:|---:|---:|---:|---:|")
     for L in args.sizes:

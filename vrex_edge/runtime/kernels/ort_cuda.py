@@ -16,7 +16,10 @@ graphs and bindings on the CPU provider (the CPU-only tests check the logic with
 For the retrieval policies on the device (retrieval/device.py, device_resv.py) ort_cuda_runs.py adds
 `attend_rows_append` (each head's rows gathered from the arena by index, attended, the chunk
 appended), `masses` (ReSV's cluster masses over a device table the same run refreshes) and
-`resv_attend_append` (ReSV's whole retrieval and attention in one run). The graphs: ort_graphs.py.
+`resv_attend_append` (ReSV's whole retrieval and attention in one run) and `attend_slots` (a slot arena
+under a device budget: the rows a call needs written into it, then gathered, in one run). For a cache
+whose history lies partly in host memory, `attend_split` attends to a device part and a host part that
+the run copies to the device first. The graphs: ort_graphs.py.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from vrex_edge.runtime.kernels.ort_graphs import (
     gather_attend_graph,
     masses_graph,
     resv_attend_graph,
+    slots_attend_graph,
+    split_attend_graph,
 )
 from vrex_edge.runtime.kernels.segments import Segment, segment_lens
 
@@ -46,6 +51,8 @@ _GRAPHS = {
     "gather_append": lambda hd: gather_attend_graph(hd, append=True),
     "masses": masses_graph,
     "resv_append": resv_attend_graph,
+    "split": split_attend_graph,
+    "slots": slots_attend_graph,
 }
 
 
@@ -67,6 +74,44 @@ class DeviceKV:
     def row_ptr(self, buf: Any, row: int) -> int:
         """Device address of token `row` (all heads) in `buf` (self.k or self.v)."""
         return buf.data_ptr() + row * self.kvh * self.hd * _F32
+
+
+class HostKV:
+    """Every token's k, v [cap, KVH, hd] float32 in host memory, token-major like DeviceKV (doubling when
+    full); `n` tokens used. The tier below a device budget: rows of it are bound as host inputs of a run."""
+
+    def __init__(self, kvh: int, hd: int, capacity: int = 1024):
+        self.k = np.empty((capacity, kvh, hd), np.float32)
+        self.v = np.empty_like(self.k)
+        self.kvh, self.hd, self.n = kvh, hd, 0
+
+    def append(self, k: np.ndarray, v: np.ndarray) -> None:
+        """k, v [KVH, m, hd] -> rows n .. n + m."""
+        m = k.shape[1]
+        if self.n + m > self.k.shape[0]:
+            cap = max(self.n + m, 2 * self.k.shape[0])
+            for name in ("k", "v"):
+                big = np.empty((cap, self.kvh, self.hd), np.float32)
+                big[: self.n] = getattr(self, name)[: self.n]
+                setattr(self, name, big)
+        self.k[self.n : self.n + m] = k.transpose(1, 0, 2)
+        self.v[self.n : self.n + m] = v.transpose(1, 0, 2)
+        self.n += m
+
+    def rows(self, tok: np.ndarray, heads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """tok, heads [P] -> k, v [P, hd] of those tokens' heads (one gather each: a staging buffer)."""
+        flat = tok * self.kvh + heads  # rows of the [cap * KVH, hd] view
+        return np.take(self.k.reshape(-1, self.hd), flat, axis=0), np.take(self.v.reshape(-1, self.hd), flat, axis=0)
+
+    def head_major(self) -> tuple[np.ndarray, np.ndarray]:
+        """-> copies k, v [KVH, n, hd] (the caches' state form)."""
+        return (
+            np.ascontiguousarray(self.k[: self.n].transpose(1, 0, 2)),
+            np.ascontiguousarray(self.v[: self.n].transpose(1, 0, 2)),
+        )
+
+    def nbytes(self) -> int:
+        return self.k.nbytes + self.v.nbytes
 
 
 class OrtDeviceEngine(RetrievalRuns):
@@ -142,8 +187,9 @@ class OrtDeviceEngine(RetrievalRuns):
 
     # ------------------------------------------------------------------ arenas
 
-    def new_kv(self, kvh: int, hd: int, capacity: int | None = None) -> DeviceKV:
-        cap = max(capacity or 0, self.min_capacity)
+    def new_kv(self, kvh: int, hd: int, capacity: int | None = None, *, exact: bool = False) -> DeviceKV:
+        """An arena of `capacity` tokens (at least min_capacity unless `exact`: a budgeted arena)."""
+        cap = int(capacity or 0) if exact else max(capacity or 0, self.min_capacity)
         new = self._ort.OrtValue.ortvalue_from_shape_and_type
         return DeviceKV(
             new([cap, kvh, hd], np.float32, self.device, 0), new([cap, kvh, hd], np.float32, self.device, 0), kvh, hd
@@ -230,6 +276,42 @@ class OrtDeviceEngine(RetrievalRuns):
                 self._run(io, sess, qs, kv, int(lens[0]), m, den, acc, append=None)
         acc /= den
         return acc.reshape(kvh, g, n, hd)
+
+    def attend_split(
+        self, q: np.ndarray, kv: DeviceKV, kh: np.ndarray, vh: np.ndarray, k_new: np.ndarray, v_new: np.ndarray
+    ) -> np.ndarray:
+        """q [KVH, G, n, hd] attends to kv's n tokens, then kh, vh [L2, KVH, hd] (host, token-major: the
+        run copies them to a device buffer first, one bulk copy each) and, causally, the chunk k_new/v_new
+        [KVH, n, hd], which is not appended -> [KVH, G, n, hd] float32. One run (ort_graphs.split_attend_graph)."""
+        kvh, g, n, hd = q.shape
+        qs = np.ascontiguousarray((q * np.float32(1.0 / np.sqrt(hd))).reshape(kvh, g * n, hd))  # [KVH, G*n, hd]
+        m, den, acc = start_with_chunk(qs, k_new, v_new, g)  # [KVH, G*n, 1] x2, [KVH, G*n, hd]
+        kh, vh = np.ascontiguousarray(kh, np.float32), np.ascontiguousarray(vh, np.float32)
+        parts = [(kv.k.data_ptr(), kv.v.data_ptr(), kv.n, self.device)] if kv.n else []
+        if kh.shape[0]:
+            parts.append((kh.ctypes.data, vh.ctypes.data, kh.shape[0], "cpu"))
+        if parts:  # one part: the plain graph, bound where it lies; two: the split graph
+            sess, io = self._session("attend" if len(parts) == 1 else "split", hd)
+            io.clear_binding_inputs()
+            io.clear_binding_outputs()
+            for (pk, pv, L, where), names in zip(parts, (("k", "v"), ("kh", "vh")), strict=False):
+                self._bind_in(io, names[0], pk, (L, kvh, hd), where)
+                self._bind_in(io, names[1], pv, (L, kvh, hd), where)
+            self._partial(io, sess, qs, m, den, acc)
+        acc /= den
+        return acc.reshape(kvh, g, n, hd)
+
+    def _partial(self, io: Any, sess: Any, qs: np.ndarray, m: np.ndarray, den: np.ndarray, acc: np.ndarray) -> None:
+        """Bind q and the partial softmax outputs (host), run, merge into m, den, acc (in place)."""
+        kvh, rows, hd = qs.shape
+        o_acc = np.empty((kvh, rows, hd), np.float32)
+        o_m, o_den = np.empty((kvh, rows, 1), np.float32), np.empty((kvh, rows, 1), np.float32)
+        self._bind_in(io, "q", qs.ctypes.data, qs.shape, "cpu")
+        for name, a in (("acc", o_acc), ("m", o_m), ("den", o_den)):
+            self._bind_out(io, name, a.ctypes.data, a.shape, "cpu")
+        sess.run_with_iobinding(io)
+        io.synchronize_outputs()
+        merge_partial(m, den, acc, o_m, o_den, o_acc)
 
     def _run(
         self,

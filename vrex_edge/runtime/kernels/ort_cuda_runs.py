@@ -1,6 +1,7 @@
-"""The device engine's runs for the retrieval policies (retrieval/device.py, device_resv.py): a chunk attending to rows
-gathered from the arena by index, ReSV's cluster masses, and ReSV's whole retrieval plus attention in
-one run. Part of OrtDeviceEngine (ort_cuda.py), which provides the sessions, bindings and copies.
+"""The device engine's runs for the retrieval policies (retrieval/device.py, device_resv.py, device_tiers.py): a chunk
+attending to rows gathered from the arena by index, ReSV's cluster masses, ReSV's whole retrieval plus
+attention in one run, and attention over a slot arena that the same run first writes the missing rows
+into. Part of OrtDeviceEngine (ort_cuda.py), which provides the sessions, bindings and copies.
 
 Every attending run takes a chunk's queries and k/v from the host, appends the chunk to the arena in
 place (an Identity output bound after its last row) and returns the partial softmax of its rows,
@@ -141,6 +142,59 @@ class RetrievalRuns:
             self._go(sess, io)
         kv.n += n
         return ch.result(ran)
+
+    def attend_slots(
+        self,
+        q: np.ndarray,
+        kv: DeviceKV,
+        idx: np.ndarray,
+        live: np.ndarray,
+        put: np.ndarray,
+        put_k: np.ndarray,
+        put_v: np.ndarray,
+        extra: tuple[np.ndarray, np.ndarray, np.ndarray],
+        k_new: np.ndarray,
+        v_new: np.ndarray,
+    ) -> np.ndarray:
+        """Attention over a slot arena under a device budget (retrieval/device_tiers.py), in one run
+        (ort_graphs.slots_attend_graph). The arena kv [cap, KVH, hd] is seen as rows slot * KVH + head.
+        First the rows `put` [P] int64 are written with put_k, put_v [P, hd] (host staging buffers: one
+        host-to-device copy each); then head h attends to the arena rows idx[h][live[h]] (idx [KVH, S]
+        int64, live [KVH, S] bool), to the rows extra = (xk, xv [KVH, X, hd] host, xlens [KVH]) that are
+        needed now but not kept, and, causally, to the chunk k_new/v_new [KVH, n, hd] (which reaches the
+        arena through `put` like any row) -> [KVH, G, n, hd]. Every arena row read must have been written
+        (the caller zeroes a new arena)."""
+        kvh, _, n, hd = q.shape
+        ch = _Chunk(q, k_new, v_new)
+        xk, xv, xlens = extra
+        s, x = max(idx.shape[1], 1), max(xk.shape[1], 1)  # at least one (padded) row each
+        idx_p = np.zeros((kvh, s), np.int64)
+        idx_p[:, : idx.shape[1]] = np.where(live, idx, 0)
+        bias = np.full((kvh, 1, s + x), _FAR, np.float32)
+        bias[:, 0, : idx.shape[1]] = np.where(live, np.float32(0), _FAR)
+        bias[:, 0, s : s + xk.shape[1]] = np.where(np.arange(xk.shape[1]) < np.asarray(xlens)[:, None], 0, _FAR)
+        if xk.shape[1] == 0:
+            xk = xv = np.zeros((kvh, 1, hd), np.float32)
+        xk, xv = np.ascontiguousarray(xk, np.float32), np.ascontiguousarray(xv, np.float32)
+        put = np.ascontiguousarray(np.asarray(put, np.int64).reshape(-1, 1))
+        put_k, put_v = np.ascontiguousarray(put_k, np.float32), np.ascontiguousarray(put_v, np.float32)
+        rows = kv.capacity * kvh
+        sess, io = self._start("slots", hd)
+        self._bind_in(io, "q", ch.qs.ctypes.data, ch.qs.shape, "cpu")
+        for name, buf in (("k", kv.k), ("v", kv.v)):  # the whole arena in, and out at the same address
+            self._bind_in(io, name, buf.data_ptr(), (rows, hd), self.device)
+            self._bind_out(io, f"{name}_out", buf.data_ptr(), (rows, hd), self.device)
+        io.bind_input("put", "cpu", 0, np.int64, list(put.shape), put.ctypes.data)
+        self._bind_in(io, "put_k", put_k.ctypes.data, put_k.shape, "cpu")
+        self._bind_in(io, "put_v", put_v.ctypes.data, put_v.shape, "cpu")
+        io.bind_input("idx", "cpu", 0, np.int64, list(idx_p.shape), idx_p.ctypes.data)
+        self._bind_in(io, "xk", xk.ctypes.data, xk.shape, "cpu")
+        self._bind_in(io, "xv", xv.ctypes.data, xv.shape, "cpu")
+        self._bind_in(io, "bias", bias.ctypes.data, bias.shape, "cpu")
+        for name, a in ch.out.items():
+            self._bind_out(io, name, a.ctypes.data, a.shape, "cpu")
+        self._go(sess, io)
+        return ch.result(True)
 
     def masses(self, q: np.ndarray, table: DeviceRows, a: int, new: np.ndarray) -> np.ndarray:
         """q [KVH, R, hd] scoring queries against a cluster table [cap, KVH, hd + 1] (representative,

@@ -1,5 +1,6 @@
 """The ONNX graphs the device engine (ort_cuda.py) runs: partial-softmax attention over a token-major
-history (contiguous or gathered by index), the softmax-consistent cluster masses of ReSV, and a copy.
+history (contiguous, split between device and host, or gathered by index, also from a slot arena the
+same run writes), the softmax-consistent cluster masses of ReSV, and a copy.
 
 Every graph is float32, opset 17, with symbolic sizes, so one session per (graph, head_dim) serves
 every history length. Attention graphs return the partial softmax of their rows (acc unnormalised,
@@ -114,6 +115,74 @@ def gather_attend_graph(hd: int, *, append: bool) -> bytes:
         n2, i2, o2 = _append_io(hd)
         nodes, inputs, outputs = nodes + n2, inputs + i2, outputs + o2
     return _model(nodes, "device_gather_partial_softmax", inputs, outputs, [_ax2()])
+
+
+def split_attend_graph(hd: int) -> bytes:
+    """attend_graph over a history in two parts: k, v [L1, K, hd] (bound on the device) then kh, vh
+    [L2, K, hd] (bound in host memory: onnxruntime copies them to a device buffer before the run, what
+    an offloaded cache streams per layer) -> acc [K, M, hd], m, den [K, M, 1]."""
+    from onnx import TensorProto, helper
+
+    f = TensorProto.FLOAT
+    nodes = [
+        helper.make_node("Concat", ["k", "kh"], ["ka"], axis=0),  # [L, K, hd]
+        helper.make_node("Concat", ["v", "vh"], ["va"], axis=0),
+        helper.make_node("Transpose", ["ka"], ["kt"], perm=[1, 2, 0]),  # [K, hd, L]
+        helper.make_node("MatMul", ["q", "kt"], ["s"]),  # [K, M, L]
+        helper.make_node("Transpose", ["va"], ["vt"], perm=[1, 0, 2]),  # [K, L, hd]
+        *_softmax_tail("s"),
+    ]
+    inputs = [
+        helper.make_tensor_value_info("q", f, ["K", "M", hd]),
+        helper.make_tensor_value_info("k", f, ["L1", "K", hd]),
+        helper.make_tensor_value_info("v", f, ["L1", "K", hd]),
+        helper.make_tensor_value_info("kh", f, ["L2", "K", hd]),
+        helper.make_tensor_value_info("vh", f, ["L2", "K", hd]),
+    ]
+    return _model(nodes, "device_split_partial_softmax", inputs, _partial_outputs(hd), [_ax2()])
+
+
+def slots_attend_graph(hd: int) -> bytes:
+    """Attention over rows of a slot arena that the same run writes first (the KV tiers on the device).
+
+    k, v [T, hd]: the arena as rows slot * K + head; put [P, 1] int64 arena rows and put_k, put_v [P, hd]
+    (host): written into the arena first (ScatterND, whose outputs k_out, v_out are bound at the arena
+    itself, so the write is in place); idx [K, S] int64 the arena rows each head attends to, read after
+    the write; xk, xv [K, X, hd] (host) rows attended but not kept in the arena; bias [K, 1, S + X] (0,
+    or a large negative for padding); q [K, M, hd] -> acc [K, M, hd], m, den [K, M, 1], k_out, v_out."""
+    from onnx import TensorProto, helper
+
+    f, i64 = TensorProto.FLOAT, TensorProto.INT64
+    nodes = [
+        helper.make_node("ScatterND", ["k", "put", "put_k"], ["k_out"]),  # [T, hd], in place
+        helper.make_node("ScatterND", ["v", "put", "put_v"], ["v_out"]),
+        helper.make_node("Gather", ["k_out", "idx"], ["kg"], axis=0),  # [K, S, hd]
+        helper.make_node("Gather", ["v_out", "idx"], ["vg"], axis=0),
+        helper.make_node("Concat", ["kg", "xk"], ["ka"], axis=1),  # [K, S + X, hd]
+        helper.make_node("Concat", ["vg", "xv"], ["vt"], axis=1),
+        helper.make_node("Transpose", ["ka"], ["kt"], perm=[0, 2, 1]),  # [K, hd, S + X]
+        helper.make_node("MatMul", ["q", "kt"], ["s0"]),  # [K, M, S + X]
+        helper.make_node("Add", ["s0", "bias"], ["s"]),
+        *_softmax_tail("s"),
+    ]
+    inputs = [
+        helper.make_tensor_value_info("q", f, ["K", "M", hd]),
+        helper.make_tensor_value_info("k", f, ["T", hd]),
+        helper.make_tensor_value_info("v", f, ["T", hd]),
+        helper.make_tensor_value_info("put", i64, ["P", 1]),
+        helper.make_tensor_value_info("put_k", f, ["P", hd]),
+        helper.make_tensor_value_info("put_v", f, ["P", hd]),
+        helper.make_tensor_value_info("idx", i64, ["K", "S"]),
+        helper.make_tensor_value_info("xk", f, ["K", "X", hd]),
+        helper.make_tensor_value_info("xv", f, ["K", "X", hd]),
+        helper.make_tensor_value_info("bias", f, ["K", 1, "SX"]),
+    ]
+    outputs = [
+        *_partial_outputs(hd),
+        helper.make_tensor_value_info("k_out", f, ["T", hd]),
+        helper.make_tensor_value_info("v_out", f, ["T", hd]),
+    ]
+    return _model(nodes, "device_slots_partial_softmax", inputs, outputs, [_ax2()])
 
 
 def _masses_nodes() -> list[Any]:

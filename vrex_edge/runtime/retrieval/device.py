@@ -137,13 +137,15 @@ class DeviceArena(WindowedCache):
         benchmarks; empty after a fused resv call, whose selection stays on the device)."""
         return list(self._rows)
 
-    def _layout(self, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per head: sink rows, the selected rows, the recent window's rows -> rows [KVH, S], lens [KVH]."""
+    def _layout(self, r: np.ndarray, end: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Per head: sink rows, the selected rows, the recent window's rows (the `end` - ring.n rows before
+        `end`, default the arena's kv.n) -> rows [KVH, S], lens [KVH]."""
         s, w = self.sink_n, self.ring.n
+        end = self.kv.n if end is None else end
         lens = s + r + w  # [KVH]
         rows = np.zeros((self.kvh, int(lens.max())), np.int64)
         rows[:, :s] = np.arange(s)
-        recent = np.arange(self.kv.n - w, self.kv.n)
+        recent = np.arange(end - w, end)
         for h in range(self.kvh):
             e = s + int(r[h])
             rows[h, s:e] = self._rows[h]

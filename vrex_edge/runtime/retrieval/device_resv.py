@@ -20,7 +20,8 @@ A gather by index is cheap on a GPU, so the arena keeps stream order, not a clus
 
 Same options, selections and outputs as ReSVCache (to float rounding), except positions=compact,
 fine > 0 (two-level tables), the KV tiers and retrieval backends other than `host` (ConfigError).
-The device arena and the call it shares with topk and window: retrieval/device.py.
+The device arena and the call it shares with topk and window: retrieval/device.py; this cache under a
+device KV budget (--kv-budget), the rest of the KV in host memory: retrieval/device_tiers.py.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def unsupported(o: ReSVOptions, storage: KVStorage) -> str | None:
     if o.accel != "host":
         return f"accel={o.accel} (the device scores with its own graph)"
     if storage is not RESIDENT:
-        return "the KV tiers (--kv-budget, --keep-kv, --resume)"
+        return "the KV tiers kept on disk (--keep-kv, --resume; --kv-budget alone runs them on the GPU)"
     return None
 
 
@@ -208,13 +209,11 @@ class DeviceReSVKV(DeviceArena, ReSVCache):
     def _history_state(self) -> dict[str, Any]:
         """ReSVCache's history (tables, with arena rows in place of k/v) plus the device arena's tokens
         (host copies k, v [KVH, n, hd]) and the row index of the store."""
-        k, v = self.dev.download(self.kv)
         return {
             **super()._history_state(),
             "arena": self.store.arena.state(),
             "absorbed": self.absorbed,
-            "k": k,
-            "v": v,
+            **self._device_state(),
         }
 
     def _restore_history(self, s: dict[str, Any]) -> None:

@@ -202,9 +202,16 @@ def _build(policy: Policy, layer: int, text: TextSpec, rope: Rope, storage: KVSt
     assert isinstance(policy.options, ReSVOptions)
     if policy.device == "cuda":  # KV, representatives, scoring and attention on the GPU (retrieval/device_resv.py)
         from vrex_edge.runtime.retrieval.device_resv import DeviceReSVKV, unsupported
+        from vrex_edge.runtime.retrieval.device_tiers import BudgetReSVKV, device_budget
+        from vrex_edge.runtime.retrieval.storage import RESIDENT
 
-        if unsupported(policy.options, storage) is not None:  # retrieval on the host, the graphs still on CUDA
-            return ReSVCache(layer, text, rope, policy.options, policy=policy, storage=storage)
+        budget = device_budget(storage, text.num_layers)  # --kv-budget alone: the tiers on the GPU
+        if unsupported(policy.options, RESIDENT if budget is not None else storage) is not None:
+            return ReSVCache(layer, text, rope, policy.options, policy=policy, storage=storage)  # graphs still on CUDA
+        if budget is not None:
+            return BudgetReSVKV(
+                layer, text, rope, policy.options, policy=policy, engine=policy.device_engine, budget=budget
+            )
         return DeviceReSVKV(
             layer, text, rope, policy.options, policy=policy, engine=policy.device_engine, storage=storage
         )
