@@ -16,7 +16,7 @@ OPSET = 17
 # measured on real text by benchmarks/bench_quant.py).
 TOLERANCE = {"fp32": 1e-4, "fp16": 5e-3, "int8": 0.08, "int4": 0.5}
 # Graphs whose weights pass this size keep them in one external file beside the graph (`<file>.data`):
-# protobuf cannot hold more than 2 GB.
+# protobuf cannot hold more than 2 GB. The embedding and head, written block by block, always do.
 EXTERNAL_DATA_BYTES = 1_500_000_000
 _ALIGN = 4096
 
