@@ -161,8 +161,11 @@ class LazyWeights:
                     t = lookup(name)[span[0] : span[1]]
             except KeyError:
                 continue
-            got = tuple(t.shape) if span is None else (want[0], *t.shape[1:])
-            if got != want or (span is not None and t.shape[0] != min(span[1], want[0]) - span[0]):
+            if span is None:
+                fits = tuple(t.shape) == want
+            else:  # a block of rows: the other dimensions, and as many rows as the parameter has there
+                fits = tuple(t.shape[1:]) == want[1:] and t.shape[0] == min(span[1], want[0]) - span[0]
+            if not fits:
                 raise ExportError(f"checkpoint tensor '{name}' has shape {tuple(t.shape)}, the config says {want}")
             return t.float()
         raise ExportError(f"the checkpoint has no weights for '{names[0]}'")
