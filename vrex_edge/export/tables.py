@@ -4,8 +4,9 @@ These two stages are a table lookup and (after the final RMSNorm) one MatMul, an
 vocabulary they are the largest stages of the model (Llama-3-8B: 2.1 GB each in fp32). Tracing
 them with torch.onnx.export holds the table several times (the module, the exporter's folded
 transpose, the serialized graph); here the weights are read from the checkpoint in blocks of rows,
-converted to the bundle's dtype and appended to the graph's external-data file `<file>.data`, so an
-int8 head is never in memory in fp32 and an embedding table never at all. The graphs are the ones
+converted to the bundle's dtype and appended to the graph's external-data file `<file>.data`, so the
+embedding table and an int8 head are never whole in memory (an fp32/fp16 head is assembled transposed
+once, in its own dtype: the MatMul's [D, V]). The graphs are the ones
 `precision.convert` makes from the traced stages: an fp16 table + Cast for every dtype but fp32, and
 for the head Cast/MatMul/Cast in fp16 or MatMulNBits (8 bits, symmetric, blocks of 32, accuracy level
 4) quantised by onnxruntime's own kernel. int4 (HQQ fits the whole matrix) keeps the traced head.
