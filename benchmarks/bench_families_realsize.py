@@ -3,6 +3,7 @@
 For each fixture (vrex_edge.testing.checkpoints: the published configs with random weights) this
 writes the checkpoint once, exports it in a child process (so each export's peak RSS is its own),
 and streams frames through StreamSession in another child process (per-frame latency, peak RSS).
+The export child also samples its resident memory every 20 ms and reports the stages where it peaked.
 
     python benchmarks/bench_families_realsize.py --fixtures smolvlm2-256m,smolvlm2-500m --dtype int8 \\
         --cache .cache/realsize --out benchmarks/results/families_realsize.md
@@ -24,11 +25,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 EXPORT = """
-import json, sys, time
+import json, sys, threading, time
 from vrex_edge.export import export_bundle
-say = lambda m: print(time.strftime("%H:%M:%S"), m, flush=True)
+stage, peaks = ["load"], {}
+def sample():  # resident memory every 20 ms, kept per stage (the part of the export that reached it)
+    while True:
+        kb = [int(ln.split()[1]) for ln in open("/proc/self/status") if ln.startswith("VmRSS")][0]
+        peaks[stage[0]] = max(peaks.get(stage[0], 0), kb * 1024)
+        time.sleep(0.02)
+threading.Thread(target=sample, daemon=True).start()
+def say(m):
+    if m.startswith("exporting "):
+        stage[0] = m.split()[1]
+    print(time.strftime("%H:%M:%S"), m, flush=True)
 r = export_bundle(sys.argv[1], sys.argv[2], dtype=sys.argv[3], force=True, progress=say)
-print("REPORT " + json.dumps({"peak_rss_bytes": r.peak_rss_bytes, "seconds": r.seconds, "bytes": r.total_bytes}))
+top = dict(sorted(peaks.items(), key=lambda kv: -kv[1])[:4])
+print("REPORT " + json.dumps({"peak_rss_bytes": r.peak_rss_bytes, "seconds": r.seconds, "bytes": r.total_bytes,
+                              "stage_peaks": top}))
 """
 
 STREAM = """
@@ -129,8 +142,8 @@ def write_table(out: Path, rows: list[dict], command: str) -> None:
         f"\n### `{command}`\n",
         f"Load average at the end: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (2 cores, shared with other jobs).\n",
         "| fixture | dtype | export peak RSS | export s | bundle MB | median ms / frame | ask ms (4 tokens) "
-        "| stream RSS | worst stage error (rel.) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| stream RSS | worst stage error (rel.) | export RSS peaked in |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         e, p = r["export"], r["parity"]
@@ -142,9 +155,10 @@ def write_table(out: Path, rows: list[dict], command: str) -> None:
             ask, rss = f"{s['ask_ms']:.0f}", f"{s['peak_rss_bytes'] / 2**30:.2f} GiB"
         else:
             med = ask = rss = "-"
+        where = ", ".join(f"{k} {v / 2**30:.2f}" for k, v in e.get("stage_peaks", {}).items()) or "-"
         lines.append(
             f"| {r['fixture']} | {r['dtype']} | {e['peak_rss_bytes'] / 2**30:.2f} GiB | {e['seconds']:.0f} "
-            f"| {e['bytes'] / 1e6:.0f} | {med} | {ask} | {rss} | {worst} |"
+            f"| {e['bytes'] / 1e6:.0f} | {med} | {ask} | {rss} | {worst} | {where} |"
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "a", encoding="utf-8") as f:

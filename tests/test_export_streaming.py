@@ -59,12 +59,13 @@ def test_lazy_weights_materialise_one_stage_and_free_it(tmp_path: Path) -> None:
 
 
 def test_lora_lookup_merges_as_peft(tmp_path: Path) -> None:
-    """The streaming merge (base + alpha/r * B @ A) equals PEFT's merge_and_unload on the tiny adapter."""
+    """The streaming merge (base + alpha/r * B @ A) equals PEFT's merge_and_unload on the tiny adapter,
+    for whole weights and for row blocks (the LM head is read a block of rows at a time)."""
     import torch
     from peft import PeftModel
     from transformers import AutoConfig
 
-    from vrex_edge.export.families.videollm_online import live_lm_class, lora_lookup
+    from vrex_edge.export.families.videollm_online import LoraLookup, live_lm_class
     from vrex_edge.export.lazy import SafetensorsFolder
     from vrex_edge.testing.tiny_vlm import make_tiny_videollm_online
 
@@ -79,7 +80,7 @@ def test_lora_lookup_merges_as_peft(tmp_path: Path) -> None:
     adapter = SafetensorsFolder(
         ad, files=("adapter_model.safetensors",), rename=lambda k: k[len(p) :] if k.startswith(p) else None
     )
-    lookup = lora_lookup(SafetensorsFolder(base), adapter, acfg)
+    lookup = LoraLookup(SafetensorsFolder(base), adapter, acfg)
     for name in (
         "model.layers.1.self_attn.q_proj.weight",
         "model.layers.0.mlp.down_proj.weight",
@@ -88,6 +89,7 @@ def test_lora_lookup_merges_as_peft(tmp_path: Path) -> None:
         "model.norm.weight",
     ):
         torch.testing.assert_close(lookup(name), merged[name], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(lookup.rows(name, 1, 3), merged[name][1:3], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["smolvlm2-256m", "smolvlm2-2.2b", "llava-onevision-0.5b"])
@@ -130,3 +132,59 @@ def test_synthetic_tokenizer_has_the_published_ids() -> None:
     tok = synthetic_tokenizer(128000, sp)
     assert tok.get_vocab_size() == 128256 and tok.token_to_id("<|eot_id|>") == 128009
     assert tok.token_to_id("<|begin_of_text|>") == 128000 and len(tok.encode(",").ids) == 1
+
+
+@pytest.mark.parametrize("family", ["smolvlm", "llava-onevision"])  # untied head / head tied to the embedding
+def test_direct_embed_and_head_match_the_traced_stages(
+    family: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The embedding and head written from the weights in blocks of rows (several blocks here) give the
+    outputs of the traced-and-converted stages, the int8 head the same quantised weights bit for bit,
+    and both match the torch modules."""
+    import dataclasses
+
+    import onnx
+    from onnx import numpy_helper
+
+    from vrex_edge.export import onnx_io, pipeline, precision, tables
+    from vrex_edge.export.registry import get_family, resolve_source
+    from vrex_edge.testing.tiny_vlm import make_tiny_llava_onevision, make_tiny_smolvlm
+
+    monkeypatch.setattr(tables, "BLOCK_ROWS", 37)  # a vocabulary of hundreds: many blocks, a ragged last one
+    make = make_tiny_smolvlm if family == "smolvlm" else make_tiny_llava_onevision
+    model = get_family(family).load(resolve_source(make(tmp_path / "src")))
+    rng = np.random.default_rng(0)
+    for dtype in ("fp32", "fp16", "int8"):
+        plans = {p.key: p for p in pipeline.plan_stages(model, dtype) if p.key in ("embed", "head")}
+        for key, plan in plans.items():
+            assert plan.direct is not None, key
+            direct, traced = tmp_path / dtype / f"{key}.onnx", tmp_path / dtype / "traced" / plan.file
+            direct.parent.mkdir(parents=True, exist_ok=True)
+            plan.direct.write(direct)
+            with model.weights.materialized(plan.module):
+                pipeline.export_stage(dataclasses.replace(plan, direct=None), tmp_path / dtype / "traced", rng)
+                inputs = [plan.make_inputs(n, rng) for n in (1, 7)]
+                want = onnx_io.reference_trials(plan.module, inputs)  # the torch modules
+            precision.convert(traced, dtype)
+            assert onnx_io.data_file(direct).is_file()
+            names = [t.name for t in plan.outputs]
+            for (feeds, ref), (_, from_rows) in zip(want, plan.direct.trials(inputs), strict=True):
+                np.testing.assert_allclose(from_rows[0], ref[0], rtol=1e-5, atol=1e-6)  # the check's reference
+                a = onnx_io.ort_session(direct).run(names, feeds)[0]
+                b = onnx_io.ort_session(traced).run(names, feeds)[0]
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * (1 + np.abs(b).max()))
+                limit = onnx_io.TOLERANCE[dtype] * (1 + np.abs(ref[0]).max())
+                assert np.abs(a - ref[0]).max() <= limit, (key, dtype)
+            if key == "head" and dtype == "int8":
+                got = {t.name: t for t in onnx.load(str(direct)).graph.initializer}
+                ref_inits = onnx.load(str(traced)).graph.initializer
+                q8 = [numpy_helper.to_array(t) for t in ref_inits if t.name.endswith("_Q8")]
+                sc = [numpy_helper.to_array(t) for t in ref_inits if t.name.endswith("_scales")]
+                assert len(q8) == len(sc) == 1
+                np.testing.assert_array_equal(
+                    numpy_helper.to_array(got["lm_head.weight_Q8"], str(direct.parent)), q8[0]
+                )
+                np.testing.assert_array_equal(
+                    numpy_helper.to_array(got["lm_head.weight_scales"], str(direct.parent)),
+                    sc[0].reshape(-1, q8[0].shape[1]),
+                )

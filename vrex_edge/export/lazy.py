@@ -20,6 +20,7 @@ from torch import nn
 from vrex_edge.errors import ExportError
 
 Lookup = Callable[[str], torch.Tensor]  # parameter name in the model -> its values (any float dtype)
+RowLookup = Callable[[str, int, int], torch.Tensor]  # (name, start, stop) -> rows start:stop of a 2-D weight
 
 
 def empty_model(build: Callable[[], nn.Module]) -> nn.Module:
@@ -118,10 +119,11 @@ class LazyWeights:
     """Where each meta parameter of one or more models comes from, and stage-by-stage materialisation."""
 
     def __init__(self) -> None:
-        self._slots: dict[tuple[int, str], tuple[tuple[str, ...], Lookup]] = {}
+        self._slots: dict[tuple[int, str], tuple[tuple[str, ...], Lookup, RowLookup | None]] = {}
 
-    def attach(self, root: nn.Module, lookup: Lookup) -> None:
-        """Every parameter of `root`, looked up by its name(s) in `root` (tied weights have several)."""
+    def attach(self, root: nn.Module, lookup: Lookup, rows: RowLookup | None = None) -> None:
+        """Every parameter of `root`, looked up by its name(s) in `root` (tied weights have several);
+        `rows` reads part of a 2-D weight without the rest (without it, `load_rows` reads the whole)."""
         names: dict[int, list[str]] = {}
         for name, p in root.named_parameters(remove_duplicate=False):
             names.setdefault(id(p), []).append(name)
@@ -130,21 +132,40 @@ class LazyWeights:
                 if p is None:
                     continue
                 own = f"{mod_name}.{pname}" if mod_name else pname
-                self._slots[(id(mod), pname)] = ((own, *[n for n in names[id(p)] if n != own]), lookup)
+                self._slots[(id(mod), pname)] = ((own, *[n for n in names[id(p)] if n != own]), lookup, rows)
+
+    def has(self, module: nn.Module, pname: str) -> bool:
+        return (id(module), pname) in self._slots
 
     def load(self, module: nn.Module, pname: str) -> torch.Tensor:
         """The fp32 values of `module`'s parameter `pname`, read from disk."""
+        return self._read(module, pname, None)
+
+    def load_rows(self, module: nn.Module, pname: str, start: int, stop: int) -> torch.Tensor:
+        """Rows start:stop (fp32) of `module`'s 2-D parameter `pname`, read from disk."""
+        return self._read(module, pname, (start, stop))
+
+    def _read(self, module: nn.Module, pname: str, span: tuple[int, int] | None) -> torch.Tensor:
         slot = self._slots.get((id(module), pname))
         if slot is None:
             raise ExportError(f"internal: no weight source for parameter '{pname}' of {type(module).__name__}")
-        names, lookup = slot
+        names, lookup, rows = slot
+        want = tuple(module._parameters[pname].shape)
         for name in names:
             try:
-                t = lookup(name)
+                if span is None:
+                    t = lookup(name)
+                elif rows is not None:
+                    t = rows(name, *span)
+                else:
+                    t = lookup(name)[span[0] : span[1]]
             except KeyError:
                 continue
-            want = tuple(module._parameters[pname].shape)
-            if tuple(t.shape) != want:
+            if span is None:
+                fits = tuple(t.shape) == want
+            else:  # a block of rows: the other dimensions, and as many rows as the parameter has there
+                fits = tuple(t.shape[1:]) == want[1:] and t.shape[0] == min(span[1], want[0]) - span[0]
+            if not fits:
                 raise ExportError(f"checkpoint tensor '{name}' has shape {tuple(t.shape)}, the config says {want}")
             return t.float()
         raise ExportError(f"the checkpoint has no weights for '{names[0]}'")

@@ -25,7 +25,7 @@ from vrex_edge.bundle import (
     write_manifest,
 )
 from vrex_edge.errors import ExportError
-from vrex_edge.export import onnx_io, precision
+from vrex_edge.export import onnx_io, precision, tables
 from vrex_edge.export.registry import LoadedModel, first_line
 from vrex_edge.export.stages import (
     AttnDims,
@@ -44,6 +44,14 @@ VERIFY_N = (1, 6)  # parity runs at other lengths prove the n axis is really dyn
 
 
 @dataclass(frozen=True)
+class Direct:
+    """A stage written from its weights without tracing (`vrex_edge.export.tables`)."""
+
+    write: Callable[[Path], None]  # graph path -> the graph in the bundle's dtype, weights in `<path>.data`
+    trials: Callable[[list[dict[str, np.ndarray]]], list[onnx_io.Trial]]  # the torch modules' outputs
+
+
+@dataclass(frozen=True)
 class StagePlan:
     key: str  # "embed", "layers.3.pre", ...
     file: str
@@ -51,6 +59,7 @@ class StagePlan:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     make_inputs: Callable[[int, np.random.Generator], dict[str, np.ndarray]]  # (n or F, rng) -> feeds
+    direct: Direct | None = None  # None: traced with torch.onnx.export, then converted to the dtype
 
     @property
     def spec(self) -> StageSpec:
@@ -61,7 +70,37 @@ def _f32(rng: np.random.Generator, *shape: int) -> np.ndarray:
     return rng.standard_normal(shape).astype(np.float32)
 
 
-def plan_stages(model: LoadedModel) -> list[StagePlan]:
+def _real(model: LoadedModel, module: nn.Module):  # a context with `module`'s weights in memory
+    return model.weights.materialized(module) if model.weights is not None else contextlib.nullcontext()
+
+
+def direct_embed(model: LoadedModel, embed: nn.Module, dtype: str) -> Direct | None:
+    table = tables.embed_rows(embed, model.weights)
+    if table is None:
+        return None
+    return Direct(lambda path: tables.write_embed(path, table, dtype), lambda ins: tables.embed_trials(table, ins))
+
+
+def direct_head(model: LoadedModel, norm: nn.Module, lm_head: nn.Module, dtype: str) -> Direct | None:
+    parts = tables.head_parts(norm, lm_head, model.weights) if dtype != "int4" else None  # HQQ fits whole matrices
+    if parts is None:
+        return None
+    rows, eps = parts
+
+    def write(path: Path) -> None:
+        with _real(model, norm):
+            gamma = norm.weight.detach().float().numpy().copy()  # [D]
+        tables.write_head(path, gamma, eps, rows, dtype)
+
+    def trials(inputs: list[dict[str, np.ndarray]]) -> list[onnx_io.Trial]:
+        with _real(model, norm):
+            return tables.head_trials(norm, rows, inputs)
+
+    return Direct(write, trials)
+
+
+def plan_stages(model: LoadedModel, dtype: str = "fp32") -> list[StagePlan]:
+    """One plan per stage, in bundle order; the embedding and head are written directly where they can be."""
     lm = model.lm
     cfg = lm.config
     dims: AttnDims = attn_dims(cfg)
@@ -92,6 +131,7 @@ def plan_stages(model: LoadedModel) -> list[StagePlan]:
             (TensorSpec("input_ids", "int64", ("n",)),),
             (TensorSpec("embeds", "float32", ("n", d)),),
             lambda n, rng: {"input_ids": rng.integers(0, vocab, (n,), dtype=np.int64)},
+            direct_embed(model, embed, dtype),
         )
     )
     qkv = (
@@ -128,6 +168,7 @@ def plan_stages(model: LoadedModel) -> list[StagePlan]:
             (hid,),
             (TensorSpec("logits", "float32", ("n", vocab)),),
             lambda n, rng: {"hidden": _f32(rng, n, d)},
+            direct_head(model, norm, lm_head, dtype),
         )
     )
     return plans
@@ -159,9 +200,12 @@ def export_stage(plan: StagePlan, root: Path, rng: np.random.Generator) -> None:
 
 
 def stage_trials(plan: StagePlan, rng: np.random.Generator) -> list[onnx_io.Trial]:
-    """Random inputs at several lengths and PyTorch's outputs on them (its weights must be real)."""
+    """Random inputs at several lengths and PyTorch's outputs on them (a traced stage's weights must be real)."""
     lengths = (1, 3) if plan.key == "vision" else VERIFY_N
-    return onnx_io.reference_trials(plan.module, [plan.make_inputs(n, rng) for n in lengths])
+    inputs = [plan.make_inputs(n, rng) for n in lengths]
+    if plan.direct is not None:
+        return plan.direct.trials(inputs)
+    return onnx_io.reference_trials(plan.module, inputs)
 
 
 def verify_stage(plan: StagePlan, root: Path, dtype: str, trials: list[onnx_io.Trial]) -> tuple[float, float]:
@@ -264,18 +308,24 @@ def write_bundle(
 
     One stage at a time: its weights are read (when the model is lazy), the fp32 graph and
     PyTorch's outputs on the check inputs are made, the weights are freed, and the graph is
-    converted to `dtype` and checked, so a stage's torch weights and its ONNX copies meet only once."""
+    converted to `dtype` and checked, so a stage's torch weights and its ONNX copies meet only once.
+    The embedding and head are written in `dtype` straight from the weights, a block of rows at a time."""
     rng = np.random.default_rng(0)
-    plans = plan_stages(model)
+    plans = plan_stages(model, dtype)
     errors: dict[str, float] = {}
     scales: dict[str, float] = {}
     for i, plan in enumerate(plans, 1):
         progress(f"exporting {plan.key} ({i}/{len(plans)})")
-        with model.weights.materialized(plan.module) if model.weights is not None else contextlib.nullcontext():
-            export_stage(plan, root, rng)
+        if plan.direct is not None:
+            (root / plan.file).parent.mkdir(parents=True, exist_ok=True)
+            plan.direct.write(root / plan.file)
             trials = stage_trials(plan, rng) if verify else []
-        gc.collect()
-        precision.convert(root / plan.file, dtype)
+        else:
+            with _real(model, plan.module):
+                export_stage(plan, root, rng)
+                trials = stage_trials(plan, rng) if verify else []
+            gc.collect()
+            precision.convert(root / plan.file, dtype)
         if verify:
             errors[plan.key], scales[plan.key] = verify_stage(plan, root, dtype, trials)
             progress(

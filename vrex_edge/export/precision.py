@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from vrex_edge.errors import ExportError
-from vrex_edge.export.onnx_io import save_model
+from vrex_edge.export.onnx_io import inline_small, save_model
 
 INT8_BLOCK = 32
 NBITS = {"int8": 8, "int4": 4}
@@ -31,8 +31,10 @@ _FP16_MAX = 65504.0
 
 
 def convert(path: Path, dtype: str) -> None:
-    """Rewrite the fp32 graph at `path` in place for `dtype`."""
+    """Rewrite the fp32 graph at `path` in place for `dtype` (fp32: its weights moved into the graph
+    when they fit, see `onnx_io.inline_small`)."""
     if dtype == "fp32":
+        inline_small(path)
         return
     if dtype == "fp16":
         _to_fp16(path)

@@ -95,5 +95,5 @@ def load_hf_vlm(source: Any) -> tuple[Any, Any, Any]:
     if missing:
         raise ExportError(f"{source.path}: the checkpoint has no weights for {missing[0]} ({len(missing)} missing)")
     weights = LazyWeights()
-    weights.attach(model, files.get)
+    weights.attach(model, files.get, rows=files.get_rows)
     return model, tok, weights

@@ -54,7 +54,7 @@ def load(source: Source) -> LoadedModel:
     fake = token_id(tok, FAKE, what="image wrapper")
     token_id(tok, GLOBAL, what="global image")
     end = token_id(tok, END, what="end of utterance")
-    close_row = weights.load(model.model.text_model.embed_tokens, "weight")[fake].clone()  # [D]
+    close_row = weights.load_rows(model.model.text_model.embed_tokens, "weight", fake, fake + 1)[0]  # [D]
     stage = VisionStage(model.model.vision_model, lambda px: encode_frames(model, close_row, px))
     stage.connector = model.model.connector
     vc = cfg.vision_config

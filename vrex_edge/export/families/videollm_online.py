@@ -63,34 +63,49 @@ def live_settings(base_config: dict[str, Any]) -> dict[str, Any]:
     return {k: v if base_config.get(k) is None else base_config[k] for k, v in LIVE1_PLUS.items()}
 
 
-def lora_lookup(base: Any, adapter: Any, adapter_config: dict[str, Any]) -> Any:
+class LoraLookup:
     """Parameter name -> merged fp32 weights: the base weight plus scale * B @ A where the adapter has a
     LoRA for that Linear (PEFT's merge), or the adapter's own copy for its modules_to_save (the connector).
 
-    `base` and `adapter` are SafetensorsFolders; adapter keys are read without their "base_model.model." prefix."""
-    if (
-        adapter_config.get("use_dora")
-        or adapter_config.get("rank_pattern")
-        or adapter_config.get("alpha_pattern")
-        or adapter_config.get("fan_in_fan_out")
-    ):
-        raise ExportError(
-            "this LoRA adapter uses DoRA, per-module ranks or fan_in_fan_out, which export does not merge"
-        )
-    r, alpha = int(adapter_config["r"]), float(adapter_config["lora_alpha"])
-    scale = alpha / r**0.5 if adapter_config.get("use_rslora") else alpha / r
+    `base` and `adapter` are SafetensorsFolders; adapter keys are read without their "base_model.model." prefix.
+    Calling it reads a whole weight; `rows` reads rows start:stop (output channels) of one, merged the same way."""
 
-    def lookup(name: str) -> Any:
-        if name in adapter and name not in base:  # modules_to_save, saved whole
-            return adapter.get(name).float()
-        w = base.get(name).float()  # KeyError when absent: the caller tries the parameter's other names
-        mod = name.removesuffix(".weight")
-        a, b = f"{mod}.lora_A.weight", f"{mod}.lora_B.weight"
-        if name.endswith(".weight") and a in adapter:
-            w += scale * (adapter.get(b).float() @ adapter.get(a).float())  # [out, r] @ [r, in]
+    def __init__(self, base: Any, adapter: Any, adapter_config: dict[str, Any]):
+        if (
+            adapter_config.get("use_dora")
+            or adapter_config.get("rank_pattern")
+            or adapter_config.get("alpha_pattern")
+            or adapter_config.get("fan_in_fan_out")
+        ):
+            raise ExportError(
+                "this LoRA adapter uses DoRA, per-module ranks or fan_in_fan_out, which export does not merge"
+            )
+        r, alpha = int(adapter_config["r"]), float(adapter_config["lora_alpha"])
+        self.scale = alpha / r**0.5 if adapter_config.get("use_rslora") else alpha / r
+        self.base, self.adapter = base, adapter
+
+    def __call__(self, name: str) -> Any:
+        if name in self.adapter and name not in self.base:  # modules_to_save, saved whole
+            return self.adapter.get(name).float()
+        w = self.base.get(name).float()  # KeyError when absent: the caller tries the parameter's other names
+        a, b = self._lora(name)
+        if a is not None:
+            w.addmm_(self.adapter.get(b).float(), self.adapter.get(a).float(), alpha=self.scale)  # [out, r] @ [r, in]
         return w
 
-    return lookup
+    def rows(self, name: str, start: int, stop: int) -> Any:
+        if name in self.adapter and name not in self.base:
+            return self.adapter.get_rows(name, start, stop).float()
+        w = self.base.get_rows(name, start, stop).float()  # [rows, in]
+        a, b = self._lora(name)
+        if a is not None:
+            w.addmm_(self.adapter.get_rows(b, start, stop).float(), self.adapter.get(a).float(), alpha=self.scale)
+        return w
+
+    def _lora(self, name: str) -> tuple[str | None, str | None]:
+        mod = name.removesuffix(".weight")
+        a, b = f"{mod}.lora_A.weight", f"{mod}.lora_B.weight"
+        return (a, b) if name.endswith(".weight") and a in self.adapter else (None, None)
 
 
 def load_merged(source: Source) -> tuple[Any, Any, dict[str, Any], Any]:
@@ -127,7 +142,8 @@ def load_merged(source: Source) -> tuple[Any, Any, dict[str, Any], Any]:
     if not any(k.startswith("connector.") for k in adapter.keys()):
         raise ExportError(f"{source.path}/adapter_model.safetensors has no connector weights")
     weights = LazyWeights()
-    weights.attach(lm, lora_lookup(hf_folder(lm, base), adapter, source.config))
+    merged = LoraLookup(hf_folder(lm, base), adapter, source.config)
+    weights.attach(lm, merged, rows=merged.rows)
     return lm, tok, settings, weights
 
 
@@ -142,7 +158,8 @@ def load_tower(vision_dir: Any, weights: Any) -> Any:
     with quiet():
         config = AutoConfig.from_pretrained(str(vision_dir))
         model = empty_model(lambda: AutoModel.from_config(config))
-    weights.attach(model, hf_folder(model, vision_dir).get)
+    files = hf_folder(model, vision_dir)
+    weights.attach(model, files.get, rows=files.get_rows)
     return getattr(model, "vision_model", model).eval()  # SiglipModel -> its vision transformer
 
 
