@@ -164,7 +164,7 @@ def make_filled(
         base = filled.get(key)
         tau = getattr(make.options, "tau", None)  # resv and oracle: the same fill serves every tau
         if base is not None and tau is not None:
-            caches = copy.deepcopy(base)
+            caches = clone(wl, var, base)
             for c in caches:
                 c.set_tau(tau)  # type: ignore[attr-defined]
         else:
@@ -213,6 +213,17 @@ def run_size(
     return [r.res for r in runners]
 
 
+def clone(wl: Workload, variant: str, caches: list[LayerCache]) -> list[LayerCache]:
+    """A copy of filled caches: a deep copy on the host; caches on a device (their arenas are device
+    OrtValues) are built anew for the variant and restored from the originals' declared state."""
+    if wl.device == "cpu":
+        return copy.deepcopy(caches)
+    new = wl.model.make_caches(factory(*parse_variant(variant), wl.device))
+    for src, dst in zip(caches, new, strict=True):
+        dst.restore(src.state())  # type: ignore[attr-defined]
+    return new
+
+
 def _compare(runners: list[Runner], logits: list[np.ndarray], top: str, kl: str) -> None:
     ref = log_softmax(logits[0])  # [n, V]
     for r, lg in zip(runners, logits, strict=True):
@@ -228,7 +239,7 @@ def _probe(wl: Workload, runners: list[Runner], gen: int, fidelity: bool) -> Non
     if fidelity:
         seqs = []
         for r in runners:
-            caches, pos, tok, seq = copy.deepcopy(r.caches), r.pos, int(r.last.argmax()), []  # type: ignore[union-attr]
+            caches, pos, tok, seq = clone(wl, r.variant, r.caches), r.pos, int(r.last.argmax()), []  # type: ignore[union-attr]
             for _ in range(gen):
                 seq.append(tok)
                 tok = int(r.feed(m.embed([tok]), "decode", caches=caches, pos=pos)[-1].argmax())
