@@ -24,10 +24,12 @@ from typing import Any
 import numpy as np
 
 from vrex_edge.accel.backend import RetrievalBackend
+from vrex_edge.accel.host import popcount
 from vrex_edge.runtime.arrays import grow
 from vrex_edge.runtime.retrieval.storage import Arena, Rows, runs_to_index, take_rows
 
 __all__ = ["ClusterStore", "runs_to_index"]
+_FAR_BITS = 1 << 20  # farther than any code length
 TABLES = ("means_t", "codes", "counts", "start", "nclu", "lo", "nblk", "cmeans_t", "ccounts")
 
 
@@ -51,8 +53,14 @@ class ClusterStore:
         fine: int = 0,
         block: int = 16,
         tau_coarse: float = 0.99,
+        groups: int = 1,
+        score: str = "exact",
+        score_queries: int = 2,
+        prefilter: float = 0.5,
     ):
         self.kvh, self.hd = kvh, hd
+        # how scoring reads the chunk's queries [KVH, groups * n, hd] (ReSVOptions.score; docs/resv-spec.md)
+        self.groups, self.score_mode, self.score_queries, self.prefilter = groups, score, score_queries, prefilter
         self.planes = planes  # [KVH, bits, hd]
         self.backend = backend
         self.threshold, self.max_size, self.horizon = threshold, max_size, horizon
@@ -206,7 +214,10 @@ class ClusterStore:
         backend: another backend than the store's (the prefetcher predicts on the host)."""
         be = backend or self.backend
         c = int(self.nclu.max())
+        q = self._queries(q)
         if not self.nblk.any():  # one level: every representative is resident
+            if self.score_mode == "prefilter" and tau < 1.0:  # tau 1 keeps every cluster: nothing to filter
+                return self._prefiltered(be, q, c, tau)
             return be.score_select(q, self.means[:, :c], self.counts[:, :c], tau=tau)
         nb = int(self.nblk.max())
         bk, _ = self._select(be, q, self.cmeans_t[:, :, :nb].swapaxes(1, 2), self.ccounts[:, :nb], self.tau_coarse)
@@ -232,6 +243,48 @@ class ClusterStore:
             keep[h, ids[h, ok]] = k2[h, ok]
             mass[h, ids[h, ok]] = m2[h, ok]
         return keep, mass
+
+    def _queries(self, q: np.ndarray) -> np.ndarray:
+        """The scoring queries the mode reads: q [KVH, G*n, hd] (row g*n + t: query head g, chunk token t)
+        -> all of them (exact, prefilter), score_queries evenly spaced tokens per query head, the last
+        included (subset), or each query head's mean over the chunk (mean)."""
+        g = self.groups
+        n = q.shape[1] // g
+        if self.score_mode == "subset" and n > self.score_queries:
+            t = np.unique(np.linspace(n - 1, 0, self.score_queries).round().astype(np.int64))
+            return q.reshape(self.kvh, g, n, self.hd)[:, :, t].reshape(self.kvh, g * t.size, self.hd)
+        if self.score_mode == "mean" and n > 1:
+            return q.reshape(self.kvh, g, n, self.hd).mean(2, dtype=np.float32)
+        return q
+
+    def _prefiltered(self, be: RetrievalBackend, q: np.ndarray, c: int, tau: float) -> tuple[np.ndarray, np.ndarray]:
+        """Exact masses over the fraction `prefilter` of each head's clusters whose codes are nearest
+        (Hamming) to one of the chunk's query codes (hashed with the clusters' hyperplanes); the others
+        weigh 0. Queries and codes must be of one key form (ReSVOptions checks keys == score_keys)."""
+        counts = self.counts[:, :c]
+        valid = counts > 0  # [KVH, C]
+        qc = self.backend.hash_codes(q, self.planes)  # [KVH, R, W]
+        x = self.codes[:, None, :c, :] ^ qc[:, :, None, :]  # [KVH, R, C, W]
+        d = popcount(x).sum(-1, dtype=np.uint16).min(1).astype(np.int64)  # [KVH, C] nearest query code
+        d[~valid] = _FAR_BITS
+        nvalid = valid.sum(1)  # [KVH]
+        need = np.maximum(np.ceil(self.prefilter * nvalid).astype(np.int64), 1)
+        bits = self.planes.shape[1]
+        hist = np.cumsum(np.stack([np.bincount(x, minlength=bits + 2)[: bits + 2] for x in d]), 1)  # [KVH, bits+2]
+        cut = (hist < need[:, None]).sum(1)  # [KVH] the smallest distance whose count reaches `need`
+        cand = d <= cut[:, None]  # [KVH, C] (ties at the cut included)
+        ids = [np.flatnonzero(x) for x in cand]
+        m = max(x.size for x in ids)
+        reps = np.zeros((self.kvh, self.hd, m), np.float32)  # [KVH, hd, M] candidates, padded with count 0
+        cnt = np.zeros((self.kvh, m), np.int64)
+        for h, x in enumerate(ids):
+            reps[h, :, : x.size], cnt[h, : x.size] = self.means_t[h, :, :c].take(x, axis=1), counts[h, x]
+        k2, m2 = be.score_select(q, reps.swapaxes(1, 2), cnt, tau=tau)
+        keep = np.zeros((self.kvh, c), bool)
+        mass = np.zeros((self.kvh, c), np.float32)
+        for h, x in enumerate(ids):
+            keep[h, x], mass[h, x] = k2[h, : x.size], m2[h, : x.size]
+        return keep & valid, mass
 
     def _select(
         self, be: RetrievalBackend, q: np.ndarray, reps: np.ndarray, counts: np.ndarray, tau: float
