@@ -34,7 +34,8 @@ class ReSVOptions(WindowedOptions):
     """ReSV's options (docs/policies.md describes each and how the defaults were chosen)."""
 
     policy = "resv"
-    tau: float = opt(0.9, lo=0, hi=1, lo_open=True, help="WiCSum fraction of the cluster mass kept")
+    recent: int = opt(256, lo=0, help="last tokens always attended")
+    tau: float = opt(0.98, lo=0, hi=1, lo_open=True, help="WiCSum fraction of the cluster mass kept")
     bits: int = opt(64, lo=1, help="hash bits per key")
     hamming: int = opt(2, lo=0, help="Hamming threshold for joining a cluster")
     horizon: int = opt(128, lo=1, help="open clusters a token may join (the newest ones)")
