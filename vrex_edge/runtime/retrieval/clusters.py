@@ -29,7 +29,6 @@ from vrex_edge.runtime.arrays import grow
 from vrex_edge.runtime.retrieval.storage import Arena, Rows, runs_to_index, take_rows
 
 __all__ = ["ClusterStore", "runs_to_index"]
-_FAR_BITS = 1 << 20  # farther than any code length
 TABLES = ("means_t", "codes", "counts", "start", "nclu", "lo", "nblk", "cmeans_t", "ccounts")
 
 
@@ -264,13 +263,12 @@ class ClusterStore:
         counts = self.counts[:, :c]
         valid = counts > 0  # [KVH, C]
         qc = self.backend.hash_codes(q, self.planes)  # [KVH, R, W]
-        x = self.codes[:, None, :c, :] ^ qc[:, :, None, :]  # [KVH, R, C, W]
-        d = popcount(x).sum(-1, dtype=np.uint16).min(1).astype(np.int64)  # [KVH, C] nearest query code
-        d[~valid] = _FAR_BITS
-        nvalid = valid.sum(1)  # [KVH]
-        need = np.maximum(np.ceil(self.prefilter * nvalid).astype(np.int64), 1)
+        xor = self.codes[:, None, :c, :] ^ qc[:, :, None, :]  # [KVH, R, C, W]
+        d = popcount(xor).sum(-1, dtype=np.uint16).min(1).astype(np.int64)  # [KVH, C] nearest query code
         bits = self.planes.shape[1]
-        hist = np.cumsum(np.stack([np.bincount(x, minlength=bits + 2)[: bits + 2] for x in d]), 1)  # [KVH, bits+2]
+        d[~valid] = bits + 1  # farther than any code: never a candidate (need <= valid clusters)
+        need = np.maximum(np.ceil(self.prefilter * valid.sum(1)).astype(np.int64), 1)  # [KVH]
+        hist = np.cumsum(np.stack([np.bincount(row, minlength=bits + 2) for row in d]), 1)  # [KVH, bits + 2]
         cut = (hist < need[:, None]).sum(1)  # [KVH] the smallest distance whose count reaches `need`
         cand = d <= cut[:, None]  # [KVH, C] (ties at the cut included)
         ids = [np.flatnonzero(x) for x in cand]
