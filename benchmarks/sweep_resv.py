@@ -1,8 +1,9 @@
 """One-at-a-time sweep of resv's options around its DEFAULTS on real text within the context.
 
-Hash bits, Hamming threshold, candidate horizon, max cluster size, sink / recent, and
-pre- vs post-RoPE keys (tau: benchmarks/pareto.py); every variant in one run, in lockstep on the same stream, against
-full. Writes resv_sweep.md (the table; the conclusion is added by hand under it).
+Hash bits, Hamming threshold, candidate horizon, max cluster size, sink / recent, pre- vs
+post-RoPE keys and the scoring mode (tau: benchmarks/pareto.py); every variant in one run, in
+lockstep on the same stream, against full. Writes resv_sweep.md (the table; the conclusion is
+added by hand under it). The sweep against every task: benchmarks/results/resv_defaults.md.
 
     python3 benchmarks/sweep_resv.py --size 4000 --frames 30 --out benchmarks/results/resv_sweep.md
 """
@@ -17,7 +18,9 @@ from pathlib import Path
 from vrex_edge.bench.policies import run_bench
 from vrex_edge.bench.report import counts_note, table
 from vrex_edge.bench.streams import load_workload
-from vrex_edge.runtime.retrieval.resv import DEFAULTS
+from vrex_edge.runtime.retrieval.resv import ReSVOptions
+
+DEFAULTS = ReSVOptions().resolved()
 
 # option -> values tried (the default is the plain `resv` row); tau is swept by benchmarks/pareto.py
 SWEEP: dict[str, list[object]] = {
@@ -26,8 +29,9 @@ SWEEP: dict[str, list[object]] = {
     "horizon": [32, 512],
     "max_cluster": [16, 64],
     "sink": [4],
-    "recent": [64, 256],
+    "recent": [64, 128, 256, 512],
     "keys": ["pre"],
+    "score": ["subset", "prefilter"],
 }
 
 

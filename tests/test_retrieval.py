@@ -8,6 +8,7 @@ import pytest
 from vrex_edge.bundle import RopeSpec, TextSpec
 from vrex_edge.errors import ConfigError
 from vrex_edge.runtime.retrieval import FullKV, make_policy
+from vrex_edge.runtime.retrieval.resv import ReSVOptions
 from vrex_edge.runtime.rope import Rope
 
 
@@ -151,11 +152,11 @@ def test_topk_keeps_k_blocks_shared_by_heads():
 @pytest.mark.parametrize("opts", RESV_VARIANTS)
 def test_clustering_invariants(opts):
     text = make_text()
-    opts = {**dict(hamming=6), **opts}
+    opts = {**dict(hamming=6, recent=128), **opts}  # a window shorter than the stream, whatever the default
     cache = build("resv", text, **opts)
     chunks = [37] + [10] * 20 + [1] * 9
     run(cache, text, chunks)
-    st, o = cache.store, {**dict(hamming=6, max_cluster=32, sink=32, recent=128, bits=32), **opts}
+    st, o = cache.store, ReSVOptions.parse(opts).resolved()
     n_hist = sum(chunks) - min(o["sink"], sum(chunks)) - cache.ring.n
     assert o["recent"] <= cache.ring.n < o["recent"] + o.get("cluster_batch", 1)  # the recent window
     for h in range(text.num_kv_heads):

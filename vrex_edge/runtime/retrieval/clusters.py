@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from vrex_edge.accel.backend import RetrievalBackend
+from vrex_edge.accel.host import popcount
 from vrex_edge.runtime.arrays import grow
 from vrex_edge.runtime.retrieval.storage import Arena, Rows, runs_to_index, take_rows
 
@@ -52,8 +53,14 @@ class ClusterStore:
         fine: int = 0,
         block: int = 16,
         tau_coarse: float = 0.99,
+        groups: int = 1,
+        score: str = "exact",
+        score_queries: int = 2,
+        prefilter: float = 0.5,
     ):
         self.kvh, self.hd = kvh, hd
+        # how scoring reads the chunk's queries [KVH, groups * n, hd] (ReSVOptions.score; docs/resv-spec.md)
+        self.groups, self.score_mode, self.score_queries, self.prefilter = groups, score, score_queries, prefilter
         self.planes = planes  # [KVH, bits, hd]
         self.backend = backend
         self.threshold, self.max_size, self.horizon = threshold, max_size, horizon
@@ -210,7 +217,10 @@ class ClusterStore:
         their fine clusters scored, so a frame's work stays bounded on an endless stream."""
         be = backend or self.backend
         c = int(self.nclu.max())
+        q = self._queries(q)
         if not self.nblk.any():  # one level: every representative is resident
+            if self.score_mode == "prefilter" and tau < 1.0:  # tau 1 keeps every cluster: nothing to filter
+                return self._prefiltered(be, q, c, tau)
             return be.score_select(q, self.means[:, :c], self.counts[:, :c], tau=tau)
         nb = int(self.nblk.max())
         bk, bm = self._select(be, q, self.cmeans_t[:, :, :nb].swapaxes(1, 2), self.ccounts[:, :nb], self.tau_coarse)
@@ -239,6 +249,47 @@ class ClusterStore:
             keep[h, ids[h, ok]] = k2[h, ok]
             mass[h, ids[h, ok]] = m2[h, ok]
         return keep, mass
+
+    def _queries(self, q: np.ndarray) -> np.ndarray:
+        """The scoring queries the mode reads: q [KVH, G*n, hd] (row g*n + t: query head g, chunk token t)
+        -> all of them (exact, prefilter), score_queries evenly spaced tokens per query head, the last
+        included (subset), or each query head's mean over the chunk (mean)."""
+        g = self.groups
+        n = q.shape[1] // g
+        if self.score_mode == "subset" and n > self.score_queries:
+            t = np.unique(np.linspace(n - 1, 0, self.score_queries).round().astype(np.int64))
+            return q.reshape(self.kvh, g, n, self.hd)[:, :, t].reshape(self.kvh, g * t.size, self.hd)
+        if self.score_mode == "mean" and n > 1:
+            return q.reshape(self.kvh, g, n, self.hd).mean(2, dtype=np.float32)
+        return q
+
+    def _prefiltered(self, be: RetrievalBackend, q: np.ndarray, c: int, tau: float) -> tuple[np.ndarray, np.ndarray]:
+        """Exact masses over the fraction `prefilter` of each head's clusters whose codes are nearest
+        (Hamming) to one of the chunk's query codes (hashed with the clusters' hyperplanes); the others
+        weigh 0. Queries and codes must be of one key form (ReSVOptions checks keys == score_keys)."""
+        counts = self.counts[:, :c]
+        valid = counts > 0  # [KVH, C]
+        qc = self.backend.hash_codes(q, self.planes)  # [KVH, R, W]
+        xor = self.codes[:, None, :c, :] ^ qc[:, :, None, :]  # [KVH, R, C, W]
+        d = popcount(xor).sum(-1, dtype=np.uint16).min(1).astype(np.int64)  # [KVH, C] nearest query code
+        bits = self.planes.shape[1]
+        d[~valid] = bits + 1  # farther than any code: never a candidate (need <= valid clusters)
+        need = np.maximum(np.ceil(self.prefilter * valid.sum(1)).astype(np.int64), 1)  # [KVH]
+        hist = np.cumsum(np.stack([np.bincount(row, minlength=bits + 2) for row in d]), 1)  # [KVH, bits + 2]
+        cut = (hist < need[:, None]).sum(1)  # [KVH] the smallest distance whose count reaches `need`
+        cand = d <= cut[:, None]  # [KVH, C] (ties at the cut included)
+        ids = [np.flatnonzero(x) for x in cand]
+        m = max(x.size for x in ids)
+        reps = np.zeros((self.kvh, self.hd, m), np.float32)  # [KVH, hd, M] candidates, padded with count 0
+        cnt = np.zeros((self.kvh, m), np.int64)
+        for h, x in enumerate(ids):
+            reps[h, :, : x.size], cnt[h, : x.size] = self.means_t[h, :, :c].take(x, axis=1), counts[h, x]
+        k2, m2 = be.score_select(q, reps.swapaxes(1, 2), cnt, tau=tau)
+        keep = np.zeros((self.kvh, c), bool)
+        mass = np.zeros((self.kvh, c), np.float32)
+        for h, x in enumerate(ids):
+            keep[h, x], mass[h, x] = k2[h, : x.size], m2[h, : x.size]
+        return keep & valid, mass
 
     def _select(
         self, be: RetrievalBackend, q: np.ndarray, reps: np.ndarray, counts: np.ndarray, tau: float

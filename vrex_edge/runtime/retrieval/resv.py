@@ -16,7 +16,7 @@ import numpy as np
 
 from vrex_edge.accel import backend_names, hyperplanes
 from vrex_edge.bundle import TextSpec
-from vrex_edge.errors import AccelError
+from vrex_edge.errors import AccelError, ConfigError
 from vrex_edge.runtime.retrieval.base import POSITION_MODES, WindowedCache
 from vrex_edge.runtime.retrieval.clusters import ClusterStore, heaviest
 from vrex_edge.runtime.retrieval.gather import BufferedGather
@@ -26,6 +26,7 @@ from vrex_edge.runtime.retrieval.storage import KVStorage
 from vrex_edge.runtime.rope import Rope
 
 KEY_MODES = ("post", "pre")
+SCORE_MODES = ("exact", "subset", "mean", "prefilter")
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,8 @@ class ReSVOptions(WindowedOptions):
     """ReSV's options (docs/policies.md describes each and how the defaults were chosen)."""
 
     policy = "resv"
-    tau: float = opt(0.9, lo=0, hi=1, lo_open=True, help="WiCSum fraction of the cluster mass kept")
+    recent: int = opt(256, lo=0, help="last tokens always attended")
+    tau: float = opt(0.98, lo=0, hi=1, lo_open=True, help="WiCSum fraction of the cluster mass kept")
     bits: int = opt(64, lo=1, help="hash bits per key")
     hamming: int = opt(2, lo=0, help="Hamming threshold for joining a cluster")
     horizon: int = opt(128, lo=1, help="open clusters a token may join (the newest ones)")
@@ -51,11 +53,22 @@ class ReSVOptions(WindowedOptions):
     fine: int = opt(0, lo=0, help="resident fine representatives per head (0: all; else two-level tables)")
     block: int = opt(16, lo=1, help="clusters per retired block (two-level tables)")
     tau_coarse: float = opt(0.99, lo=0, hi=1, lo_open=True, help="WiCSum fraction over retired blocks")
+    score: str = opt(
+        "exact",
+        choices=SCORE_MODES,
+        help="cluster masses from all the chunk's queries (exact), score_queries of them per query head (subset), "
+        "each query head's mean query (mean), or the exact masses of the prefilter fraction of clusters nearest "
+        "in Hamming distance to the queries' codes (prefilter; one-level tables, keys = score_keys)",
+    )
+    score_queries: int = opt(2, lo=1, help="score=subset: chunk tokens scored per query head (evenly spaced)")
+    prefilter: float = opt(0.5, lo=0, hi=1, lo_open=True, help="score=prefilter: fraction of clusters scored")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.score_keys is None:
             object.__setattr__(self, "score_keys", self.keys)
+        if self.score == "prefilter" and self.score_keys != self.keys:
+            raise ConfigError("resv: score=prefilter needs score_keys equal to keys (query and cluster codes)")
         if self.accel not in backend_names():
             raise AccelError(f"unknown retrieval backend '{self.accel}' (available: {', '.join(backend_names())})")
 
@@ -101,6 +114,10 @@ class ReSVCache(WindowedCache):
             fine=o.fine,
             block=o.block,
             tau_coarse=o.tau_coarse,
+            groups=self.g,
+            score=o.score,
+            score_queries=o.score_queries,
+            prefilter=o.prefilter,
         )
         self.last_mass: np.ndarray | None = None  # [KVH, C] of the last selection (tools, tests)
         self.last_nsel = np.zeros(self.kvh, np.int64)
