@@ -117,11 +117,10 @@ def _caption_stream(
     last_t, ok = offset - 1 / fps, False
     total = source.info.sampled_frames(fps)
     final: Stats | None = None
-    done = 0
     try:
         with SafeOutput(output) as stream, StreamProgress(total, enabled=not quiet) as progress:
             writer = RecordWriter(stream, fmt)
-            busy_ms = 0.0
+            done, busy_ms = 0, 0.0
             for event in session.run(stops.frames(frames), questions):
                 if isinstance(event, FrameProcessed):
                     last_t = event.t
@@ -134,8 +133,7 @@ def _caption_stream(
                 elif isinstance(event, Stats):
                     final = event
             # stopped by a signal: the output is incomplete, so the user's file is left as it was
-            where = f"at {clock(last_t)} of the stream" if done else "before the stream started"
-            stops.check(where + (f"; {output} left as it was" if output else ""))
+            stops.check(f"at {clock(last_t)} of the stream" + (f"; {output} left as it was" if output else ""))
         ok = True
     finally:  # removes a temporary KV store; saves a kept one (after a clean end or a stop at a frame boundary)
         session.close(ok=ok or stops.clean_stop, stream_time=last_t + 1 / fps)
