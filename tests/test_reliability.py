@@ -286,6 +286,33 @@ def test_kv_store_on_a_read_only_place(clip: Path, tmp_path: Path, monkeypatch: 
     assert_one_line_error(run("caption", clip, "-q", "--kv-budget", "64M"), r"cannot create the KV store")
 
 
+def test_kv_budget_below_the_fixed_bound_is_refused_up_front(clip: Path, tmp_path: Path) -> None:
+    """The default options keep up to horizon x max_cluster open tokens per KV head and layer: a
+    budget below what they can hold is refused before anything streams, naming the minimum. The
+    minimum is then enough for a stream and for its --resume with the same budget."""
+    out, keep = tmp_path / "out.srt", tmp_path / "kept"
+    out.write_text("the user's file\n")
+    r = run("caption", clip, "-q", "-o", out, "--format", "srt", "--kv-budget", "8M", "--keep-kv", keep)
+    err = assert_one_line_error(
+        r,
+        r"--kv-budget 8\.0 MiB is below the [\d.]+ MiB these options always keep resident \(.*; 6 layers x 2 KV "
+        r"heads, sink 32, recent 128, horizon 128 x max_cluster 32 open tokens per head\); give --kv-budget "
+        r"(\d+)M or more, or lower horizon, max_cluster or recent",
+    )
+    assert r.stdout == "" and out.read_text() == "the user's file\n" and temps(tmp_path) == []
+    assert not keep.exists() and kv_sessions() == []
+    minimum = re.search(r"give --kv-budget (\d+M)", err).group(1)
+    r = run("caption", clip, "-q", "--format", "jsonl", "--kv-budget", minimum, "--keep-kv", keep)
+    assert r.exit_code == 0, r.stderr
+    r = run("caption", clip, "-q", "--format", "jsonl", "--kv-budget", minimum, "--resume", keep)
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout.splitlines()[-1])["t"] >= 20.0  # the resumed stream went on to its end
+    # options whose fixed part fits 8M run in 8M
+    r = run("caption", clip, "-q", "--kv-budget", "8M", "--opt", "horizon=32", "--opt", "max_cluster=16")
+    assert r.exit_code == 0 and r.stdout, r.stderr
+    assert kv_sessions() == []
+
+
 # ---------------------------------------------------------------------------- damaged input
 
 
@@ -315,6 +342,24 @@ def test_truncated_video_writes_what_decoded_and_exits_3(truncated: Path, tmp_pa
     r2 = run("caption", truncated, "-q", "--format", "jsonl")
     assert r2.exit_code == 3 and [json.loads(x) for x in r2.stdout.splitlines()] == records
     assert temps(tmp_path) == []
+
+
+def test_live_truncated_file_says_where_it_stopped_and_exits_3(truncated: Path, tmp_path: Path) -> None:
+    out = tmp_path / "live.jsonl"
+    p = cli("live", "--source", truncated, "-o", out)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 3 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    m = re.fullmatch(
+        r"error: .*cut.avi decoded (\d+) of the 40 frames its container states \(the last at "
+        r"00:00:\d\d\.\d{3} of 00:00:20.000\): the file is truncated or damaged; what decoded was "
+        r"processed and written to .*live.jsonl",
+        last,
+    )
+    assert m and 5 < int(m.group(1)) < 40, last
+    for line in out.read_text().splitlines():  # what was said is kept, every record whole
+        assert json.loads(line)["kind"] in ("caption", "answer")
+    assert kv_sessions() == []
 
 
 def test_whole_video_is_not_incomplete_and_the_bar_ends_at_its_total(clip: Path) -> None:
@@ -479,6 +524,43 @@ def test_caption_stops_on_a_signal_and_leaves_nothing(tmp_path: Path, sig: int) 
         rf"interrupted by {name} at 00:00:\d\d\.\d{{3}} of the stream; .*out.srt left as it was\n", err
     ), err
     assert out.read_text() == "the user's file\n" and temps(tmp_path) == []
+    assert kv_sessions() == []
+
+
+def catches(pid: int, sig: int) -> bool:
+    """Whether process `pid` has a handler for `sig` (its SigCgt mask in /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=lambda s: signal.Signals(s).name)
+def test_caption_stops_on_a_signal_while_the_model_loads(tmp_path: Path, sig: int) -> None:
+    """The handlers go in before the model loads: a signal then stops at once, with the message and
+    the exit code of a stop at a frame boundary, and leaves nothing (no output temp, no KV store)."""
+    out = tmp_path / "out.srt"
+    out.write_text("the user's file\n")
+    p = cli("caption", DEMO, "-q", "-o", out, "--kv-budget", "64M", "--format", "srt")
+    wait_for(lambda: p.poll() is None and catches(p.pid, sig), timeout=30)
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=30)
+    name = signal.Signals(sig).name
+    assert p.returncode == 128 + sig, err
+    assert re.fullmatch(rf"interrupted by {name} before the stream started; .*out.srt left as it was\n", err), err
+    assert out.read_text() == "the user's file\n" and temps(tmp_path) == [] and kv_sessions() == []
+
+
+def test_caption_into_a_closed_pipe_ends_quietly() -> None:
+    """`vrex-edge caption VIDEO | head -1`: the reader goes away; the run ends as a Unix tool does
+    (no traceback, no error, exit 128 + SIGPIPE) and its temporary KV store is removed."""
+    p = cli("caption", DEMO, "-q", "--kv-budget", "64M")
+    first = p.stdout.readline()
+    p.stdout.close()
+    err = p.stderr.read()
+    p.wait(timeout=60)
+    assert first.startswith("[00:00:") and err == "", err
+    assert p.returncode == 128 + signal.SIGPIPE
     assert kv_sessions() == []
 
 

@@ -77,12 +77,16 @@ class OutputStream:
     def write(self, text: str) -> int:
         try:
             return self._stream.write(text)
+        except BrokenPipeError:  # the reader went away (`| head`): the CLI ends quietly
+            raise
         except OSError as e:
             raise self._error(e) from None
 
     def flush(self) -> None:
         try:
             self._stream.flush()
+        except BrokenPipeError:
+            raise
         except OSError as e:
             raise self._error(e) from None
 

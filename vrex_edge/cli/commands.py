@@ -81,26 +81,44 @@ def caption_video(
 ) -> None:
     """Narrate `video` at config.fps; answer `questions` (t, text); write records to `output` or stdout."""
     from vrex_edge.runtime.capture import open_video
-    from vrex_edge.runtime.events import Answer, Caption, FrameProcessed, Stats
-    from vrex_edge.ui import StreamProgress, print_table
 
     if fmt not in FORMATS:
         raise ConfigError(f"unknown output format '{fmt}' (choose from: {', '.join(FORMATS)})")
-    fps = config.fps
-    source = open_video(video, fps=fps)  # fails early on a missing / unreadable video
+    source = open_video(video, fps=config.fps)  # fails early on a missing / unreadable video
     late = [t for t, _ in questions if 0 < source.info.duration < t]
     if late:  # would be answered after the stream, at a time the video never reaches
         raise ConfigError(f"--ask at {clock(late[0])} is after the end of {video} ({clock(source.info.duration)})")
-    session = open_session(config)
+    left = f"; {output} left as it was" if output else ""
+    stops = StopOnSignal()  # SIGINT/SIGTERM/SIGHUP: stop at the next frame; a second one at once
+    with stops:
+        with stops.at_once("before the stream started" + left):  # loading: stop now, nothing is written
+            session = open_session(config)
+        _caption_stream(session, source, stops, config, fmt=fmt, output=output, questions=questions, quiet=quiet)
+
+
+def _caption_stream(
+    session: Any,
+    source: Any,
+    stops: StopOnSignal,
+    config: SessionConfig,
+    *,
+    fmt: str,
+    output: Path | None,
+    questions: list[tuple[float, str]],
+    quiet: bool,
+) -> None:
+    from vrex_edge.runtime.events import Answer, Caption, FrameProcessed, Stats
+    from vrex_edge.ui import StreamProgress, print_table
+
+    fps = config.fps
     offset = session.resumed_time or 0.0  # --resume: time goes on
     frames = ((t + offset, f) for t, f in source) if offset else source
     questions = [(t + offset, q) for t, q in questions]
     last_t, ok = offset - 1 / fps, False
     total = source.info.sampled_frames(fps)
     final: Stats | None = None
-    stops = StopOnSignal()  # SIGINT/SIGTERM/SIGHUP: stop at the next frame; a second one at once
     try:
-        with stops, SafeOutput(output) as stream, StreamProgress(total, enabled=not quiet) as progress:
+        with SafeOutput(output) as stream, StreamProgress(total, enabled=not quiet) as progress:
             writer = RecordWriter(stream, fmt)
             done, busy_ms = 0, 0.0
             for event in session.run(stops.frames(frames), questions):
@@ -166,14 +184,23 @@ def live_stream(
         raise ConfigError(f"unknown output format '{fmt}' (choose from: jsonl, srt, text)")
     fps = config.fps
     web_config = _web_config(web)  # a bad --web fails before the model loads
-    session = open_session(config)
-    reader = open_live_reader(camera, source)
-    window = FrameWindow.open() if show else None
-    questions: queue.Queue[str] = queue.Queue()
-    web_view = _open_web(web_config, questions, reader.name, notice)
-    stops = (
-        StopOnSignal()
-    )  # SIGINT/SIGTERM/SIGHUP end the stream cleanly (a kept KV store is saved); a second one at once
+    stops = StopOnSignal()  # SIGINT/SIGTERM/SIGHUP end the stream cleanly (a kept store is saved); a second at once
+    stops.__enter__()
+    try:
+        with stops.at_once("before the stream started"):  # loading: stop now, nothing is written
+            session = open_session(config)
+    except BaseException:
+        stops.__exit__()
+        raise
+    try:
+        reader = open_live_reader(camera, source)
+        window = FrameWindow.open() if show else None
+        questions: queue.Queue[str] = queue.Queue()
+        web_view = _open_web(web_config, questions, reader.name, notice)
+    except BaseException:
+        stops.__exit__()
+        session.close(ok=False)
+        raise
     stop = stops.event
     capture = CaptureThread(reader, fps=fps, retry_s=retry_s)
     offset = session.resumed_time or 0.0  # --resume: time goes on
@@ -186,7 +213,6 @@ def live_stream(
     interrupted = clean = False
     last_t = offset - 1 / fps
 
-    stops.__enter__()
     try:
         with QuestionInput(questions, view) as typing_, view.running(interactive=typing_.interactive):
             capture.start()
@@ -258,6 +284,10 @@ def live_stream(
         from vrex_edge.errors import SourceError
 
         raise SourceError(status.message + (f"; session saved in {output}" if output else ""))
+    incomplete = getattr(reader, "incomplete", None)  # a file that decoded only partly: exit 3, as caption
+    if incomplete is not None and not interrupted:
+        kept = f"; what decoded was processed{f' and written to {output}' if output else ''}"
+        raise IncompleteInputError(incomplete.message() + kept)
 
 
 class _ShiftedCapture:

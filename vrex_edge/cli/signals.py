@@ -11,6 +11,7 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from types import FrameType
 from typing import Any, TypeVar
 
@@ -40,6 +41,7 @@ class StopOnSignal:
         self.event = threading.Event()
         self.signum: int | None = None
         self.forced = False  # a second signal interrupted the stream between frame boundaries
+        self._at_once: str | None = None  # inside at_once(): where a signal stops
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> StopOnSignal:
@@ -55,11 +57,23 @@ class StopOnSignal:
         self._old.clear()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.event.is_set():
+        if self.event.is_set() or self._at_once is not None:
             self.forced = True
-            raise Interrupted(signum)
+            self.signum = self.signum or signum
+            self.event.set()
+            raise Interrupted(signum, self._at_once or "")
         self.signum = signum
         self.event.set()
+
+    @contextmanager
+    def at_once(self, detail: str) -> Iterator[None]:
+        """Within the block (loading the model: no frame boundary to wait for), a stop signal raises
+        Interrupted(detail) at once; the block's clean-ups run as it unwinds."""
+        self._at_once = detail
+        try:
+            yield
+        finally:
+            self._at_once = None
 
     @property
     def stopped(self) -> bool:

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from vrex_edge.errors import SourceError
-from vrex_edge.runtime.capture import Resampler
+from vrex_edge.runtime.capture import Incomplete, Resampler
 
 Clock = Callable[[], float]
 
@@ -61,6 +61,15 @@ class OpenCVReader:
         fps = float(self.cap.get(cv2.CAP_PROP_FPS) or 0.0)
         self.period = 1.0 / fps if paced and 0 < fps < 1000 else 0.0
         self._next_due: float | None = None
+        # a file: the frames its container states, and how far it decoded (Incomplete when it ends early)
+        self.stated = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if self._is_file() else 0
+        self.stated_duration = self.stated / fps if 0 < fps < 1000 else 0.0
+        self.decoded = 0
+        self._first_ms: float | None = None
+        self._last_ms = 0.0
+
+    def _is_file(self) -> bool:
+        return self.paced or (not isinstance(self.target, int) and "://" not in str(self.target))
 
     def _hint(self) -> str:
         if isinstance(self.target, int):
@@ -97,10 +106,23 @@ class OpenCVReader:
             self._next_due += self.period
         ok, frame = self.cap.read()
         if not ok or frame is None:
-            if self.period or (not isinstance(self.target, int) and "://" not in str(self.target)):
+            if self.period or self._is_file():
                 self.ended = True  # end of a file
             return None
+        self.decoded += 1
+        self._last_ms = float(self.cap.get(cv2.CAP_PROP_POS_MSEC) or 0.0)
+        if self._first_ms is None:
+            self._first_ms = self._last_ms
         return frame
+
+    @property
+    def incomplete(self) -> Incomplete | None:
+        """After a file ended: how far it decoded, when that was short of the frames its container
+        states (a truncated or damaged file); else None. The slack is caption's (capture.py)."""
+        if not self.ended or self.stated <= 0 or self.stated - self.decoded <= max(2, self.stated // 500):
+            return None
+        last_t = (self._last_ms - (self._first_ms or 0.0)) / 1000.0
+        return Incomplete(self.name, self.decoded, last_t, self.stated, self.stated_duration)
 
     def reopen(self) -> bool:
         self.close()

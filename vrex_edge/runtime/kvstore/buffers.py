@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from vrex_edge.runtime.arrays import grow
 from vrex_edge.runtime.retrieval.storage import Rows
 
 if TYPE_CHECKING:
@@ -20,7 +21,9 @@ def _mib(n: float) -> str:
 
 
 class WatchedRows(Rows):
-    """The open-cluster area of one head, growing only after the budget made room."""
+    """The open-cluster area of one head, growing only after the budget made room. Before growing it
+    drops the rows of sealed clusters, and it grows (by doubling) to the manager's `open_cap` rows at
+    most, the largest the open clusters can hold, so it stays within the fixed bound (bound.py)."""
 
     def __init__(self, hd: int, cap: int, mgr: TierManager, layer: int):
         super().__init__(hd, cap)
@@ -28,12 +31,35 @@ class WatchedRows(Rows):
 
     def reserve(self, need: int) -> None:
         cap = self.k.shape[0]
-        if need > cap:
-            row = self.nbytes() // max(cap, 1)
-            with self.mgr.hot.lock:  # the prefetch thread must not take the room made here
-                self.mgr.ensure(max(need, 2 * cap) * row)  # old and new coexist during the copy
-                super().reserve(need)
-                self.mgr.recount(self.layer)
+        if need <= cap:
+            return
+        if self.dead:  # append() asks for n + m rows: the same m after the dead rows are gone
+            need -= self.n
+            self._compact()
+            need += self.n
+            if need <= cap:
+                return
+        limit = int(self.mgr.open_cap[self.layer])
+        new = max(need, min(2 * cap, limit)) if limit else max(need, 2 * cap)
+        row = self.nbytes() // max(cap, 1)
+        self.mgr.settle()
+        with self.mgr.hot.lock:  # the prefetch thread must not take the room made here
+            self.mgr.ensure(new * row)  # old and new coexist during the copy
+            self.k, self.v = grow(self.k, new, used=self.n, factor=1.0), grow(self.v, new, used=self.n, factor=1.0)
+            self.pos = grow(self.pos, new, used=self.n, factor=1.0)
+            self.owner = grow(self.owner, new, used=self.n, factor=1.0)
+            self.mgr.recount(self.layer)
+
+    def _compact(self) -> None:
+        live = np.flatnonzero(self.owner[: self.n] >= 0)
+        m = live.size
+        self.k[:m], self.v[:m], self.pos[:m], self.owner[:m] = (
+            self.k[live],
+            self.v[live],
+            self.pos[live],
+            self.owner[live],
+        )
+        self.n, self.dead = m, 0
 
 
 class Workspace:
@@ -61,19 +87,34 @@ class Workspace:
             cap = max(need, int(self.capacity * 1.25), 256)
             if max_rows is not None:  # compact positions: the attended set never exceeds the model's positions
                 cap = min(cap, max(need, max_rows))
-            self.grow(cap)
+            self.grow(cap, need)
 
-    def grow(self, cap: int) -> None:
-        """Reallocate to `cap` rows (contents are not kept: buffers are filled per call)."""
+    def grow(self, cap: int, need: int | None = None) -> None:
+        """Reallocate to `cap` rows, or to `need` (<= cap) when the budget has no room for `cap`
+        (contents are not kept: buffers are filled per call)."""
         if cap > self.capacity:
+            per = self.kvh * (2 * self.hd * 4 + 8)
+            self.mgr.settle()
             with self.mgr.hot.lock:  # the prefetch thread must not take the room made here
-                self.mgr.ensure(cap * self.kvh * (2 * self.hd * 4 + 8) - self.nbytes())
-                self.k = self.v = self.pos = None  # the old arrays go before the new ones come
+                self.release()  # the old arrays go before the new ones come
+                if need is not None and need < cap and not self.mgr.room_for(cap * per):
+                    cap = need
+                self.mgr.ensure(cap * per)
                 self.k = np.empty((self.kvh, cap, self.hd), np.float32)
                 self.v = np.empty_like(self.k)
                 self.pos = np.empty((self.kvh, cap), np.int64)
-                self.generation += 1
                 self.mgr.fixed_ws = self.nbytes()
+
+    def release(self) -> bool:
+        """Free the arrays (between calls, when the budget needs the room) -> whether there were any."""
+        if self.capacity == 0:
+            return False
+        self.k = np.empty((self.kvh, 0, self.hd), np.float32)
+        self.v = np.empty_like(self.k)
+        self.pos = np.empty((self.kvh, 0), np.int64)
+        self.generation += 1
+        self.mgr.fixed_ws = 0
+        return True
 
 
 class SharedBuffer:
@@ -91,6 +132,10 @@ class SharedBuffer:
 
     def reserve(self, need: int) -> None:
         self.ws.reserve(self.layer, need, self.max_rows)
+
+    def retrieved_cap(self) -> int:
+        """Retrieved tokens per KV head the budget leaves room for now (0: no cap)."""
+        return self.ws.mgr.retrieved_cap(self.layer)
 
     def nbytes(self) -> int:
         return 0  # counted once, as the workspace
@@ -147,6 +192,7 @@ class LayerBuffer:
                 return
         self._k = self._v = self._pos = None  # the old rows are refilled, not copied
         self.generation += 1
+        self.mgr.settle()
         with self.mgr.hot.lock:  # the prefetch thread must not take the room made here
             self.mgr.recount(self.layer)
             self.mgr.ensure(new * per, demote=False)
@@ -154,6 +200,10 @@ class LayerBuffer:
             self._v = np.empty_like(self._k)
             self._pos = np.empty((self.kvh, new), np.int64)
             self.mgr.recount(self.layer)
+
+    def retrieved_cap(self) -> int:
+        """Retrieved tokens per KV head the budget leaves room for now (0: no cap)."""
+        return self.mgr.retrieved_cap(self.layer)
 
     def share(self) -> None:
         """Give the own arrays up; from now on the layer uses the shared workspace."""

@@ -50,6 +50,13 @@ class HotCache:
         self._fit(layer, h, int(ids.max()) + 1)
         return ids[self.tick[layer][h][ids] < 0]
 
+    def absent_mask(self, layer: int, h: int, ids: np.ndarray) -> np.ndarray:
+        """[len(ids)] bool: which of ids have no entry."""
+        if ids.size == 0:
+            return np.zeros(0, bool)
+        self._fit(layer, h, int(ids.max()) + 1)
+        return self.tick[layer][h][ids] < 0
+
     def touch(self, layer: int, h: int, ids: np.ndarray, tick: int | None = None) -> None:
         """Mark present ids as used now (tick None) or at `tick`."""
         if ids.size:

@@ -6,6 +6,8 @@ gather), its open rows and attention buffers grow only within the budget.
 Resident KV bytes (the budget) = sink + recent window + open-cluster area + workspace (the
 attended set of the layer running, shared by all layers) + hot clusters. Cluster tables
 (codes, means, counts, offsets; sums of open clusters) stay resident and are reported beside the budget.
+`bind` refuses a budget below the fixed bound (bound.py); above it, the attended set is capped to
+what the budget leaves (`retrieved_cap`), so an accepted budget does not run out mid-stream.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 
 from vrex_edge.errors import ConfigError, KVStoreError
 from vrex_edge.runtime.kvstore import stale
+from vrex_edge.runtime.kvstore.bound import FixedBound, attended_row_bytes, fixed_bound, open_rows_max
 from vrex_edge.runtime.kvstore.buffers import (
     LayerBuffer,
     SharedBuffer,
@@ -35,6 +38,7 @@ from vrex_edge.runtime.kvstore.buffers import (
 from vrex_edge.runtime.kvstore.cold import FULL_ERRNOS, ColdLog
 from vrex_edge.runtime.kvstore.config import TierConfig, default_root
 from vrex_edge.runtime.kvstore.hot import HotCache
+from vrex_edge.runtime.kvstore.resume import STATE
 from vrex_edge.runtime.kvstore.tables import FileArchive
 
 T = TypeVar("T")
@@ -111,32 +115,55 @@ class LayerTier:
             return self._copy(recs, sel, counts, 0, out_k, out_v, out_pos, out_owner)
         w, i = 0, 0
         while i < sel.size:
-            with hot.lock:
-                rest = sel[i:]
-                absent = np.isin(rest, hot.absent(layer, h, rest), assume_unique=True)
-                cum = np.cumsum(np.where(absent, counts[rest], 0)) * row  # bytes to read up to each cluster
-                if hot.make_room(int(cum[-1]), mgr.hot_limit(), layer=layer):
-                    hot.release(int(cum[-1]), layer)
-                    n = rest.size
-                else:  # everything evictable is gone: the longest run whose reads fit
-                    n = int(np.searchsorted(cum, mgr.hot_limit() - hot.bytes, side="right"))
-                if n == 0:
-                    raise KVStoreError(
-                        f"--kv-budget {_mib(mgr.budget)} is too small: no room left to read a "
-                        "selected cluster beside the attended set; raise --kv-budget or lower tau"
-                    )
-                part = rest[:n]
-                self.mgr.counters["runs"] += 1
-                hot.touch(layer, h, part)  # pin what is still here
-                missing = hot.absent(layer, h, part)  # making room above may have evicted some of part
-                if missing.size:
-                    mgr.fetch(layer, h, missing, start, counts, prefetch=False)
-                recs = [hot.entries[layer][h][c] for c in part.tolist()]
+            rest, drained = sel[i:], mgr.prefetcher is None
+            while True:
+                with hot.lock:
+                    n = self._run_length(h, rest, counts, row)
+                    if n > 0:
+                        part = rest[:n]
+                        self.mgr.counters["runs"] += 1
+                        hot.touch(layer, h, part)  # pin what is still here
+                        missing = hot.absent(layer, h, part)
+                        if missing.size:  # fits in the room _run_length left: nothing of part is evicted
+                            mgr.fetch(layer, h, missing, start, counts, prefetch=False)
+                        recs = [hot.entries[layer][h][c] for c in part.tolist()]
+                        break
+                    if drained:
+                        raise KVStoreError(
+                            f"--kv-budget {_mib(mgr.budget)} is too small: no room left to read a "
+                            "selected cluster beside the attended set; raise --kv-budget or lower tau"
+                        )
+                mgr.prefetcher.drain()  # reads in flight for the next layers hold the room: let them land
+                drained = True
             w = self._copy(recs, part, counts, w, out_k, out_v, out_pos, out_owner)
             with hot.lock:
                 hot.touch(layer, h, part, tick=tick - 1)  # copied: evictable by the next run
             i += n
         return w
+
+    def _run_length(self, h: int, rest: np.ndarray, counts: np.ndarray, row: int) -> int:
+        """How many clusters of `rest` (in order) the hot cache can hold at once; called holding hot.lock.
+        Making room evicts every unpinned entry, members of `rest` included, so what is absent is
+        counted again after it: the run is then read without evicting anything it holds."""
+        mgr, hot, layer = self.mgr, self.mgr.hot, self.layer
+        limit = mgr.hot_limit()
+        held = np.cumsum(counts[rest]) * row  # a run is resident at once: at most this prefix can fit
+        cand = rest[: int(np.searchsorted(held, limit, side="right"))]
+        if cand.size == 0:
+            return 0
+
+        def reads() -> np.ndarray:  # bytes to read up to each candidate
+            return np.cumsum(np.where(hot.absent_mask(layer, h, cand), counts[cand], 0)) * row
+
+        cum = reads()
+        while hot.make_room(int(cum[-1]), limit, layer=layer):
+            hot.release(int(cum[-1]), layer)
+            again = reads()
+            if again[-1] == cum[-1]:  # the room made evicted no candidate: all of them fit
+                return cand.size
+            cum = again
+        cum = reads()  # everything evictable is gone: the longest run whose reads fit
+        return int(np.searchsorted(cum, limit - hot.bytes, side="right"))
 
     def _copy(
         self,
@@ -217,6 +244,10 @@ class TierManager:
         ]
         self.hot = HotCache(self.layers, self.kvh)
         self.fixed = np.zeros(self.layers, np.int64)
+        self.unevictable = np.zeros(self.layers, np.int64)  # window + open area per layer (no buffers)
+        self.open_cap = np.zeros(self.layers, np.int64)  # rows an open area grows to at most (0: unbounded)
+        self.hot_min = 0  # hot-cache bytes a gather needs at least (its largest cluster)
+        self.bound: FixedBound | None = None  # what the options always keep resident (set by bind)
         self.fixed_ws = 0
         self.not_hot = np.zeros(self.layers, np.int64)  # sealed clusters that are only on disk
         self.counters = dict.fromkeys(
@@ -229,10 +260,9 @@ class TierManager:
         self.workspace = Workspace(self, self.kvh, self.hd)
         self.buffers: list[LayerBuffer | SharedBuffer | None] = [None] * layers  # each layer's attention buffer
         self.archives: list[FileArchive] = []
-        rec_bytes = (2 * self.hd + 2) * 4
-        rows = int(np.clip(self.budget // 64 // rec_bytes, 32, SCRATCH_ROWS))  # 1/64 of the budget at most
+        rows, junk = scratch_sizes(self.budget, self.hd)
         self.scratch = np.empty((rows, 2 * self.hd + 2), np.float32)  # hot records joined there for a copy
-        self.junk = np.empty(min(GAP_BYTES, self.budget // 256), np.uint8)  # where a read's gap rows land
+        self.junk = np.empty(junk, np.uint8)  # where a read's gap rows land
         self.storage = TieredStorage(self)
         self.prefetcher: Any = None
         self.closed = False
@@ -250,6 +280,12 @@ class TierManager:
             raise ValueError(f"{len(caches)} caches for {self.layers} layers")
         self.caches, self.model = list(caches), model
         try:
+            bound = fixed_bound(self.caches, scratch=lambda b: scratch_bytes(b, self.hd), budget=self.budget)
+            if self.config.budget is not None and bound.total > self.budget:
+                raise KVStoreError(bound.refusal(self.budget))
+            self.bound = bound
+            self.hot_min = bound.hot
+            self.open_cap[:] = [open_rows_max(c) for c in self.caches]
             for i in range(self.layers):
                 self.recount(i)
             self.ensure(0)
@@ -296,6 +332,7 @@ class TierManager:
 
     def _open_folder(self, config: TierConfig) -> Path:
         folder = config.folder
+        self.made = False  # whether this run created the kept folder (removed again if binding fails)
         if folder is None:
             root = Path(config.root) if config.root is not None else default_root()
             root.mkdir(parents=True, exist_ok=True)
@@ -307,6 +344,7 @@ class TierManager:
                     f"--keep-kv folder {folder} is not empty; continue it with --resume {folder} "
                     "or choose an empty folder"
                 )
+            self.made = not folder.exists()
             folder.mkdir(parents=True, exist_ok=True)
         elif not folder.is_dir():
             raise KVStoreError(f"nothing to resume in {folder}: the folder does not exist")
@@ -318,7 +356,21 @@ class TierManager:
         if layer >= len(self.caches):  # not bound yet
             return
         c, buf = self.caches[layer], self.buffers[layer]
-        self.fixed[layer] = c.window_nbytes() + c.store.open_nbytes() + (0 if buf is None else buf.nbytes())
+        self.unevictable[layer] = c.window_nbytes() + c.store.open_nbytes()
+        self.fixed[layer] = self.unevictable[layer] + (0 if buf is None else buf.nbytes())
+
+    def retrieved_cap(self, layer: int) -> int:
+        """Retrieved tokens per KV head that layer `layer`'s attended set may hold now (0: no cap): what
+        the budget leaves after every layer's window and open area, the copy scratch and the smallest
+        hot cache a gather needs, less this layer's sink and window rows. Attention buffers and hot
+        clusters give way to it (they are evicted, shared or reallocated)."""
+        if self.config.budget is None or layer >= len(self.caches):
+            return 0
+        self.recount(layer)
+        c = self.caches[layer]
+        left = self.budget - int(self.unevictable.sum()) - self.scratch.nbytes - self.junk.nbytes - self.hot_min
+        rows = left // attended_row_bytes(self.kvh, self.hd) - c.sink_n - c.ring.n
+        return max(int(rows), 1)
 
     def fixed_total(self) -> int:
         return int(self.fixed.sum()) + self.fixed_ws + self.scratch.nbytes + self.junk.nbytes
@@ -356,6 +408,8 @@ class TierManager:
             limit = self.hot_limit() - extra  # slack: one eviction (a scan of every hot entry) serves several calls
             if (limit < 0 or not self.hot.make_room(0, limit, slack=self.slack())) and demote and self.demote():
                 limit = self.hot_limit() - extra
+            if (limit < 0 or not self.hot.make_room(0, limit)) and self.workspace.release():
+                limit = self.hot_limit() - extra  # the shared workspace is refilled per call: it is reallocated
             if limit < 0 or not self.hot.make_room(0, limit, slack=self.slack()):
                 raise KVStoreError(
                     f"--kv-budget {_mib(self.budget)} is too small: the sink, recent window, open clusters and "
@@ -372,7 +426,19 @@ class TierManager:
             self.trimmed = self.hot.freed
             release_free_memory()
         self.recount(layer)
-        self.ensure(0)
+        try:
+            self.ensure(0)
+        except KVStoreError:  # the room may be held by reads in flight for the next layer: let them land
+            if self.prefetcher is None:
+                raise
+            self.settle()
+            self.ensure(0)
+
+    def settle(self) -> None:
+        """Let the prefetch reads in flight land (their reserved bytes become evictable entries). Call
+        it before taking hot.lock to grow a resident part: a reservation cannot be evicted."""
+        if self.prefetcher is not None:
+            self.prefetcher.drain()
 
     # ------------------------------------------------------------------ cold I/O
 
@@ -522,6 +588,19 @@ class TierManager:
             for a in self.archives:
                 a.close()
             self._cleanup()
+            if not ok and self.made and not (self.folder / STATE).exists():
+                shutil.rmtree(self.folder, ignore_errors=True)  # a --keep-kv folder this run made, never saved
+
+
+def scratch_sizes(budget: int, hd: int) -> tuple[int, int]:
+    """(rows of the copy scratch, bytes of the read-gap buffer) under `budget`: 1/64 and 1/256 of it at most."""
+    rows = int(np.clip(budget // 64 // ((2 * hd + 2) * 4), 32, SCRATCH_ROWS))
+    return rows, min(GAP_BYTES, budget // 256)
+
+
+def scratch_bytes(budget: int, hd: int) -> int:
+    rows, junk = scratch_sizes(budget, hd)
+    return rows * (2 * hd + 2) * 4 + junk
 
 
 def _remove(folder: Path | None) -> None:

@@ -49,7 +49,9 @@ class ReSVOptions(WindowedOptions):
     reselect: int = opt(1, lo=1, help="reuse a selection for this many calls of a phase")
     dense_below: int = opt(0, lo=0, help="attend to all history while it is shorter (0: off)")
     incremental: bool = opt(True, affects=False, help="absolute positions: copy only newly selected clusters")
-    max_kept: int = opt(0, lo=0, help="retrieved tokens per KV head at most, heaviest clusters first (0: no cap)")
+    max_kept: int = opt(
+        0, lo=0, help="retrieved tokens per KV head at most, heaviest clusters first (0: no cap but --kv-budget's)"
+    )
     fine: int = opt(0, lo=0, help="resident fine representatives per head (0: all; else two-level tables)")
     block: int = opt(16, lo=1, help="clusters per retired block (two-level tables)")
     tau_coarse: float = opt(0.99, lo=0, hi=1, lo_open=True, help="WiCSum fraction over retired blocks")
@@ -170,7 +172,11 @@ class ReSVCache(WindowedCache):
 
     def retrieve_budget(self, n: int) -> int:
         budget = super().retrieve_budget(n)
-        return min(budget, self.max_kept) if self.max_kept else budget
+        cap = self.max_kept
+        tiers = getattr(self.buffer, "retrieved_cap", None)  # KV tiers: what the budget leaves (0: no cap)
+        if tiers is not None and (room := tiers()):
+            cap = min(cap, room) if cap else room
+        return min(budget, cap) if cap else budget
 
     def _retrieve(self, q: np.ndarray, q_abs: np.ndarray, budget: int, sec: dict[str, float]) -> np.ndarray:
         st = self.store
