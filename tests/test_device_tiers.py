@@ -222,14 +222,17 @@ def test_demo_captions_identical_with_a_device_budget(tmp_path: Path) -> None:
 
     model = load_model(default_model(), threads=1)
     spec = get_spec("resv")
-    host = demo_events(model, Policy(spec, spec.options.parse({}), device="cpu"), 40.0)
+    small = {"recent": 64, "open_rows": 64}  # a fixed bound that fits 512 tokens per layer
+    host = demo_events(model, Policy(spec, spec.options.parse(small), device="cpu"), 40.0)
     truth = json.loads(DEMO.with_suffix(".json").read_text())
     questions = [(q["time"], q["question"]) for q in truth["questions"] if q["time"] < 40.0]
     frames = itertools.islice(open_video(DEMO.with_suffix(".mp4"), fps=truth["fps"]), int(40.0 * truth["fps"]))
     text = model.text
     budget = 512 * 2 * text.num_kv_heads * text.head_dim * 4 * text.num_layers  # 512 tokens per layer
     session = StreamSession(
-        model, policy=device_policy(OrtDeviceEngine(device="cpu")), kv=TierConfig(budget=budget, root=tmp_path)
+        model,
+        policy=device_policy(OrtDeviceEngine(device="cpu"), **small),
+        kv=TierConfig(budget=budget, root=tmp_path),
     )
     dev = [(e.t, e.text) for e in session.run(frames, questions) if isinstance(e, Caption | Answer)]
     caches = session.caches

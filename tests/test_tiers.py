@@ -110,8 +110,8 @@ def test_budget_below_the_fixed_bound_is_refused_up_front(tmp_path: Path):
         msg = str(e.value)
         assert re.fullmatch(
             r"--kv-budget \d+ KiB is below the (\d+) KiB these options always keep resident \(.*"
-            r"horizon 16 x max_cluster 16 open tokens per head\); give --kv-budget (\d+)K or more, "
-            r"or lower horizon, max_cluster or recent",
+            r"open tokens per head: open_rows 256 \(horizon 16 x max_cluster 16 at most\)\); "
+            r"give --kv-budget (\d+)K or more, or lower open_rows or recent",
             msg,
         ), msg
         assert "\n" not in msg

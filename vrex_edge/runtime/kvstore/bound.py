@@ -4,8 +4,8 @@ cap on retrieved tokens that the budget leaves beside it.
 Per layer the sink, the recent window and the open-cluster area are resident and cannot be evicted.
 Their largest size follows from the options and the model's dimensions: the window holds sink +
 recent tokens (its ring grows to 2 x (recent + cluster_batch - 1 + CHUNK) rows), the open area of
-a KV head at most horizon x (max_cluster - 1) tokens of its open clusters plus one batch leaving the
-window. Beside them the budget must hold one attended set (sink + recent + the retrieved tokens:
+a KV head at most min(open_rows, horizon x (max_cluster - 1)) tokens of its open clusters plus one
+batch leaving the window. Beside them the budget must hold one attended set (sink + recent + the retrieved tokens:
 max_kept of them when given, else one cluster's worth), one cluster in the hot cache (a gather's
 smallest run) and the copy scratch. A budget below that sum is refused before the stream starts.
 
@@ -40,7 +40,8 @@ def open_rows_max(cache: Any) -> int:
     """The open area of one KV head at its largest: every open cluster one token short of
     max_cluster, plus a batch leaving the window."""
     st = cache.store
-    return st.horizon * (st.max_size - 1) + window_overflow(cache)
+    most = st.horizon * (st.max_size - 1)
+    return (min(most, st.max_open) if st.max_open else most) + window_overflow(cache)
 
 
 def window_overflow(cache: Any) -> int:
@@ -70,7 +71,7 @@ class FixedBound:
             f"--kv-budget {_mib(budget)} is below the {_mib(self.minimum)} these options always keep resident "
             f"(sink and recent window {_mib(self.window)}, open clusters {_mib(self.open)}, "
             f"the smallest attended set {_mib(self.attended)}; {self.drivers}); "
-            f"give --kv-budget {_ceil_mib(self.minimum)} or more, or lower horizon, max_cluster or recent"
+            f"give --kv-budget {_ceil_mib(self.minimum)} or more, or lower open_rows or recent"
         )
 
 
@@ -95,7 +96,7 @@ def fixed_bound(caches: list[Any], *, scratch: Callable[[int], int], budget: int
     st = c.store
     drivers = (
         f"{len(caches)} layer{'s' if len(caches) != 1 else ''} x {c.kvh} KV heads, sink {c.sink}, recent {c.recent}, "
-        f"horizon {st.horizon} x max_cluster {st.max_size} open tokens per head"
+        f"open tokens per head: open_rows {st.max_open} (horizon {st.horizon} x max_cluster {st.max_size} at most)"
         + (f", max_kept {c.max_kept}" if c.max_kept else "")
     )
     fixed = window + opened + grow + attended + hot

@@ -49,6 +49,7 @@ class ClusterStore:
         threshold: int,
         max_size: int,
         horizon: int,
+        max_open: int = 0,
         capacity: int = 256,
         fine: int = 0,
         block: int = 16,
@@ -64,6 +65,7 @@ class ClusterStore:
         self.planes = planes  # [KVH, bits, hd]
         self.backend = backend
         self.threshold, self.max_size, self.horizon = threshold, max_size, horizon
+        self.max_open = max_open  # tokens per head in open clusters at most (0: horizon x max_size bounds it)
         words = -(-planes.shape[1] // 64)
         # the resident window of head h: cluster lo[h] + i is column i of means_t[h] and row i of codes[h]
         self.means_t = np.zeros((kvh, hd, capacity), np.float32)  # representatives, transposed for scoring
@@ -136,11 +138,15 @@ class ClusterStore:
             self.means[h, ids - lo] = sums[t] / self.counts[h, ids, None]
             self.pending[h].append(k[h], v[h], pos, gid)
             open_ok = self.counts[h, ext] < self.max_size
-            if open_ok.all() and ext.size <= self.horizon:
+            rows = self.counts[h, ext]
+            if open_ok.all() and ext.size <= self.horizon and (not self.max_open or rows.sum() <= self.max_open):
                 self.open[h], self.open_sums[h] = ext, sums
                 continue
             stay = np.flatnonzero(open_ok)
             stay = stay[-self.horizon :] if self.horizon > 0 else stay[:0]
+            if self.max_open:  # the newest open clusters whose tokens fit; older ones seal early
+                tail = np.cumsum(rows[stay][::-1])[::-1]  # tokens in stay[i:]
+                stay = stay[tail <= self.max_open]
             self.open[h], self.open_sums[h] = ext[stay], sums[stay]
             gone = np.ones(ext.size, bool)
             gone[stay] = False

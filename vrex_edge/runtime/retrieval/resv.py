@@ -40,6 +40,9 @@ class ReSVOptions(WindowedOptions):
     hamming: int = opt(2, lo=0, help="Hamming threshold for joining a cluster")
     horizon: int = opt(128, lo=1, help="open clusters a token may join (the newest ones)")
     max_cluster: int = opt(32, lo=1, help="tokens per cluster at most")
+    open_rows: int = opt(
+        256, lo=1, help="tokens per KV head waiting in open clusters at most (past it the oldest seal early)"
+    )
     keys: str = opt("post", choices=KEY_MODES, help="hash post- or pre-RoPE keys")
     score_keys: str | None = opt(None, choices=KEY_MODES, help="representatives' key form (default: keys)")
     positions: str = opt("absolute", choices=POSITION_MODES, help="absolute stream positions or compact 0..L-1")
@@ -113,6 +116,7 @@ class ReSVCache(WindowedCache):
             threshold=o.hamming,
             max_size=o.max_cluster,
             horizon=o.horizon,
+            max_open=o.open_rows,
             fine=o.fine,
             block=o.block,
             tau_coarse=o.tau_coarse,
