@@ -279,7 +279,7 @@ def test_cuda_device_resv_at_40k_matches_host() -> None:
         np.float32
     )
     v = rand(rng, 3, 40_000, 64)
-    host, dev = pair(text, OrtDeviceEngine(device="cuda"), keys="pre")
+    host, dev = pair(text, OrtDeviceEngine(device="cuda"), keys="pre", tau=0.9, recent=128)
     assert dev.fused
     for c in (host, dev):
         c.extend(k, v, np.arange(40_000), chunk=10)
