@@ -145,3 +145,14 @@ def test_export_refuses_to_overwrite(tiny_videollm_checkpoint: Path, tmp_path: P
 
 def test_parse_ask() -> None:
     assert parse_ask(["1:05=where?", "3=what?"]) == [(3.0, "what?"), (65.0, "where?")]
+
+
+def test_output_format_follows_the_suffix_unless_given():
+    """-o x.srt writes SRT and -o x.jsonl JSON lines without --format; other names keep the default."""
+    from vrex_edge.cli import format_for
+
+    assert format_for(Path("a.srt"), "text") == "srt"
+    assert format_for(Path("a.JSONL"), "text") == "jsonl"
+    assert format_for(Path("a.txt"), "jsonl") == "text"
+    assert format_for(Path("a.log"), "jsonl") == "jsonl"
+    assert format_for(None, "text") == "text"

@@ -108,6 +108,14 @@ ModelOpt = Annotated[
 ]
 PolicyOpt = Annotated[str, typer.Option("--policy", help="KV retrieval policy: resv, full, window, topk.")]
 OptOpt = Annotated[list[str], typer.Option("--opt", help="Policy option key=value (repeatable), e.g. tau=0.95.")]
+
+
+def format_for(output: Path | None, default: str) -> str:
+    """The output format an -o path's suffix names (.srt, .jsonl, .txt), else `default`."""
+    suffix = output.suffix.lower() if output is not None else ""
+    return {".srt": "srt", ".jsonl": "jsonl", ".txt": "text"}.get(suffix, default)
+
+
 ProviderOpt = Annotated[
     list[str],
     typer.Option(
@@ -181,7 +189,9 @@ def caption(
     fps: Annotated[float, typer.Option(help="Frames per second fed to the model.")] = 2.0,
     policy: PolicyOpt = "resv",
     opt: OptOpt = [],  # noqa: B006 (typer reads the default)
-    fmt: Annotated[str, typer.Option("--format", "-f", help="text, srt or jsonl.")] = "text",
+    fmt: Annotated[
+        str | None, typer.Option("--format", "-f", help="text, srt or jsonl (default: from -o's suffix, else text).")
+    ] = None,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write here (atomically) instead of stdout.")
     ] = None,
@@ -210,6 +220,7 @@ def caption(
             fps=fps,
             kv=kv_config(kv_budget, keep_kv, resume, kv_on_full),
         )
+        fmt = fmt or format_for(output, "text")
         caption_video(video, config, fmt=fmt, output=output, questions=questions, quiet=quiet)
 
 
@@ -224,7 +235,12 @@ def live(
     policy: PolicyOpt = "resv",
     opt: OptOpt = [],  # noqa: B006
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Append the session here as it goes.")] = None,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="Format of --output: jsonl, srt or text.")] = "jsonl",
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format", "-f", help="Format of --output: jsonl, srt or text (default: from its suffix, else jsonl)."
+        ),
+    ] = None,
     show: Annotated[bool, typer.Option("--show", help="Open a window with the frame and the latest caption.")] = False,
     retry: Annotated[
         float, typer.Option("--retry", help="Seconds to keep retrying a source that stops delivering.")
@@ -257,7 +273,7 @@ def live(
             camera=camera,
             source=source,
             output=output,
-            fmt=fmt,
+            fmt=fmt or format_for(output, "jsonl"),
             show=show,
             retry_s=retry,
             web=web,
