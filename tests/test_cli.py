@@ -81,7 +81,7 @@ def test_caption_formats_to_file(clip: Path, tiny_videollm_bundle: Path, tmp_pat
         "--opt",
         "tau=0.9",
     )
-    assert_one_line_error(r, "takes no options")
+    assert_one_line_error(r, r"full: unknown option\(s\) tau \(known: engine\)")
     r = run("caption", clip, "--model", tiny_videollm_bundle, "--policy", "full", "--format", fmt, "-o", out, "-q")
     assert r.exit_code == 0, r.output
     text = out.read_text()

@@ -287,17 +287,17 @@ def test_kv_store_on_a_read_only_place(clip: Path, tmp_path: Path, monkeypatch: 
 
 
 def test_kv_budget_below_the_fixed_bound_is_refused_up_front(clip: Path, tmp_path: Path) -> None:
-    """The default options keep up to horizon x max_cluster open tokens per KV head and layer: a
-    budget below what they can hold is refused before anything streams, naming the minimum. The
-    minimum is then enough for a stream and for its --resume with the same budget."""
+    """The default options keep up to open_rows open tokens per KV head and layer beside sink and
+    recent window: a budget below what they can hold is refused before anything streams, naming the
+    minimum. The minimum is then enough for a stream and for its --resume with the same budget."""
     out, keep = tmp_path / "out.srt", tmp_path / "kept"
     out.write_text("the user's file\n")
-    r = run("caption", clip, "-q", "-o", out, "--format", "srt", "--kv-budget", "8M", "--keep-kv", keep)
+    r = run("caption", clip, "-q", "-o", out, "--format", "srt", "--kv-budget", "4M", "--keep-kv", keep)
     err = assert_one_line_error(
         r,
-        r"--kv-budget 8\.0 MiB is below the [\d.]+ MiB these options always keep resident \(.*; 6 layers x 2 KV "
-        r"heads, sink 32, recent 128, horizon 128 x max_cluster 32 open tokens per head\); give --kv-budget "
-        r"(\d+)M or more, or lower horizon, max_cluster or recent",
+        r"--kv-budget 4\.0 MiB is below the [\d.]+ MiB these options always keep resident \(.*; 6 layers x 2 KV "
+        r"heads, sink 32, recent 256, open tokens per head: open_rows 256 \(horizon 128 x max_cluster 32 at most\)\); "
+        r"give --kv-budget (\d+)M or more, or lower open_rows or recent",
     )
     assert r.stdout == "" and out.read_text() == "the user's file\n" and temps(tmp_path) == []
     assert not keep.exists() and kv_sessions() == []
@@ -307,8 +307,8 @@ def test_kv_budget_below_the_fixed_bound_is_refused_up_front(clip: Path, tmp_pat
     r = run("caption", clip, "-q", "--format", "jsonl", "--kv-budget", minimum, "--resume", keep)
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout.splitlines()[-1])["t"] >= 20.0  # the resumed stream went on to its end
-    # options whose fixed part fits 8M run in 8M
-    r = run("caption", clip, "-q", "--kv-budget", "8M", "--opt", "horizon=32", "--opt", "max_cluster=16")
+    # options whose fixed part fits 4M run in 4M
+    r = run("caption", clip, "-q", "--kv-budget", "4M", "--opt", "open_rows=32", "--opt", "recent=64")
     assert r.exit_code == 0 and r.stdout, r.stderr
     assert kv_sessions() == []
 
