@@ -70,6 +70,13 @@ def stats_rows(stats: Any) -> list[tuple[str, str]]:
     return rows
 
 
+def native_imports() -> None:
+    """Import the native modules a session loads before the stop handlers go in: an Interrupted raised
+    inside a native module's import breaks the import (onnxruntime: "initialization failed")."""
+    import onnx  # noqa: F401
+    import onnxruntime  # noqa: F401
+
+
 def caption_video(
     video: Path,
     config: SessionConfig,
@@ -89,6 +96,7 @@ def caption_video(
     if late:  # would be answered after the stream, at a time the video never reaches
         raise ConfigError(f"--ask at {clock(late[0])} is after the end of {video} ({clock(source.info.duration)})")
     left = f"; {output} left as it was" if output else ""
+    native_imports()
     stops = StopOnSignal()  # SIGINT/SIGTERM/SIGHUP: stop at the next frame; a second one at once
     with stops:
         with stops.at_once("before the stream started" + left):  # loading: stop now, nothing is written
@@ -184,6 +192,7 @@ def live_stream(
         raise ConfigError(f"unknown output format '{fmt}' (choose from: jsonl, srt, text)")
     fps = config.fps
     web_config = _web_config(web)  # a bad --web fails before the model loads
+    native_imports()
     stops = StopOnSignal()  # SIGINT/SIGTERM/SIGHUP end the stream cleanly (a kept store is saved); a second at once
     stops.__enter__()
     try:
