@@ -10,7 +10,6 @@ lets a ClusterStore keep its tables on the host with no k/v (resv: device_resv.p
 
 from __future__ import annotations
 
-import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -195,20 +194,11 @@ class DeviceTopKKV(DeviceArena, TopKCache):
 
     def _retrieve(self, q: np.ndarray, q_abs: np.ndarray, budget: int, sec: dict[str, float]) -> np.ndarray:
         """TopKCache's block choice -> r [KVH]; the blocks' arena rows (every head the same) go to self._rows."""
-        nb = self.nb
         self._rows = [np.zeros(0, np.int64) for _ in range(self.kvh)]
-        if nb == 0:
+        if self.nb == 0:
             return np.zeros(self.kvh, np.int64)
         t0 = time.perf_counter()
-        k = self.k_opt
-        kb = math.ceil(k * nb) if isinstance(k, float) else int(k)
-        if kb >= nb:
-            top = np.arange(nb)
-        else:
-            reps = self.bsum[:nb] / (self.bcount[:nb, None] * self.kvh)  # [B, hd]
-            score = reps @ q.reshape(-1, self.hd).mean(0, dtype=np.float64)  # [B]
-            top = np.argpartition(-score, kb - 1)[:kb]
-            top = top[np.argsort(-score[top], kind="stable")]
+        top = self._top_blocks(q)
         t1 = time.perf_counter()
         sec["select"] += t1 - t0
         rows = self.sink_n + runs_to_index(self.backend.layout(top, self.bstart, self.bcount))

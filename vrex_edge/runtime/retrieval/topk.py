@@ -142,20 +142,22 @@ class TopKCache(WindowedCache):
         )
         self.an += m
 
-    def _retrieve(self, q: np.ndarray, q_abs: np.ndarray, budget: int, sec: dict[str, float]) -> np.ndarray:
-        nb = self.nb
-        if nb == 0:
-            return np.zeros(self.kvh, np.int64)
-        t0 = time.perf_counter()
-        k = self.k_opt
+    def _top_blocks(self, q: np.ndarray) -> np.ndarray:
+        """The k best blocks (of nb > 0) for the chunk's mean query, best first."""
+        nb, k = self.nb, self.k_opt
         kb = math.ceil(k * nb) if isinstance(k, float) else int(k)
         if kb >= nb:
-            top = np.arange(nb)
-        else:
-            reps = self.bsum[:nb] / (self.bcount[:nb, None] * self.kvh)  # [B, hd]
-            score = reps @ q.reshape(-1, self.hd).mean(0, dtype=np.float64)  # [B]
-            top = np.argpartition(-score, kb - 1)[:kb]
-            top = top[np.argsort(-score[top], kind="stable")]
+            return np.arange(nb)
+        reps = self.bsum[:nb] / (self.bcount[:nb, None] * self.kvh)  # [B, hd]
+        score = reps @ q.reshape(-1, self.hd).mean(0, dtype=np.float64)  # [B]
+        top = np.argpartition(-score, kb - 1)[:kb]
+        return top[np.argsort(-score[top], kind="stable")]
+
+    def _retrieve(self, q: np.ndarray, q_abs: np.ndarray, budget: int, sec: dict[str, float]) -> np.ndarray:
+        if self.nb == 0:
+            return np.zeros(self.kvh, np.int64)
+        t0 = time.perf_counter()
+        top = self._top_blocks(q)
         tok = np.cumsum(self.bcount[top])
         if tok[-1] > budget:  # compact positions: keep the best blocks that fit
             top = top[: int(np.searchsorted(tok, budget, side="right"))]
