@@ -43,20 +43,9 @@ VARIANTS = ("full host", "full device", "full offload", "resv host", "resv devic
 
 
 def text_spec(h: int, kvh: int, hd: int, max_positions: int):
-    from vrex_edge.bundle import RopeSpec, TextSpec
+    from vrex_edge.testing.tiny import layer_text
 
-    inv = tuple(float(x) for x in 1.0 / (10000.0 ** (np.arange(0, hd, 2) / hd)))
-    return TextSpec(
-        num_layers=1,
-        hidden_size=h * hd,
-        num_heads=h,
-        num_kv_heads=kvh,
-        head_dim=hd,
-        vocab_size=32,
-        max_positions=max_positions,
-        rms_norm_eps=1e-5,
-        rope=RopeSpec(theta=10000.0, inv_freq=inv),
-    )
+    return layer_text(h=h, kvh=kvh, hd=hd, max_positions=max_positions)
 
 
 class Stream:

@@ -15,26 +15,16 @@ import time
 
 import numpy as np
 
-from vrex_edge.bundle import RopeSpec, TextSpec
+from vrex_edge.bundle import TextSpec
 from vrex_edge.runtime.retrieval import make_policy
 from vrex_edge.runtime.rope import Rope
+from vrex_edge.testing.tiny import layer_text
 
 SHAPES = {"embedded": (4, 2, 64, 11), "smollm2": (9, 3, 64, 10)}  # heads, KV heads, head_dim, chunk
 
 
 def spec(h: int, kvh: int, hd: int) -> TextSpec:
-    inv = tuple(float(x) for x in 1.0 / (10000.0 ** (np.arange(0, hd, 2) / hd)))
-    return TextSpec(
-        num_layers=1,
-        hidden_size=h * hd,
-        num_heads=h,
-        num_kv_heads=kvh,
-        head_dim=hd,
-        vocab_size=32,
-        max_positions=65536,
-        rms_norm_eps=1e-5,
-        rope=RopeSpec(theta=10000.0, inv_freq=inv),
-    )
+    return layer_text(h=h, kvh=kvh, hd=hd, max_positions=65536)
 
 
 def main() -> None:

@@ -157,23 +157,12 @@ def test_cycle_counters_follow_the_model():
 
 def run_policy(accel, frames: int, seed: int):
     """The resv policy on one layer over a redundant random stream -> per-frame selections and outputs."""
-    from vrex_edge.bundle import RopeSpec, TextSpec
     from vrex_edge.runtime.retrieval import make_policy
     from vrex_edge.runtime.rope import Rope
+    from vrex_edge.testing.tiny import layer_text
 
     hd = 16
-    inv = tuple(float(x) for x in 1.0 / (10000.0 ** (np.arange(0, hd, 2) / hd)))
-    text = TextSpec(
-        num_layers=1,
-        hidden_size=64,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=hd,
-        vocab_size=10,
-        max_positions=4096,
-        rms_norm_eps=1e-5,
-        rope=RopeSpec(theta=10000.0, inv_freq=inv),
-    )
+    text = layer_text(h=4, kvh=2, hd=hd, vocab=10)
     cache = make_policy(
         "resv", accel=accel, tau=0.9, sink=4, recent=20, bits=32, hamming=3, max_cluster=6, horizon=16, dense_below=0
     )(0, text, Rope(text.rope))

@@ -5,26 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vrex_edge.bundle import RopeSpec, TextSpec
+from vrex_edge.bundle import TextSpec
 from vrex_edge.errors import ConfigError
 from vrex_edge.runtime.retrieval import FullKV, make_policy
 from vrex_edge.runtime.retrieval.resv import ReSVOptions
 from vrex_edge.runtime.rope import Rope
+from vrex_edge.testing.tiny import layer_text
 
 
 def make_text(*, h: int = 4, kvh: int = 2, hd: int = 16, max_positions: int = 4096) -> TextSpec:
-    inv = tuple(float(x) for x in 1.0 / (10000.0 ** (np.arange(0, hd, 2) / hd)))
-    return TextSpec(
-        num_layers=1,
-        hidden_size=h * hd,
-        num_heads=h,
-        num_kv_heads=kvh,
-        head_dim=hd,
-        vocab_size=32,
-        max_positions=max_positions,
-        rms_norm_eps=1e-5,
-        rope=RopeSpec(theta=10000.0, inv_freq=inv),
-    )
+    return layer_text(h=h, kvh=kvh, hd=hd, max_positions=max_positions)
 
 
 def stream(rng: np.random.Generator, text: TextSpec, chunks: list[int], *, pool: int = 6, noise: float = 0.05):

@@ -14,6 +14,28 @@ WORDS = (
     ", . ? ! : 0 1 2 3 4 5 6 7 8 9"
 ).split()
 
+
+def layer_text(*, h: int = 4, kvh: int = 2, hd: int = 16, max_positions: int = 4096, vocab: int = 32) -> Any:
+    """The TextSpec of a one-layer model with h query heads over kvh KV heads of head_dim hd (the layer
+    caches' dimensions; tests and benchmarks build caches over it without a model)."""
+    import numpy as np
+
+    from vrex_edge.bundle import RopeSpec, TextSpec
+
+    inv = tuple(float(x) for x in 1.0 / (10000.0 ** (np.arange(0, hd, 2) / hd)))
+    return TextSpec(
+        num_layers=1,
+        hidden_size=h * hd,
+        num_heads=h,
+        num_kv_heads=kvh,
+        head_dim=hd,
+        vocab_size=vocab,
+        max_positions=max_positions,
+        rms_norm_eps=1e-5,
+        rope=RopeSpec(theta=10000.0, inv_freq=inv),
+    )
+
+
 VIDEOLLM_SPECIALS = ["<pad>", "<bos>", "<unk>", "<v>", "<int>", "<user>", "<asst>", "<eot>"]
 
 CHATML_TEMPLATE = (
