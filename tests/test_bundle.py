@@ -79,6 +79,9 @@ CASES = [
     ("stages.vision", None, "must be given together"),
     ("stages.head.file", "stages/other.onnx", "'stages/other.onnx' has no sha256"),
     ("tokenizer", "tok.json", "tokenizer 'tok.json' has no sha256"),
+    ("vision.pad_color", "black", r"pad_color must be 'mean' or \[r, g, b\] integers 0-255, got 'black'"),
+    ("vision.pad_color", [0, 0, 256], r"pad_color must be .* got \[0, 0, 256\]"),
+    ("vision.pad_color", [0.5, 0.5, 0.5], "pad_color must be 'mean' or"),
 ]
 
 

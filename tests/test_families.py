@@ -89,10 +89,11 @@ def test_stream_answer_matches_transformers_greedy(family_models, references, na
 def test_videollm_online_manifest(family_models) -> None:
     src, bundle = family_models["videollm_online"]
     m = load_manifest(bundle)
-    assert (m.family, m.vision.tokens_per_frame, m.vision.resize, m.prompt.speak_threshold) == (
+    assert (m.family, m.vision.tokens_per_frame, m.vision.resize, m.vision.pad_color, m.prompt.speak_threshold) == (
         "videollm-online",
         10,
         "pad",
+        (0, 0, 0),  # the original's ffmpeg pads with black
         0.725,
     )
     from tokenizers import Tokenizer

@@ -230,6 +230,29 @@ def test_pad_keeps_aspect_ratio_and_pads_with_the_mean():
     np.testing.assert_allclose(out[:, 24, 24], [-1.0, -1.6, 3.5], atol=1e-5)
 
 
+@pytest.mark.parametrize("pad_color", [None, [0, 0, 0], [255, 128, 7]], ids=["unset", "black", "rgb"])
+def test_pad_fills_with_the_bundles_pad_color(tiny_videollm_bundle, pad_color):
+    """A bundle's vision.pad_color is what surrounds a non-square frame, exactly a pixel of that colour;
+    a bundle that does not set it pads with the mean (0 once normalised), as before the field existed."""
+    import json
+
+    from vrex_edge.bundle import MANIFEST, manifest_from_dict
+
+    raw = json.loads((tiny_videollm_bundle / MANIFEST).read_text())
+    if pad_color is not None:
+        raw["vision"]["pad_color"] = pad_color
+    spec = manifest_from_dict(raw).vision
+    assert spec.resize == "pad" and spec.pad_color == ("mean" if pad_color is None else tuple(pad_color))
+    pre = Preprocessor(spec)
+    h, w = spec.image_size
+    out = pre(np.full((h // 2, w, 3), 200, np.uint8))  # [3, H, W]: a band across the middle
+    band = (h - h // 2) // 2
+    want = np.zeros(3, np.float32) if pad_color is None else pre(np.full((h, w, 3), pad_color[::-1], np.uint8))[:, 0, 0]
+    border = np.concatenate([out[:, :band], out[:, band + h // 2 :]], axis=1)  # [3, rows, W]
+    assert border.shape[1] > 0 and (border == want[:, None, None]).all()
+    assert (out[:, band : band + h // 2] == pre(np.full((h, w, 3), 200, np.uint8))[:, :1, :1]).all()
+
+
 def test_stretch_fills_the_target():
     frame = np.full((30, 90, 3), 128, np.uint8)
     out = Preprocessor(_spec("stretch"))(frame)

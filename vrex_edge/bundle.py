@@ -88,8 +88,11 @@ class VisionSpec:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     tokens_per_frame: int
-    resize: str = "pad"  # "pad": keep aspect ratio, pad with the mean colour; "stretch"
+    resize: str = "pad"  # "pad": keep aspect ratio, pad with pad_color; "stretch"
     rescale: float = 1.0 / 255.0  # applied to uint8 RGB before mean/std
+    # What "pad" fills with: "mean" (the normalisation mean, 0 once normalised; older bundles) or an
+    # RGB triple of 0-255 integers, for models trained on frames padded with a fixed colour.
+    pad_color: str | tuple[int, int, int] = "mean"
 
 
 @dataclass(frozen=True)
@@ -181,6 +184,11 @@ def _ids(v: Any) -> tuple[int, ...]:
     return tuple(int(x) for x in (v or ()))
 
 
+def _pad_color(v: Any) -> Any:
+    """A JSON list becomes a tuple (so the spec stays hashable); _check_vision validates the value."""
+    return tuple(v) if isinstance(v, list) else v
+
+
 def manifest_from_dict(m: dict[str, Any]) -> Manifest:
     """Build a Manifest from parsed JSON, checking structure (not files)."""
     if m.get("format") != FORMAT:
@@ -242,6 +250,7 @@ def manifest_from_dict(m: dict[str, Any]) -> Manifest:
                 tokens_per_frame=int(_req(v, "tokens_per_frame", "vision.")),
                 resize=str(v.get("resize", "pad")),
                 rescale=float(v.get("rescale", 1.0 / 255.0)),
+                pad_color=_pad_color(v.get("pad_color", "mean")),
             )
         s = _req(m, "stages", "")
         layers = tuple(
@@ -319,6 +328,13 @@ def _check_vision(v: VisionSpec) -> None:
         raise BundleError(f"manifest: vision.resize must be 'pad' or 'stretch', got {v.resize!r}")
     if not (math.isfinite(v.rescale) and v.rescale > 0):
         raise BundleError(f"manifest: vision.rescale must be a positive number, got {v.rescale}")
+    if v.pad_color != "mean" and not _is_rgb(v.pad_color):
+        shown = list(v.pad_color) if isinstance(v.pad_color, tuple) else v.pad_color
+        raise BundleError(f"manifest: vision.pad_color must be 'mean' or [r, g, b] integers 0-255, got {shown!r}")
+
+
+def _is_rgb(c: Any) -> bool:
+    return isinstance(c, tuple) and len(c) == 3 and all(type(x) is int and 0 <= x <= 255 for x in c)
 
 
 def stage_files(m: Manifest) -> list[str]:

@@ -22,6 +22,14 @@ class Preprocessor:
         # x_norm = (x * rescale - mean) / std = x * scale + offset, per RGB channel
         self.scale = (spec.rescale / std).astype(np.float32)[:, None, None]  # [3, 1, 1]
         self.offset = (-mean / std).astype(np.float32)[:, None, None]  # [3, 1, 1]
+        self.fill = self._fill(spec.pad_color)  # [3, 1, 1] what "pad" leaves around the frame
+
+    def _fill(self, pad_color: str | tuple[int, int, int]) -> np.ndarray:
+        """The normalised pad value: 0 for "mean"; for an RGB colour the same multiply-add as a frame's
+        pixels, so padding equals a pixel of that colour exactly."""
+        if pad_color == "mean":
+            return np.zeros((3, 1, 1), dtype=np.float32)
+        return np.asarray(pad_color, dtype=np.float32)[:, None, None] * self.scale + self.offset
 
     def fit(self, h: int, w: int) -> tuple[int, int, int, int]:
         """Where a (h, w) frame lands in the target: (new_h, new_w, top, left)."""
@@ -40,7 +48,8 @@ class Preprocessor:
         nh, nw, top, left = self.fit(h, w)
         frame_bgr = resize(frame_bgr, nh, nw)  # [nh, nw, 3]
         rgb = frame_bgr[:, :, ::-1].transpose(2, 0, 1)  # [3, nh, nw] uint8 view, RGB
-        out = np.zeros((3, self.height, self.width), dtype=np.float32)  # zeros == the mean colour
+        out = np.empty((3, self.height, self.width), dtype=np.float32)
+        out[:] = self.fill
         region = out[:, top : top + nh, left : left + nw]
         np.multiply(rgb, self.scale, out=region, casting="unsafe")
         region += self.offset

@@ -11,6 +11,7 @@ connector, 10 tokens per frame.
 Stream layout (the demo's): "<bos>{system}\\n\\n[" then frames joined by "," (the
 frame-interval token, whose probability after a frame decides silence, threshold 0.725); a
 reply opens with "]\\nAssistant:" and closes with "<eos>\\n[" (back into the stream).
+Frames are padded to a square with black, as the original's ffmpeg pads them.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ SYSTEM_PROMPT = (
 )
 SPEAK_THRESHOLD = 0.725  # demo/inference.py's frame_token_interval_threshold
 STREAM_OPEN, STREAM_CLOSE = "\n[", "]\n"
+BLACK = (0, 0, 0)
 
 
 def live_lm_class() -> type:
@@ -241,6 +243,7 @@ def load(source: Source) -> LoadedModel:
         std=(0.5, 0.5, 0.5),
         tokens_per_frame=int(cls) + pooled[0] * pooled[1],
         resize="pad",
+        pad_color=BLACK,
     )
     notes = {
         "architecture": "VideoLLM-online live1+ (SigLIP + MLP connector + Llama, LoRA merged)",
@@ -253,7 +256,6 @@ def load(source: Source) -> LoadedModel:
         },
         "prompt_layout": "<bos>{system}\\n\\n[ frame (, frame)* ]\\nAssistant: reply<eos>\\n[ ... ; "
         "questions: ]\\nUser: {q}]\\nAssistant: (the original writes ]\\nUser: {q}\\nAssistant:)",
-        "frame_padding": "the original pads with black (ffmpeg); the runtime pads with the mean colour",
     }
     return LoadedModel(
         lm=lm,
