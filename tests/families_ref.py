@@ -135,7 +135,7 @@ def check_stages(bundle: Path, ref: Reference, *, n: int = 5, rtol: float = 1e-4
 
 def stream_ids(m, tok, n_frames: int) -> list[int]:
     """The token ids of a stream of `n_frames` silent frames then QUESTION, as the runtime lays them out."""
-    from vrex_edge.runtime.session import frame_prefix_text
+    from vrex_edge.runtime.session import frame_prefix_text, question_ids
 
     p, t = m.prompt, m.tokens
     ids = list(p.system_ids)
@@ -146,7 +146,7 @@ def stream_ids(m, tok, n_frames: int) -> list[int]:
         if p.frame_prefix_template:
             ids += tok.encode(frame_prefix_text(p.frame_prefix_template, float(i)))
         ids += [t.frame_placeholder] * m.vision.tokens_per_frame
-    return ids + [*p.user_prefix_ids, *tok.encode(QUESTION), *p.user_suffix_ids, *p.reply_prefix_ids]
+    return ids + question_ids(p, tok, QUESTION)
 
 
 def reference_answer(bundle: Path, ref: Reference) -> tuple[list[int], np.ndarray, list[int], np.ndarray]:

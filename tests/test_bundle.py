@@ -82,6 +82,8 @@ CASES = [
     ("vision.pad_color", "black", r"pad_color must be 'mean' or \[r, g, b\] integers 0-255, got 'black'"),
     ("vision.pad_color", [0, 0, 256], r"pad_color must be .* got \[0, 0, 256\]"),
     ("vision.pad_color", [0.5, 0.5, 0.5], "pad_color must be 'mean' or"),
+    ("prompt.question_template", "User: {q}\nAssistant:", "must contain {question} and no other field"),
+    ("prompt.question_template", "User: {question", "question_template is not a valid template"),
 ]
 
 

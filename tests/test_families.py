@@ -20,7 +20,7 @@ from vrex_edge.export import export_bundle
 from vrex_edge.export.registry import detect_family
 
 from .export_ref import BundleRunner
-from .families_ref import Reference, _frames, check_answer, reference_answer, runtime_answer
+from .families_ref import QUESTION, Reference, _frames, check_answer, reference_answer, runtime_answer
 
 FAMILIES = ["videollm_online", "smolvlm", "llava_onevision"]
 
@@ -108,6 +108,32 @@ def test_videollm_online_manifest(family_models) -> None:
     assert m.prompt.reply_suffix_ids[0] == m.tokens.end_of_turn[0]
     acfg = json.loads((src / "adapter_config.json").read_text())
     assert acfg["modules_to_save"] == ["connector"] and "lm_head" in acfg["target_modules"]
+
+
+@pytest.mark.parametrize("question", [QUESTION, "What is he holding?", " two  spaces, then {braces}"])
+def test_videollm_online_question_is_the_originals_layout(family_models, question: str) -> None:
+    """What the runtime feeds for a question after silent frames is the original's query turn
+    (its chat template with add_stream_query_prompt and add_generation_prompt), tokenized as one string."""
+    from vrex_edge.runtime.engine import load_model
+    from vrex_edge.runtime.session import StreamSession
+
+    model = load_model(family_models["videollm_online"][1])
+    s = StreamSession(model, speak_threshold=0.0, max_reply_tokens=2)
+    bgr, _ = _frames(model.manifest)
+    for i, f in enumerate(bgr):
+        list(s.push_frame(f, float(i)))
+    fed: list[list[int]] = []  # the ids of each chunk the session prefills, its pending tokens first
+    feed = s._feed
+
+    def recording(ids, frame=None, **kw) -> None:
+        fed.append([*s._pending, *ids])
+        feed(ids, frame, **kw)
+
+    s._feed = recording
+    list(s.ask(question, 2.0))
+    original = "]\nUser: " + question + "\nAssistant:"
+    assert fed[0] == model.tokenizer.encode(original)
+    assert model.tokenizer.decode(fed[0]) == original
 
 
 def test_smolvlm_frame_prefix_is_timestamped(family_models) -> None:

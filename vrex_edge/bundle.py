@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import os
+import string
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,7 +112,8 @@ class PromptSpec:
     system, then per frame: [frame_interval if the previous item was a silent frame]
     + frame tokens. After a frame, P(frame_interval) >= speak_threshold means silence;
     otherwise reply_prefix is appended and a reply is generated until end_of_turn.
-    A question appends user_prefix + question + user_suffix + reply_prefix, then the answer.
+    A question appends user_prefix + question + user_suffix + reply_prefix, then the answer; or,
+    when question_template is set, that template with {question} filled in, tokenized as one text.
     """
 
     system_ids: tuple[int, ...]
@@ -127,6 +129,11 @@ class PromptSpec:
     speak_threshold: float = 0.5
     max_reply_tokens: int = 48
     system_text: str = ""
+    # The whole text a question adds, "{question}" standing for it (literal braces doubled), for a
+    # model whose reply prefix after a question differs from the one after a frame. Tokenized as one
+    # text, so tokens merge across the question's edges as in the original; "" (older bundles) means
+    # user_prefix + question + user_suffix + reply_prefix.
+    question_template: str = ""
 
 
 @dataclass(frozen=True)
@@ -239,6 +246,7 @@ def manifest_from_dict(m: dict[str, Any]) -> Manifest:
             speak_threshold=float(p.get("speak_threshold", 0.5)),
             max_reply_tokens=int(p.get("max_reply_tokens", 48)),
             system_text=str(p.get("system_text", "")),
+            question_template=str(p.get("question_template", "")),
         )
         vision = None
         if m.get("vision") is not None:
@@ -295,6 +303,7 @@ def _check_consistency(m: Manifest) -> None:
             raise BundleError(f"manifest: text.{key} must be a positive integer, got {getattr(t, key)}")
     if m.vision is not None:
         _check_vision(m.vision)
+    _check_question_template(m.prompt.question_template)
     if len(m.stages.layers) != t.num_layers:
         raise BundleError(f"manifest: {len(m.stages.layers)} layer stages for {t.num_layers} layers")
     if t.num_heads % t.num_kv_heads:
@@ -335,6 +344,21 @@ def _check_vision(v: VisionSpec) -> None:
 
 def _is_rgb(c: Any) -> bool:
     return isinstance(c, tuple) and len(c) == 3 and all(type(x) is int and 0 <= x <= 255 for x in c)
+
+
+def _check_question_template(template: str) -> None:
+    """The runtime fills a question template with str.format, so it must name {question} and nothing else."""
+    if not template:
+        return
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as e:
+        raise BundleError(f"manifest: prompt.question_template is not a valid template ({e}): {template!r}") from None
+    if fields != {"question"}:
+        raise BundleError(
+            f"manifest: prompt.question_template must contain {{question}} and no other field "
+            f"(double literal braces), got {template!r}"
+        )
 
 
 def stage_files(m: Manifest) -> list[str]:

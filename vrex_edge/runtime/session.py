@@ -4,9 +4,10 @@ Token layout (PromptSpec): system, then per frame [frame_interval if the previou
 silent frame] + frame_prefix (+ frame_prefix_template formatted with the frame's time) + frame
 tokens. P(frame_interval) >= threshold at the frame's last token means silence; otherwise
 reply_prefix + a greedy reply until end of turn. A question adds user_prefix + question +
-user_suffix + reply_prefix and the answer; a reply is closed by reply_suffix (which starts with
-the end-of-turn token), kept pending and prefilled with the next chunk. The stream methods are
-generators: nothing runs until they are iterated.
+user_suffix + reply_prefix (or the question_template, filled and tokenized as one text) and the
+answer; a reply is closed by reply_suffix (which starts with the end-of-turn token), kept pending
+and prefilled with the next chunk. The stream methods are generators: nothing runs until they are
+iterated.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from vrex_edge.runtime.retrieval import Policy, make_policy
 from vrex_edge.runtime.retrieval.options import Options
 
 if TYPE_CHECKING:
+    from vrex_edge.bundle import PromptSpec
     from vrex_edge.runtime.kvstore import TierConfig, TierManager
+    from vrex_edge.runtime.tokenizer import Tokenizer
 
 STATE = ("position", "pending", "last_hidden", "prev_silent", "started", "counts", "kept")
 
@@ -268,9 +271,7 @@ class StreamSession:
         """Insert a question at stream time t and answer it -> Answer."""
         self.start()
         t0 = time.perf_counter()
-        p = self.prompt
-        ids = [*p.user_prefix_ids, *self.model.tokenizer.encode(question), *p.user_suffix_ids, *p.reply_prefix_ids]
-        gen = self._reply(ids)
+        gen = self._reply(question_ids(self.prompt, self.model.tokenizer, question))
         self._counts["answers"] += 1
         yield Answer(float(t), question, self._text(gen), len(gen.tokens), (time.perf_counter() - t0) * 1e3)
 
@@ -346,6 +347,14 @@ class StreamSession:
         self._pending = gen.tokens[-1:]
         self._counts["generated"] += len(gen.tokens)
         return gen.tokens
+
+
+def question_ids(prompt: PromptSpec, tokenizer: Tokenizer, question: str) -> list[int]:
+    """The tokens a question adds. A question_template is filled and tokenized as one text: tokenizing
+    its pieces apart would split merges the original makes across the question's edges (" what", "?\\n")."""
+    if prompt.question_template:
+        return tokenizer.encode(prompt.question_template.format(question=question))
+    return [*prompt.user_prefix_ids, *tokenizer.encode(question), *prompt.user_suffix_ids, *prompt.reply_prefix_ids]
 
 
 def frame_prefix_text(template: str, t: float) -> str:

@@ -10,7 +10,8 @@ connector, 10 tokens per frame.
 
 Stream layout (the demo's): "<bos>{system}\\n\\n[" then frames joined by "," (the
 frame-interval token, whose probability after a frame decides silence, threshold 0.725); a
-reply opens with "]\\nAssistant:" and closes with "<eos>\\n[" (back into the stream).
+reply opens with "]\\nAssistant:" and closes with "<eos>\\n[" (back into the stream); a question is
+"]\\nUser: {q}\\nAssistant:" (the chat template's add_stream_query_prompt + add_generation_prompt).
 Frames are padded to a square with black, as the original's ffmpeg pads them.
 """
 
@@ -38,6 +39,8 @@ SYSTEM_PROMPT = (
 )
 SPEAK_THRESHOLD = 0.725  # demo/inference.py's frame_token_interval_threshold
 STREAM_OPEN, STREAM_CLOSE = "\n[", "]\n"
+# The original tokenizes a question turn as one string; its reply prefix has no "]": the query closed the stream.
+QUESTION_TEMPLATE = STREAM_CLOSE + "User: {question}\nAssistant:"
 BLACK = (0, 0, 0)
 
 
@@ -229,6 +232,7 @@ def load(source: Source) -> LoadedModel:
         reply_suffix_ids=(int(eos), *text_ids(tok, STREAM_OPEN)),
         speak_threshold=SPEAK_THRESHOLD,
         system_text=system_text,
+        question_template=QUESTION_TEMPLATE,
     )
     tokens = TokenSpec(
         bos=tok.bos_token_id,
@@ -255,7 +259,7 @@ def load(source: Source) -> LoadedModel:
             "target_modules": source.config.get("target_modules"),
         },
         "prompt_layout": "<bos>{system}\\n\\n[ frame (, frame)* ]\\nAssistant: reply<eos>\\n[ ... ; "
-        "questions: ]\\nUser: {q}]\\nAssistant: (the original writes ]\\nUser: {q}\\nAssistant:)",
+        "questions: ]\\nUser: {q}\\nAssistant:",
     }
     return LoadedModel(
         lm=lm,
