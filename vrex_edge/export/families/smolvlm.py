@@ -19,7 +19,9 @@ from vrex_edge.export.registry import Family, LoadedModel, Source, register
 
 FAKE, GLOBAL, IMAGE = "<fake_token_around_image>", "<global-img>", "<image>"
 END = "<end_of_utterance>"
-# The processor's video intro names the frame count and duration, which a live stream does not know.
+# The processor's video intro, "...series of {frame_count} frames from a {video_duration} [H:MM:SS] video.\n",
+# names the frame count (in words) and the duration; it is prefilled before the first frame, when a stream
+# knows neither and a file only its container's estimate (docs/families.md), so the bundle leaves them out.
 INTRO = "You are provided the following series of frames from a video.\n"
 FRAME_PREFIX = "\nFrame from {mm:02d}:{ss:02d}:" + FAKE + GLOBAL
 
