@@ -19,7 +19,8 @@ pack)
     work=$(mktemp -d)
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
         --platform manylinux_2_28_x86_64 onnxruntime-gpu==1.31.1 -d "$work"
-    python3 -m pip install -q --no-deps --no-compile --target "$work/site" "$work"/onnxruntime_gpu-*.whl
+    python3 -m pip install -q --no-deps --no-compile --only-binary=:all: --python-version 3.12 \
+        --platform manylinux_2_28_x86_64 --target "$work/site" "$work"/onnxruntime_gpu-*.whl
     tar -C "$work/site" -cJf "$work/ortgpu.tar.xz" .
     gguf=$(python3 -c "from vrex_edge.testing.smollm2 import smollm2_gguf; print(smollm2_gguf())")
     cp "$gguf" "$work/smollm2.gguf"
