@@ -6,7 +6,7 @@
 # Here (a machine with pip):
 #   benchmarks/gpu_host.sh pack             # download, pack and split into .gpu-carry-*/
 # There, one call per piece (in the checkout's root), then the runs:
-#   benchmarks/gpu_host.sh take 00          # copies .gpu-carry-00/* to /tmp/parts (kept while warm)
+#   benchmarks/gpu_host.sh take 00          # copies .gpu-carry-00/* to /tmp/parts (kept while warm); also w
 #   benchmarks/gpu_host.sh setup            # joins, checks sha256, unpacks to /tmp/site
 #   eval "$(benchmarks/gpu_host.sh env)"    # PYTHONPATH, LD_LIBRARY_PATH, XDG_CACHE_HOME
 set -euo pipefail
@@ -31,6 +31,9 @@ pack)
         n=$(basename "$f"); n=${n#o}; mkdir -p ".gpu-carry-$n" && mv "$f" ".gpu-carry-$n/$(basename "$f")"
     done
     cp "$work/sums" .gpu-carry-00/
+    # the GGUF reader the SmolLM2 export needs, with its pure-Python dependencies (the host lacks them)
+    mkdir -p .gpu-carry-w && python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .gpu-carry-w gguf==0.19.0 tqdm pyyaml
     grep -qx '/.gpu-carry-\*/' .git/info/exclude 2>/dev/null || echo '/.gpu-carry-*/' >> .git/info/exclude
     rm -rf "$work"
     ls -d .gpu-carry-*
@@ -42,6 +45,7 @@ setup)
     cd "$PARTS"
     cat o?? > ortgpu.tar.xz && cat g? > smollm2.gguf && sha256sum -c sums
     mkdir -p /tmp/site && tar -C /tmp/site -xJf ortgpu.tar.xz
+    if ls ./*.whl > /dev/null 2>&1; then python3 -m pip install -q --no-index --no-deps --target /tmp/site ./*.whl; fi
     mkdir -p /tmp/xdg/vrex-edge/smollm2 && cp smollm2.gguf /tmp/xdg/vrex-edge/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
     PYTHONPATH=/tmp/site python3 -c "import onnxruntime as o; print(o.__version__, o.get_available_providers())"
     ;;
