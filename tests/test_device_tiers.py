@@ -222,7 +222,7 @@ def test_demo_captions_identical_with_a_device_budget(tmp_path: Path) -> None:
 
     model = load_model(default_model(), threads=1)
     spec = get_spec("resv")
-    small = {"recent": 64, "open_rows": 64}  # a fixed bound that fits 512 tokens per layer
+    small = {"recent": 64, "open_rows": 64, "cluster_batch": 1}  # a fixed bound that fits 512 tokens per layer
     host = demo_events(model, Policy(spec, spec.options.parse(small), device="cpu"), 40.0)
     truth = json.loads(DEMO.with_suffix(".json").read_text())
     questions = [(q["time"], q["question"]) for q in truth["questions"] if q["time"] < 40.0]

@@ -297,7 +297,7 @@ def test_kv_budget_below_the_fixed_bound_is_refused_up_front(clip: Path, tmp_pat
         r,
         r"--kv-budget 4\.0 MiB is below the [\d.]+ MiB these options always keep resident \(.*; 6 layers x 2 KV "
         r"heads, sink 32, recent 256, open tokens per head: open_rows 256 \(horizon 128 x max_cluster 32 at most\)\); "
-        r"give --kv-budget (\d+)M or more, or lower open_rows or recent",
+        r"give --kv-budget (\d+)M or more, or lower open_rows, recent or cluster_batch",
     )
     assert r.stdout == "" and out.read_text() == "the user's file\n" and temps(tmp_path) == []
     assert not keep.exists() and kv_sessions() == []

@@ -252,7 +252,7 @@ def test_compact_positions_stay_in_context_on_long_stream():
 @pytest.mark.parametrize("positions", ["absolute", "compact"])
 def test_max_kept_caps_each_head_with_its_heaviest_clusters(positions):
     text = make_text()
-    base = dict(tau=0.9, hamming=6, sink=4, recent=10, keys="pre", positions=positions)
+    base = dict(tau=0.9, hamming=6, sink=4, recent=10, keys="pre", positions=positions, cluster_batch=1)
     free = build("resv", text, **base)
     a = run(free, text, [10] * 40)
     most = int(free.stats().kept.max()) - 4 - 10  # retrieved tokens of the widest head, last call
@@ -346,7 +346,9 @@ def test_two_level_tables_bound_the_resident_representatives(positions):
     """fine > 0: old clusters retire in blocks; with tau_coarse = 1 every block is kept, so the
     two-level selection is the one-level one, bit for bit."""
     text = make_text()
-    base = dict(tau=0.9, hamming=6, sink=4, recent=10, keys="pre", horizon=8, max_cluster=8, positions=positions)
+    base = dict(
+        tau=0.9, hamming=6, sink=4, recent=10, keys="pre", horizon=8, max_cluster=8, positions=positions, cluster_batch=1
+    )
     ref = run(build("resv", text, **base), text, [10] * 60)
     two = build("resv", text, fine=16, block=4, tau_coarse=1.0, **base)
     got = run(two, text, [10] * 60)

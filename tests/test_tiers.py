@@ -20,7 +20,10 @@ from vrex_edge.runtime.rope import Rope
 
 # dense_below=0: select from the first cluster on; incremental=0: the resident reference gathers
 # in arena order, as the tiers do, so outputs must match bit for bit.
-OPTS = dict(dense_below=0, incremental=0, sink=4, recent=16, hamming=6, tau=0.6, horizon=16, max_cluster=16)
+# cluster_batch=1: the budgets and the bound arithmetic below are for a window of exactly `recent`.
+OPTS = dict(
+    dense_below=0, incremental=0, sink=4, recent=16, hamming=6, tau=0.6, horizon=16, max_cluster=16, cluster_batch=1
+)
 
 
 def layer_caches(text, layers: int, **opts):
@@ -111,7 +114,7 @@ def test_budget_below_the_fixed_bound_is_refused_up_front(tmp_path: Path):
         assert re.fullmatch(
             r"--kv-budget \d+ KiB is below the (\d+) KiB these options always keep resident \(.*"
             r"open tokens per head: open_rows 256 \(horizon 16 x max_cluster 16 at most\)\); "
-            r"give --kv-budget (\d+)K or more, or lower open_rows or recent",
+            r"give --kv-budget (\d+)K or more, or lower open_rows, recent or cluster_batch",
             msg,
         ), msg
         assert "\n" not in msg

@@ -71,7 +71,7 @@ class FixedBound:
             f"--kv-budget {_mib(budget)} is below the {_mib(self.minimum)} these options always keep resident "
             f"(sink and recent window {_mib(self.window)}, open clusters {_mib(self.open)}, "
             f"the smallest attended set {_mib(self.attended)}; {self.drivers}); "
-            f"give --kv-budget {_ceil_mib(self.minimum)} or more, or lower open_rows or recent"
+            f"give --kv-budget {_ceil_mib(self.minimum)} or more, or lower open_rows, recent or cluster_batch"
         )
 
 

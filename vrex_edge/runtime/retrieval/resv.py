@@ -48,7 +48,7 @@ class ReSVOptions(WindowedOptions):
     positions: str = opt("absolute", choices=POSITION_MODES, help="absolute stream positions or compact 0..L-1")
     accel: str = opt("host", help="retrieval backend (vrex-edge accel list)")
     seed: int = opt(0, lo=0, help="seed of the hash hyperplanes")
-    cluster_batch: int = opt(1, lo=1, help="tokens leave the window in groups of at least this many")
+    cluster_batch: int = opt(64, lo=1, help="tokens leave the window in groups of at least this many")
     reselect: int = opt(1, lo=1, help="reuse a selection for this many calls of a phase")
     dense_below: int = opt(0, lo=0, help="attend to all history while it is shorter (0: off)")
     incremental: bool = opt(True, affects=False, help="absolute positions: copy only newly selected clusters")
