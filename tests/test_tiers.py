@@ -698,54 +698,49 @@ def test_cli_caption_tiers_keep_resume_and_faults(tiny_videollm_bundle, tmp_path
     assert not any(config.default_root().glob("session-*"))
 
 
+def _clip(path: Path, frames: int) -> Path:
+    """A 64x48 clip at 10 fps (played in real time by `live`) of a box moving right."""
+    import cv2
+
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (64, 48))
+    for i in range(frames):
+        frame = np.full((48, 64, 3), 50, np.uint8)
+        cv2.rectangle(frame, (i % 54, 10), (i % 54 + 10, 20), (255, 0, 0), -1)
+        w.write(frame)
+    w.release()
+    return path
+
+
 @pytest.mark.skipif(__import__("shutil").which("vrex-edge") is None, reason="console script not installed")
 def test_live_ctrl_c_keeps_the_store_and_resume_goes_on(tiny_videollm_bundle, tmp_path: Path):
     """`vrex-edge live --keep-kv DIR`, Ctrl-C, then `--resume DIR`: the first Ctrl-C ends the stream
-    at a frame boundary and saves the state; the resumed stream's times go on from there."""
-    import time
+    at a frame boundary and saves the state; the resumed stream's times go on from there.
 
-    import cv2
-
+    Ctrl-C goes once the live view shows a processed frame (a non-zero cache), not after a sleep: under
+    load a sleep could end before the first frame, and a stop there rightly saves stream time 0. The
+    stopped stream plays a 60 s clip so that only the Ctrl-C can end it (the summary must say SIGINT)."""
     pexpect = pytest.importorskip("pexpect")
-    clip = tmp_path / "clip.mp4"
-    w = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 10, (64, 48))
-    for i in range(60):  # 6 s played in real time
-        frame = np.full((48, 64, 3), 50, np.uint8)
-        cv2.rectangle(frame, (i, 10), (i + 10, 20), (255, 0, 0), -1)
-        w.write(frame)
-    w.release()
+    long_clip, short_clip = _clip(tmp_path / "long.mp4", 600), _clip(tmp_path / "short.mp4", 60)
     keep, out = tmp_path / "kept", tmp_path / "session.jsonl"
-    common = [
-        "live",
-        "--source",
-        str(clip),
-        "--model",
-        str(tiny_videollm_bundle),
-        "--opt",
-        "dense_below=0",
-        "--kv-budget",
-        "4M",
-        "-o",
-        str(out),
-    ]
+    common = ["--model", str(tiny_videollm_bundle), "--opt", "dense_below=0", "--kv-budget", "4M", "-o", str(out)]
 
-    def spawn(*extra: str):
-        return spawn_cli([*common, *extra], timeout=60)
+    def spawn(clip: Path, *extra: str):
+        return spawn_cli(["live", "--source", str(clip), *common, *extra], timeout=120)
 
-    child = spawn("--keep-kv", str(keep))
-    child.expect("ask>")
-    time.sleep(2.5)
+    child = spawn(long_clip, "--keep-kv", str(keep))
+    child.expect(r"cache [1-9][0-9,]* tok")  # the status line once a frame has been processed
     child.sendintr()  # Ctrl-C
     child.expect("live session summary")
+    child.expect(r"ended[^\n]*SIGINT")  # the Ctrl-C ended it, not the clip's end
     child.expect("continue with --resume")
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
     doc = json.loads((keep / "state.json").read_text())
     stopped = doc["stream_time"]
-    assert stopped is not None and stopped > 0
+    assert stopped is not None and 0 < stopped < 60
 
-    ask_until_done(spawn("--resume", str(keep)), "where is it")
+    ask_until_done(spawn(short_clip, "--resume", str(keep)), "where is it")
     answer = answers(out, "where is it")
     assert answer and answer[0]["t"] >= stopped  # the resumed stream's clock goes on
     assert json.loads((keep / "state.json").read_text())["serial"] == doc["serial"] + 1
