@@ -4,7 +4,7 @@
 # finished comes back. Results land in $OUT (at most 8 files come back; see benchmarks/results/gpu.md).
 #   bash benchmarks/gpu_session.sh SECONDS     (the CPU runs' limit; the CUDA chain fits inside it)
 set -uo pipefail
-limit=${1:-540}
+limit=${1:-500}
 eval "$(bash "$(dirname "$0")/gpu_host.sh" env)"
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
@@ -28,13 +28,13 @@ t 120 taskset -c 0-5 python3 -c "from vrex_edge.bench.streams import smollm2_bun
  wc -l /tmp/defaults.txt /tmp/.defaults.txt.*.tmp >> "$out/w20.txt" 2>&1) &
 
 # CUDA
-t 120 taskset -c 0-5 python3 -m pytest -m gpu tests/test_device_tiers.py tests/test_device_caches.py tests/test_gpu.py \
+t 100 taskset -c 0-5 python3 -m pytest -m gpu tests/test_device_tiers.py tests/test_device_caches.py tests/test_gpu.py \
     -rs -p no:cacheprovider > "$out/gpu_tests.txt" 2>&1
-t 120 taskset -c 0-5 python3 benchmarks/bench_embedded.py --cache 6000 --provider cuda \
+t 100 taskset -c 0-5 python3 benchmarks/bench_embedded.py --cache 6000 --provider cuda \
     --policy full resv topk window > "$out/emb_cuda.txt" 2>&1
-t 100 taskset -c 0-5 python3 benchmarks/bench_gpu_caches.py --sizes 1000 8000 40000 --layers 8 \
+t 90 taskset -c 0-5 python3 benchmarks/bench_gpu_caches.py --sizes 1000 8000 40000 --layers 8 \
     --variants "full device" "resv device" "full offload" "resv budget" >> "$out/emb_cuda.txt" 2>&1
-t 180 taskset -c 0-5 python3 -m vrex_edge bench --workload text --sizes 1000,8000,40000 --policies 'full resv window' \
+t 170 taskset -c 0-5 python3 -m vrex_edge bench --workload text --sizes 1000,8000,40000 --policies 'full resv window' \
     --provider cuda --frames 6 --gen 2 --probes 1 --out /tmp/text_gpu >> "$log" 2>&1
 cp /tmp/text_gpu/policies_text.md "$out/text_gpu.md" 2>/dev/null
 wait
