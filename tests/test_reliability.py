@@ -646,3 +646,24 @@ def test_signal_module_in_process() -> None:
                 time.sleep(0.001)
         assert e.value.exit_code == 143 and not stops.clean_stop
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_a_signal_during_the_save_is_noted_not_raised() -> None:
+    """Closing the session (saving a kept KV store) runs shielded: a second Ctrl-C or a SIGTERM there
+    is recorded and the block runs to its end; outside the shield the same second signal interrupts."""
+    from vrex_edge.cli.signals import Interrupted, StopOnSignal
+
+    with StopOnSignal() as stops:
+        os.kill(os.getpid(), signal.SIGINT)  # the first: stop at the next frame boundary
+        time.sleep(0.01)
+        saved = []
+        with stops.shielded():
+            os.kill(os.getpid(), signal.SIGTERM)  # would interrupt at once outside the shield
+            for _ in range(50):
+                time.sleep(0.001)
+            saved.append(True)
+        assert saved == [True] and stops.name == "SIGINT" and stops.clean_stop
+        with pytest.raises(Interrupted):
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):
+                time.sleep(0.001)

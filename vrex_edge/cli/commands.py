@@ -144,7 +144,8 @@ def _caption_stream(
             stops.check(f"at {clock(last_t)} of the stream" + (f"; {output} left as it was" if output else ""))
         ok = True
     finally:  # removes a temporary KV store; saves a kept one (after a clean end or a stop at a frame boundary)
-        session.close(ok=ok or stops.clean_stop, stream_time=last_t + 1 / fps)
+        with stops.shielded():
+            session.close(ok=ok or stops.clean_stop, stream_time=last_t + 1 / fps)
     if final is not None and not quiet:
         print_table("stream summary", stats_rows(final))
     if source.incomplete is not None:  # the output holds what decoded; exit 3 says the rest is missing
@@ -261,17 +262,18 @@ def live_stream(
     except KeyboardInterrupt:
         interrupted = True
     finally:
+        with stops.shielded():  # a signal now is noted, not raised: the clean-up (a kept store's save) finishes
+            stop.set()
+            capture.stop()
+            if web_view is not None:
+                web_view.close()  # viewers get "end"; before session.close, which may take a while saving a kept store
+            session.close(ok=clean, stream_time=last_t + 1 / fps)  # a kept KV store is saved only after a clean end
+            if window is not None:
+                window.close()
+            if out_cm is not None:
+                out_cm.__exit__(None, None, None)
         stops.__exit__()
         interrupted = interrupted or stops.stopped
-        stop.set()
-        capture.stop()
-        if web_view is not None:
-            web_view.close()  # viewers get "end"; before session.close, which may take a while saving a kept store
-        session.close(ok=clean, stream_time=last_t + 1 / fps)  # a kept KV store is saved only after a clean end
-        if window is not None:
-            window.close()
-        if out_cm is not None:
-            out_cm.__exit__(None, None, None)
     status = capture.status()
     stats = session.stats()
     rows = stats_rows(stats)

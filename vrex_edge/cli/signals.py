@@ -42,6 +42,7 @@ class StopOnSignal:
         self.signum: int | None = None
         self.forced = False  # a second signal interrupted the stream between frame boundaries
         self._at_once: str | None = None  # inside at_once(): where a signal stops
+        self._shielded = False  # inside shielded(): signals are noted, the block runs to its end
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> StopOnSignal:
@@ -57,6 +58,10 @@ class StopOnSignal:
         self._old.clear()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self._shielded:
+            self.signum = self.signum or signum
+            self.event.set()
+            return
         if self.event.is_set() or self._at_once is not None:
             self.forced = True
             self.signum = self.signum or signum
@@ -74,6 +79,16 @@ class StopOnSignal:
             yield
         finally:
             self._at_once = None
+
+    @contextmanager
+    def shielded(self) -> Iterator[None]:
+        """Within the block (closing the session: saving a kept KV store), a stop signal is noted but
+        does not interrupt, so a save is never cut short by a second Ctrl-C or a SIGTERM."""
+        self._shielded = True
+        try:
+            yield
+        finally:
+            self._shielded = False
 
     @property
     def stopped(self) -> bool:
