@@ -347,7 +347,15 @@ def test_two_level_tables_bound_the_resident_representatives(positions):
     two-level selection is the one-level one, bit for bit."""
     text = make_text()
     base = dict(
-        tau=0.9, hamming=6, sink=4, recent=10, keys="pre", horizon=8, max_cluster=8, positions=positions, cluster_batch=1
+        tau=0.9,
+        hamming=6,
+        sink=4,
+        recent=10,
+        keys="pre",
+        horizon=8,
+        max_cluster=8,
+        positions=positions,
+        cluster_batch=1,
     )
     ref = run(build("resv", text, **base), text, [10] * 60)
     two = build("resv", text, fine=16, block=4, tau_coarse=1.0, **base)

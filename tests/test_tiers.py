@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import io
 import json
 import re
 from pathlib import Path
@@ -718,7 +719,7 @@ def test_live_ctrl_c_keeps_the_store_and_resume_goes_on(tiny_videollm_bundle, tm
 
     Ctrl-C goes once the live view shows a processed frame (a non-zero cache), not after a sleep: under
     load a sleep could end before the first frame, and a stop there rightly saves stream time 0. The
-    stopped stream plays a 60 s clip so that only the Ctrl-C can end it (the summary must say SIGINT)."""
+    stopped stream plays a 60 s clip so that only the Ctrl-C can end it (the summary must name it)."""
     pexpect = pytest.importorskip("pexpect")
     long_clip, short_clip = _clip(tmp_path / "long.mp4", 600), _clip(tmp_path / "short.mp4", 60)
     keep, out = tmp_path / "kept", tmp_path / "session.jsonl"
@@ -728,12 +729,17 @@ def test_live_ctrl_c_keeps_the_store_and_resume_goes_on(tiny_videollm_bundle, tm
         return spawn_cli(["live", "--source", str(clip), *common, *extra], timeout=120)
 
     child = spawn(long_clip, "--keep-kv", str(keep))
-    child.expect(r"cache [1-9][0-9,]* tok")  # the status line once a frame has been processed
-    child.sendintr()  # Ctrl-C
-    child.expect("live session summary")
-    child.expect(r"ended[^\n]*SIGINT")  # the Ctrl-C ended it, not the clip's end
-    child.expect("continue with --resume")
-    child.expect(pexpect.EOF)
+    seen = io.StringIO()
+    child.logfile_read = seen  # what the terminal showed, for the failure message
+    try:
+        child.expect(r"cache [1-9][0-9,]* tok")  # the status line once a frame has been processed
+        child.sendintr()  # Ctrl-C
+        child.expect("live session summary")
+        child.expect(r"ended[^\n]*(SIGINT|Ctrl-C)")  # the Ctrl-C ended it, not the clip's end
+        child.expect("continue with --resume")
+        child.expect(pexpect.EOF)
+    except (pexpect.EOF, pexpect.TIMEOUT) as e:
+        pytest.fail(f"{type(e).__name__}; the terminal showed (last 3,000 characters):\n{seen.getvalue()[-3000:]}")
     child.close()
     assert child.exitstatus == 0
     doc = json.loads((keep / "state.json").read_text())
