@@ -164,7 +164,16 @@ def run_policy(accel, frames: int, seed: int):
     hd = 16
     text = layer_text(h=4, kvh=2, hd=hd, vocab=10)
     cache = make_policy(
-        "resv", accel=accel, tau=0.9, sink=4, recent=20, bits=32, hamming=3, max_cluster=6, horizon=16, dense_below=0,
+        "resv",
+        accel=accel,
+        tau=0.9,
+        sink=4,
+        recent=20,
+        bits=32,
+        hamming=3,
+        max_cluster=6,
+        horizon=16,
+        dense_below=0,
         cluster_batch=1,  # every frame pushes (and scores) through the backend
     )(0, text, Rope(text.rope))
     rng = np.random.default_rng(seed)

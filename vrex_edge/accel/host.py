@@ -182,9 +182,10 @@ def assign_batch(
 
 
 class HostBackend:
-    """Float32 NumPy reference: exact softmax-consistent masses and a full sort for WiCSum."""
+    """Float32 NumPy reference: exact softmax-consistent masses and a full sort for WiCSum
+    (`host-numpy`; the default `host` backend runs its masses with onnxruntime: accel/host_ort.py)."""
 
-    name = "host"
+    name = "host-numpy"
 
     def hash_codes(self, keys: np.ndarray, planes: np.ndarray) -> np.ndarray:
         proj = np.matmul(keys, np.swapaxes(planes, -1, -2))  # [..., m, bits]
