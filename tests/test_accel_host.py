@@ -105,32 +105,6 @@ def test_masses_are_softmax_consistent():
     assert mass[0, 2] == 0 and mass[1, 4] == 0
 
 
-@pytest.mark.parametrize("layout", ["table view", "contiguous", "other strides"])
-def test_onnxruntime_masses_equal_the_numpy_reference(layout):
-    """The default `host` backend runs masses as an onnxruntime graph: the same float32 math for every
-    layout the store hands it (a view of its transposed, over-allocated table; a contiguous block of
-    candidates; anything else, copied), with clusters of count 0 weighing exactly 0."""
-    from vrex_edge.accel import OrtHostBackend, get_backend
-
-    assert isinstance(get_backend("host"), OrtHostBackend) and type(get_backend("host-numpy")) is HostBackend
-    rng = np.random.default_rng(3)
-    kvh, hd, c = 2, 16, 300
-    q = rng.standard_normal((kvh, 12, hd)).astype(np.float32) * 2
-    table = rng.standard_normal((kvh, hd, 384)).astype(np.float32)  # [KVH, hd, capacity], as ClusterStore.means_t
-    reps = {
-        "table view": table.swapaxes(1, 2)[:, :c],
-        "contiguous": np.ascontiguousarray(table.swapaxes(1, 2)[:, :c]),
-        "other strides": rng.standard_normal((kvh, 2 * c, hd)).astype(np.float32)[:, ::2],
-    }[layout]
-    counts = rng.integers(0, 4, size=(kvh, c))
-    ref = HostBackend().masses(q, reps, counts)
-    got = OrtHostBackend().masses(q, reps, counts)
-    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-8)
-    assert (got[counts == 0] == 0).all() and got.dtype == np.float32
-    keep, mass = OrtHostBackend().score_select(q, reps, counts, tau=0.9)
-    np.testing.assert_array_equal(keep, HostBackend().score_select(q, reps, counts, tau=0.9)[0])
-
-
 @pytest.mark.parametrize("tau", [0.3, 0.9, 0.99, 1.0])
 def test_wicsum_shortest_prefix(tau):
     rng = np.random.default_rng(2)

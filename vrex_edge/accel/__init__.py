@@ -11,10 +11,8 @@ from vrex_edge.accel.backend import (
 from vrex_edge.accel.dre_emu import DreEmuBackend
 from vrex_edge.accel.fpga import FpgaBackend
 from vrex_edge.accel.host import HostBackend
-from vrex_edge.accel.host_ort import OrtHostBackend
 
-register_backend("host", OrtHostBackend)  # the default: HostBackend with its masses run by onnxruntime
-register_backend("host-numpy", HostBackend)  # the NumPy reference
+register_backend("host", HostBackend)
 register_backend("dre-emu", DreEmuBackend)
 register_backend("fpga", FpgaBackend)  # registered always; fails on instantiation without a device
 
@@ -23,7 +21,6 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "FpgaBackend",
     "HostBackend",
-    "OrtHostBackend",
     "RetrievalBackend",
     "backend_names",
     "get_backend",

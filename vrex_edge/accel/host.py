@@ -182,10 +182,9 @@ def assign_batch(
 
 
 class HostBackend:
-    """Float32 NumPy reference: exact softmax-consistent masses and a full sort for WiCSum
-    (`host-numpy`; the default `host` backend runs its masses with onnxruntime: accel/host_ort.py)."""
+    """Float32 NumPy reference: exact softmax-consistent masses and a full sort for WiCSum."""
 
-    name = "host-numpy"
+    name = "host"
 
     def hash_codes(self, keys: np.ndarray, planes: np.ndarray) -> np.ndarray:
         proj = np.matmul(keys, np.swapaxes(planes, -1, -2))  # [..., m, bits]
