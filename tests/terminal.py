@@ -6,10 +6,18 @@ import gc
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+
+def _interactive_signals() -> None:
+    """In the child, before exec: Ctrl-C and SIGHUP act as on a user's terminal. A suite started as a
+    background job (`cmd &`) inherits SIGINT ignored, and the CLI rightly keeps an ignored signal ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def spawn_cli(args: list[str], *, timeout: float = 30) -> Any:
@@ -27,6 +35,7 @@ def spawn_cli(args: list[str], *, timeout: float = 30) -> Any:
         codec_errors="replace",
         timeout=timeout,
         dimensions=(40, 120),
+        preexec_fn=_interactive_signals,
     )
     child.logfile_read = sys.stdout if os.environ.get("VREX_TEST_VERBOSE") else None
     return child
