@@ -128,11 +128,11 @@ class LayerTier:
                             mgr.fetch(layer, h, missing, start, counts, prefetch=False)
                         recs = [hot.entries[layer][h][c] for c in part.tolist()]
                         break
-                    if drained and mgr.demote(keep=layer):
-                        # the other layers' own attention buffers were sized before their open areas grew
-                        # (a cluster_batch at a time): they give way to the read, as at a reserve
-                        continue
                     if drained:
+                        if mgr.demote(keep=layer):
+                            # the other layers' own attention buffers were sized before their open areas
+                            # grew (a cluster_batch at a time): they give way to the read, as at a reserve
+                            continue
                         raise KVStoreError(
                             f"--kv-budget {_mib(mgr.budget)} is too small: no room left to read a "
                             "selected cluster beside the attended set; raise --kv-budget or lower tau"
