@@ -96,6 +96,10 @@ class HotCache:
         self.tick[layer][h][cid] = tick
         self.size[layer][h][cid] = rec.nbytes
 
+    def records(self, layer: int, h: int, ids: np.ndarray) -> list[np.ndarray]:
+        """The entries of present clusters `ids`, in that order (one map call: a gather asks for thousands)."""
+        return list(map(self.entries[layer][h].__getitem__, ids.tolist()))
+
     def discard(self, layer: int, h: int, ids: np.ndarray) -> None:
         d, t = self.entries[layer][h], self.tick[layer][h]
         ids = ids[ids < t.size]

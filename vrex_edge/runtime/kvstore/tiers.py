@@ -106,7 +106,7 @@ class LayerTier:
                 if miss.size:
                     hot.release(total, layer)  # fetch reserves it again
                     mgr.fetch(layer, h, miss, start, counts, prefetch=False)
-                recs = list(map(hot.entries[layer][h].__getitem__, sel.tolist()))
+                recs = hot.records(layer, h, sel)
             else:
                 hot.touch(layer, h, sel, tick=tick - 1)  # unpinned: runs pin what they copy
         mgr.counters["selected"] += sel.size
@@ -126,7 +126,7 @@ class LayerTier:
                         missing = hot.absent(layer, h, part)
                         if missing.size:  # fits in the room _run_length left: nothing of part is evicted
                             mgr.fetch(layer, h, missing, start, counts, prefetch=False)
-                        recs = list(map(hot.entries[layer][h].__getitem__, part.tolist()))
+                        recs = hot.records(layer, h, part)
                         break
                     if drained:
                         if mgr.demote(keep=layer):
@@ -184,10 +184,11 @@ class LayerTier:
         if not recs:
             return w
         hd, scratch = self.mgr.hd, self.mgr.scratch  # [S, 2*hd + 2]: records joined there in groups, then split
-        e = w + int(counts[ids].sum())
+        cnt = counts[ids]  # a record holds its cluster's rows (no pass over the records)
+        e = w + int(cnt.sum())
         if out_owner is not None:
-            out_owner[w:e] = np.repeat(ids, counts[ids])
-        rows = np.cumsum(counts[ids])  # a record holds its cluster's rows (no pass over the records)
+            out_owner[w:e] = np.repeat(ids, cnt)
+        rows = np.cumsum(cnt)
         i, done = 0, 0
         while i < len(recs):
             j = max(i + 1, int(np.searchsorted(rows, done + scratch.shape[0], side="right")))
