@@ -2,10 +2,11 @@
 export with per-stage verification, every stage against the transformers model's own modules, and a
 stream + question through StreamSession against transformers greedy decoding.
 
-SmolVLM2-256M runs in CI (slow: a few minutes on 2 cores). The larger fixtures take longer than
-the suite allows; they run when named in VREX_REALSIZE (comma-separated fixture names, or "all"),
-e.g. `VREX_REALSIZE=smolvlm2-500m,llava-onevision-0.5b pytest tests/test_families_realsize.py`.
-Their results are in benchmarks/results/families_realsize.md. Fixtures and bundles are kept in
+Each takes minutes on 2 cores (SmolVLM2-256M ~7 min, 2.2B far longer), more than the suite allows,
+so they run when named in VREX_REALSIZE (comma-separated fixture names, or "all"), e.g.
+`VREX_REALSIZE=smolvlm2-500m,llava-onevision-0.5b pytest tests/test_families_realsize.py`; on a larger
+host, benchmarks/realsize_host.sh runs all five. Results: benchmarks/results/families_realsize.md,
+families_realsize_host.txt. Fixtures and bundles are kept in
 VREX_REALSIZE_CACHE (default: pytest's cache folder) between runs.
 """
 
@@ -39,7 +40,8 @@ def _wanted(name: str) -> bool:
     return name in CI or asked == "all" or name in asked.split(",")
 
 
-def _params():
+def _params() -> list:
+    out = []
     for name in FIXTURES:
         marks = [pytest.mark.slow]
         if not _wanted(name):
@@ -49,7 +51,8 @@ def _params():
                     "benchmarks/results/families_realsize.md)"
                 )
             )
-        yield pytest.param(name, marks=marks, id=name)
+        out.append(pytest.param(name, marks=marks, id=name))
+    return out
 
 
 @pytest.fixture(scope="module")
