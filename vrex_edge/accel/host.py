@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from vrex_edge.scratch import work
+
 if hasattr(np, "bitwise_count"):
 
     def popcount(x: np.ndarray) -> np.ndarray:
@@ -233,7 +235,8 @@ class HostBackend:
 
         Fastest when reps is a transposed view (reps.swapaxes(1, 2) contiguous in C): one plain GEMM."""
         kvh, r, hd = q.shape
-        s = np.matmul(q * np.float32(1.0 / np.sqrt(hd)), np.swapaxes(reps, -1, -2))  # [KVH, R, C]
+        c = reps.shape[1]
+        s = np.matmul(q * np.float32(1.0 / np.sqrt(hd)), np.swapaxes(reps, -1, -2), out=work("masses", (kvh, r, c)))
         valid = counts > 0  # [KVH, C]
         if not valid.all():
             s += np.where(valid, np.float32(0), np.float32(-np.inf))[:, None, :]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from vrex_edge.scratch import work
+
 
 def _causal_bias(n: int) -> np.ndarray:
     return np.triu(np.full((n, n), -np.inf, dtype=np.float32), k=1)  # [n, n]
@@ -34,7 +36,7 @@ def attend(
     s_new = s_new.reshape(kvh, g * n, n)
     m = s_new.max(-1, keepdims=True)  # [KVH, G*n, 1]
     if k_hist.shape[1]:
-        s_hist = np.matmul(qf, k_hist.transpose(0, 2, 1))  # [KVH, G*n, N]
+        s_hist = np.matmul(qf, k_hist.transpose(0, 2, 1), out=work("attend.s", (kvh, g * n, k_hist.shape[1])))
         m = np.maximum(m, s_hist.max(-1, keepdims=True))
         p_hist = np.exp(s_hist - m, out=s_hist)
         denom = p_hist.sum(-1, keepdims=True)

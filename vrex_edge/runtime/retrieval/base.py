@@ -25,6 +25,7 @@ from vrex_edge.runtime.attention import attend_head
 from vrex_edge.runtime.kvcache import LayerStats, Phase
 from vrex_edge.runtime.retrieval.storage import AttentionBuffer
 from vrex_edge.runtime.rope import Rope
+from vrex_edge.scratch import work
 
 POSITION_MODES = ("absolute", "compact")
 TIMERS = ("cluster", "select", "gather", "attend")
@@ -60,13 +61,22 @@ class RopeTable:
     def __init__(self, rope: Rope, max_positions: int):
         self.cos, self.sin = rope.cos_sin(np.arange(max_positions))  # [P, hd]
 
-    def rotate(self, x: np.ndarray, start: int) -> np.ndarray:
-        """x [..., L, hd] un-rotated -> rotated to positions start..start+L-1."""
+    def rotate(self, x: np.ndarray, start: int, out: np.ndarray | None = None) -> np.ndarray:
+        """x [..., L, hd] un-rotated -> rotated to positions start..start+L-1 (into `out` if given,
+        with a work-array temporary: the same operations in the same order, so the same bits)."""
         L, half = x.shape[-2], x.shape[-1] // 2
         cos, sin = self.cos[start : start + L], self.sin[start : start + L]
-        out = x * cos
-        out[..., :half] -= x[..., half:] * sin[:, :half]
-        out[..., half:] += x[..., :half] * sin[:, half:]
+        if out is None:
+            out = x * cos
+            out[..., :half] -= x[..., half:] * sin[:, :half]
+            out[..., half:] += x[..., :half] * sin[:, half:]
+            return out
+        t = work("rotate", (*x.shape[:-1], half))
+        np.multiply(x, cos, out=out)
+        np.multiply(x[..., half:], sin[:, :half], out=t)
+        np.subtract(out[..., :half], t, out=out[..., :half])
+        np.multiply(x[..., :half], sin[:, half:], out=t)
+        np.add(out[..., half:], t, out=out[..., half:])
         return out
 
 
@@ -284,8 +294,10 @@ class WindowedCache:
             e = s + int(r[h])
             if self.compact and r[h] > 1:  # retrieved tokens in stream order
                 o = np.argsort(self.buf_pos[h, s:e], kind="stable")
-                self.buf_k[h, s:e] = self.buf_k[h, s:e][o]
-                self.buf_v[h, s:e] = self.buf_v[h, s:e][o]
+                t = work("assemble", (e - s, self.hd))
+                for buf in (self.buf_k, self.buf_v):
+                    np.take(buf[h, s:e], o, axis=0, out=t, mode="clip")  # "raise" buffers out
+                    buf[h, s:e] = t
             self.buf_k[h, e : e + w] = self.ring.k[h, rs]
             self.buf_v[h, e : e + w] = self.ring.v[h, rs]
         return s + r + w
@@ -300,7 +312,7 @@ class WindowedCache:
             qg = q.reshape(self.kvh, self.g, n, self.hd)
             for h in range(self.kvh):
                 L = int(lens[h])
-                kh = self.table.rotate(self.buf_k[h, :L], 0)
+                kh = self.table.rotate(self.buf_k[h, :L], 0, out=work("compact.k", (L, self.hd)))
                 o[h] = attend_head(self.table.rotate(qg[h], L), kh, self.buf_v[h, :L], self.table.rotate(k[h], L), v[h])
         return o.reshape(self.h, n, self.hd).transpose(1, 0, 2).reshape(n, self.h * self.hd)
 

@@ -27,6 +27,7 @@ from vrex_edge.accel.backend import RetrievalBackend
 from vrex_edge.accel.host import popcount
 from vrex_edge.runtime.arrays import grow
 from vrex_edge.runtime.retrieval.storage import Arena, Rows, runs_to_index, take_rows
+from vrex_edge.scratch import work
 
 __all__ = ["ClusterStore", "heaviest", "runs_to_index"]
 CANDIDATES = 2  # two-level selection scores the fine clusters of blocks holding at most this x the budget
@@ -237,8 +238,9 @@ class ClusterStore:
             blocks = [np.sort(heaviest(x, bm[h], self.ccounts[h], cap)) for h, x in enumerate(blocks)]
         win = self.nclu - self.lo  # resident clusters per head
         r = int(max(x.size * b + int(w) for x, w in zip(blocks, win, strict=True)))
-        reps = np.zeros((self.kvh, r, self.hd), np.float32)  # candidates: kept blocks' clusters, then the window
-        ids = np.full((self.kvh, r), -1, np.int64)
+        # candidates: kept blocks' clusters, then the window (work arrays: ~1 MiB per head and call)
+        reps = work("score.reps", (self.kvh, r, self.hd))
+        ids = work("score.ids", (self.kvh, r), np.int64)
         for h, x in enumerate(blocks):
             m, w, lo = x.size * b, int(win[h]), int(self.lo[h])
             if m:  # read straight into the candidate rows (no transposed copy of what the archive holds)
@@ -246,6 +248,8 @@ class ClusterStore:
                 ids[h, :m] = (x[:, None] * b + np.arange(b)).ravel()
             reps[h, m : m + w] = self.means_t[h, :, :w].T
             ids[h, m : m + w] = np.arange(lo, lo + w)
+            reps[h, m + w :] = 0
+            ids[h, m + w :] = -1
         cnt = np.where(ids >= 0, np.take_along_axis(self.counts[:, :c], np.maximum(ids, 0), 1), 0)
         k2, m2 = self._select(be, q, reps, cnt, tau)
         keep = np.zeros((self.kvh, c), bool)
