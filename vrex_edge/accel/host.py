@@ -45,11 +45,14 @@ def wicsum(mass: np.ndarray, tau: float) -> np.ndarray:
     A bucket sort by exponent: buckets above the crossing bucket are kept whole, only the crossing
     bucket is sorted. Same set as sorting everything (ties at the boundary aside)."""
     kvh, c = mass.shape
+    t = work("wicsum.t", mass.shape, mass.dtype)  # work arrays: these are [KVH, C] on every call
     with np.errstate(divide="ignore"):
-        b = np.minimum(-2.0 * np.log2(mass), _BUCKETS - 1).astype(np.int64)  # [KVH, C], 0 = heaviest
-    hist = np.bincount(
-        (b + _BUCKETS * np.arange(kvh)[:, None]).ravel(), weights=mass.ravel(), minlength=kvh * _BUCKETS
-    ).reshape(kvh, _BUCKETS)
+        np.log2(mass, out=t)
+    np.minimum(np.multiply(t, -2.0, out=t), _BUCKETS - 1, out=t)
+    b = work("wicsum.b", mass.shape, np.int64)  # [KVH, C], 0 = heaviest
+    np.copyto(b, t, casting="unsafe")  # as astype(np.int64)
+    flat = np.add(b, _BUCKETS * np.arange(kvh)[:, None], out=work("wicsum.flat", mass.shape, np.int64))
+    hist = np.bincount(flat.ravel(), weights=mass.ravel(), minlength=kvh * _BUCKETS).reshape(kvh, _BUCKETS)
     cum = np.cumsum(hist, axis=1)  # [KVH, B]
     goal = tau * cum[:, -1]
     cross = np.minimum((cum < goal[:, None]).sum(1), _BUCKETS - 1)  # [KVH]
@@ -239,10 +242,14 @@ class HostBackend:
         s = np.matmul(q * np.float32(1.0 / np.sqrt(hd)), np.swapaxes(reps, -1, -2), out=work("masses", (kvh, r, c)))
         valid = counts > 0  # [KVH, C]
         if not valid.all():
-            s += np.where(valid, np.float32(0), np.float32(-np.inf))[:, None, :]
+            bias = work("masses.bias", (kvh, c))
+            bias.fill(0)
+            np.putmask(bias, ~valid, np.float32(-np.inf))
+            s += bias[:, None, :]
         s -= s.max(-1, keepdims=True)
         p = np.exp(s, out=s)  # [KVH, R, C]
-        tc = counts.astype(np.float32)  # [KVH, C]
+        tc = work("masses.tc", (kvh, c))  # [KVH, C]
+        np.copyto(tc, counts, casting="unsafe")  # as astype(np.float32)
         z = np.matmul(p, tc[:, :, None])  # [KVH, R, 1] per-query normaliser
         w = np.swapaxes(1.0 / z, -1, -2) / np.float32(r)  # [KVH, 1, R]
         return np.matmul(w, p)[:, 0, :] * tc  # [KVH, C] f32

@@ -250,7 +250,10 @@ class ClusterStore:
             ids[h, m : m + w] = np.arange(lo, lo + w)
             reps[h, m + w :] = 0
             ids[h, m + w :] = -1
-        cnt = np.where(ids >= 0, np.take_along_axis(self.counts[:, :c], np.maximum(ids, 0), 1), 0)
+        cnt = work("score.cnt", (self.kvh, r), self.counts.dtype)
+        for h in range(self.kvh):  # counts of the candidates, 0 for the padding rows (ids -1)
+            np.take(self.counts[h, :c], np.maximum(ids[h], 0), out=cnt[h], mode="clip")  # "raise" buffers out
+        cnt[ids < 0] = 0
         k2, m2 = self._select(be, q, reps, cnt, tau)
         keep = np.zeros((self.kvh, c), bool)
         mass = np.zeros((self.kvh, c), np.float32)
