@@ -23,7 +23,7 @@ pack)
         safetensors==0.8.0 tokenizers==0.23.3 huggingface_hub==2.4.0 hf-xet==1.8.0 httpx2==2.16.2 \
         httpcore2==2.16.2 anyio==4.16.0 h11==0.16.0 idna==3.20 certifi sniffio gguf==0.19.0 tqdm pyyaml regex \
         typer==0.29.2 rich==15.0.0 click==8.5.1 shellingham markdown-it-py mdurl pygments annotated-doc psutil \
-        ml_dtypes==0.7.0 protobuf==7.36.2
+        ml_dtypes==0.7.0 protobuf==7.36.2 truststore  # truststore: httpcore2 imports it
     mkdir -p "$ROOT/.rs-carry-a" "$ROOT/.rs-carry-b"
     mv "$work"/transformers-* "$work"/hf_xet-* "$work"/tokenizers-* "$ROOT/.rs-carry-a"/ && mv "$work"/*.whl "$ROOT/.rs-carry-b"/
     grep -qx '/.rs-carry-\*/' "$ROOT/.git/info/exclude" 2>/dev/null || echo '/.rs-carry-*/' >> "$ROOT/.git/info/exclude"
