@@ -62,16 +62,13 @@ class RopeTable:
         self.cos, self.sin = rope.cos_sin(np.arange(max_positions))  # [P, hd]
 
     def rotate(self, x: np.ndarray, start: int, out: np.ndarray | None = None) -> np.ndarray:
-        """x [..., L, hd] un-rotated -> rotated to positions start..start+L-1 (into `out` if given,
-        with a work-array temporary: the same operations in the same order, so the same bits)."""
+        """x [..., L, hd] un-rotated -> rotated to positions start..start+L-1, into `out` if given
+        (the attended set is rotated on every compact call: its temporary is a work array)."""
         L, half = x.shape[-2], x.shape[-1] // 2
         cos, sin = self.cos[start : start + L], self.sin[start : start + L]
         if out is None:
-            out = x * cos
-            out[..., :half] -= x[..., half:] * sin[:, :half]
-            out[..., half:] += x[..., :half] * sin[:, half:]
-            return out
-        t = work("rotate", (*x.shape[:-1], half))
+            out = np.empty(x.shape, np.result_type(x, cos))
+        t = work("rotate", (*x.shape[:-1], half), out.dtype)
         np.multiply(x, cos, out=out)
         np.multiply(x[..., half:], sin[:, :half], out=t)
         np.subtract(out[..., :half], t, out=out[..., :half])
