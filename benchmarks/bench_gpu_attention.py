@@ -33,6 +33,7 @@ def median_ms(fn, repeats: int) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     from vrex_edge.runtime import kernels
+    from vrex_edge.runtime.kernels.ort_cuda import OrtDeviceEngine
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 8000, 40000])
@@ -43,18 +44,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--layers", type=int, default=8, help="KV copies cycled through")
     ap.add_argument("--repeats", type=int, default=50)
     ap.add_argument("--no-cuda", action="store_true")
+    ap.add_argument("--forms", nargs="+", default=["flat"], help="ort-cuda graph forms (ort_graphs.FORMS)")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
     cpu = kernels.make_engine("ort-cpu")
-    dev = None if args.no_cuda else kernels.make_engine("ort-cuda")
+    devs = [] if args.no_cuda else [OrtDeviceEngine(form=form) for form in args.forms]
     print("| history | new tokens | engine | ms per call | vs ort-cpu | max abs err vs reference |")
     print("|---:|---:|---|---:|---:|---:|")
     for L in args.sizes:
-        for row in bench_size(L, args, cpu, dev, rng):
+        for row in bench_size(L, args, cpu, devs, rng):
             print(row, flush=True)
 
 
-def bench_size(L: int, args: argparse.Namespace, cpu, dev, rng: np.random.Generator) -> list[str]:
+def bench_size(L: int, args: argparse.Namespace, cpu, devs, rng: np.random.Generator) -> list[str]:
     """The table rows of one history length L."""
     from vrex_edge.runtime.kernels import Segment
     from vrex_edge.runtime.kernels.reference import attend_reference
@@ -86,9 +88,17 @@ def bench_size(L: int, args: argparse.Namespace, cpu, dev, rng: np.random.Genera
     calls[0] = 0
     err = float(np.abs(run_cpu() - ref).max())
     rows.append(f"| {L:,} | {n} | ort-cpu (host KV) | {t_cpu:.3f} | 1.00x | {err:.1e} |")
-    if dev is None:
-        return rows
-    arenas = []
+    for dev in devs:
+        rows += bench_device(L, args, dev, host, q, k_new, v_new, ref, layer, calls, t_cpu)
+    return rows
+
+
+def bench_device(L, args, dev, host, q, k_new, v_new, ref, layer, calls, t_cpu) -> list[str]:
+    """The ort-cuda rows of one engine (one graph form)."""
+    from vrex_edge.runtime.kernels import Segment
+
+    kvh, hd, n = args.kv_heads, args.head_dim, args.new
+    rows, arenas = [], []
     for k, v in host:
         kv = dev.new_kv(kvh, hd, L + n)
         dev.upload(kv, k[:, :L], v[:, :L])
@@ -104,7 +114,9 @@ def bench_size(L: int, args: argparse.Namespace, cpu, dev, rng: np.random.Genera
         kv = arenas[layer()]
         return dev.attend(q, [Segment(kv, kv)], k_new, v_new)
 
-    for label, fn in (("ort-cuda attend_append (device KV)", run_append), ("ort-cuda attend (device KV)", run_attend)):
+    tag = f"form {dev.form}"
+    runs = ((f"ort-cuda attend_append (device KV, {tag})", run_append), (f"ort-cuda attend ({tag})", run_attend))
+    for label, fn in runs:
         t = median_ms(fn, args.repeats)
         calls[0] = 0  # layer 0, the one `ref` was computed on
         err = float(np.abs(fn() - ref).max())

@@ -16,6 +16,7 @@ from tests.test_retrieval import make_text, stream
 from vrex_edge.errors import ConfigError
 from vrex_edge.runtime.kernels import Segment
 from vrex_edge.runtime.kernels.ort_cuda import OrtDeviceEngine
+from vrex_edge.runtime.kernels.ort_graphs import FORMS
 from vrex_edge.runtime.kernels.reference import attend_reference
 from vrex_edge.runtime.retrieval import make_policy
 from vrex_edge.runtime.retrieval.device import DeviceTopKKV, DeviceWindowKV, RowStorage
@@ -83,6 +84,17 @@ def test_device_resv_matches_host_resv(device: str, options: dict) -> None:
     if not fused:
         np.testing.assert_allclose(dev.last_mass, host.last_mass, atol=1e-6, rtol=1e-4)
     assert dev.store.nclu.max() > 1
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("form", FORMS)
+def test_device_resv_in_every_graph_form(device: str, form: str) -> None:
+    """The fused run's masses (and a reselecting cache's separate masses run) read the representatives the
+    way the form says; the selections and outputs are the host's in every form."""
+    text = make_text(h=6, kvh=2, hd=32)
+    for options in (dict(), dict(hamming=10, tau=0.5, reselect=3, sink=2, recent=5)):
+        host, dev = pair(text, OrtDeviceEngine(device=device, min_capacity=16, form=form), **options)
+        compare(host, dev, text, CHUNKS)
 
 
 TOPK_VARIANTS = [dict(), dict(k=3, decode_block=4, sink=4, recent=16), dict(k=1.0, sink=0, recent=0), dict(k=0.5)]

@@ -18,6 +18,7 @@ from vrex_edge.errors import ConfigError
 from vrex_edge.runtime import kernels
 from vrex_edge.runtime.kernels import Segment
 from vrex_edge.runtime.kernels.ort_cuda import OrtDeviceEngine
+from vrex_edge.runtime.kernels.ort_graphs import FORMS
 from vrex_edge.runtime.kernels.reference import attend_reference
 from vrex_edge.runtime.retrieval import FullKV, make_policy
 from vrex_edge.runtime.retrieval.full import DeviceFullKV
@@ -38,11 +39,12 @@ def rand(rng: np.random.Generator, *shape: int) -> np.ndarray:
     return rng.standard_normal(shape).astype(np.float32)
 
 
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("device", DEVICES)
-def test_attend_append_matches_reference(device: str) -> None:
-    """SmolLM2 head layout (9 query heads over 3 KV heads, hd 64); the arena grows twice."""
+def test_attend_append_matches_reference(device: str, form: str) -> None:
+    """SmolLM2 head layout (9 query heads over 3 KV heads, hd 64); the arena grows twice; every graph form."""
     rng = np.random.default_rng(0)
-    eng = OrtDeviceEngine(device=device, min_capacity=16)
+    eng = OrtDeviceEngine(device=device, min_capacity=16, form=form)
     kv = eng.new_kv(3, 64)
     hist_k = hist_v = np.zeros((3, 0, 64), np.float32)  # [KVH, L, hd]
     for n in CHUNKS:
@@ -95,6 +97,11 @@ def test_device_full_kv_matches_full_kv_and_resumes(device: str) -> None:
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="this onnxruntime has the CUDA provider")
+def test_device_engine_form_is_checked() -> None:
+    with pytest.raises(ConfigError, match="form must be one of"):
+        OrtDeviceEngine(device="cpu", form="diagonal")
+
+
 def test_ort_cuda_without_cuda_says_what_to_install() -> None:
     with pytest.raises(ConfigError, match="onnxruntime-gpu"):
         kernels.make_engine("ort-cuda")

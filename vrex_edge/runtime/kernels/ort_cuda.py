@@ -24,6 +24,7 @@ the run copies to the device first. The graphs: ort_graphs.py.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,6 +34,7 @@ from vrex_edge.errors import ConfigError
 from vrex_edge.runtime.kernels.numpy_engine import NumpyEngine, merge_partial, start_with_chunk
 from vrex_edge.runtime.kernels.ort_cuda_runs import RetrievalRuns
 from vrex_edge.runtime.kernels.ort_graphs import (
+    FORMS,
     attend_graph,
     copy_graph,
     gather_attend_graph,
@@ -44,15 +46,16 @@ from vrex_edge.runtime.kernels.ort_graphs import (
 from vrex_edge.runtime.kernels.segments import Segment, segment_lens
 
 _F32 = 4  # bytes
-_GRAPHS = {
-    "copy": lambda hd: copy_graph(),
-    "attend": lambda hd: attend_graph(hd, append=False),
-    "attend_append": lambda hd: attend_graph(hd, append=True),
-    "gather_append": lambda hd: gather_attend_graph(hd, append=True),
+DEFAULT_FORM = "flat"  # see FORMS and benchmarks/results/gpu.md
+_GRAPHS = {  # kind -> graph(hd, form)
+    "copy": lambda hd, form: copy_graph(),
+    "attend": lambda hd, form: attend_graph(hd, append=False, form=form),
+    "attend_append": lambda hd, form: attend_graph(hd, append=True, form=form),
+    "gather_append": lambda hd, form: gather_attend_graph(hd, append=True),
     "masses": masses_graph,
     "resv_append": resv_attend_graph,
     "split": split_attend_graph,
-    "slots": slots_attend_graph,
+    "slots": lambda hd, form: slots_attend_graph(hd),
 }
 
 
@@ -126,9 +129,12 @@ class OrtDeviceEngine(RetrievalRuns):
         device: str = "cuda",
         providers: Sequence[Any] | None = None,
         min_capacity: int = 1024,
+        form: str | None = None,
     ):
         """device: "cuda" (CUDAExecutionProvider, TF32 off so results match the CPU path to float32
-        rounding) or "cpu" (the same graphs on the CPU provider); min_capacity: tokens per first arena."""
+        rounding) or "cpu" (the same graphs on the CPU provider); min_capacity: tokens per first arena;
+        form: how a contiguous history is read (ort_graphs.FORMS; None: $VREX_ORT_CUDA_FORM, else
+        DEFAULT_FORM, the fastest measured; the variable is for benchmarks comparing the forms)."""
         import onnxruntime as ort
 
         if device not in ("cuda", "cpu"):
@@ -141,7 +147,10 @@ class OrtDeviceEngine(RetrievalRuns):
             from vrex_edge.runtime.engine import missing_provider_message
 
             raise ConfigError(missing_provider_message(missing[0], ort.get_available_providers(), ort.__version__))
-        self.device, self.providers, self.threads = device, list(providers), threads
+        form = form or os.environ.get("VREX_ORT_CUDA_FORM") or DEFAULT_FORM
+        if form not in FORMS:
+            raise ConfigError(f"device engine: form must be one of {', '.join(FORMS)}, got '{form}'")
+        self.device, self.providers, self.threads, self.form = device, list(providers), threads, form
         self.min_capacity = min_capacity
         self.host = NumpyEngine()  # host numpy segments (the other policies' buffers), if given
         self._sessions: dict[tuple[str, int], tuple[Any, Any]] = {}
@@ -162,7 +171,7 @@ class OrtDeviceEngine(RetrievalRuns):
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             so.log_severity_level = 3
-            model = _GRAPHS[kind](hd)
+            model = _GRAPHS[kind](hd, self.form)
             sess = ort.InferenceSession(model, sess_options=so, providers=self.providers)
             self._sessions[key] = (sess, sess.io_binding())
         return self._sessions[key]

@@ -64,18 +64,59 @@ def _ax2() -> Any:
     return helper.make_tensor("ax2", TensorProto.INT64, [1], [2])
 
 
-def attend_graph(hd: int, *, append: bool) -> bytes:
+FORMS = ("flat", "2d", "transposed")
+
+
+def _history_t(x: str, out: str, form: str) -> list[Any]:
+    """x [L, K, hd] token-major -> out [K, hd, L]: one 3-D Transpose (form "transposed"), or the same
+    values as a 2-D transpose of the [L, K*hd] view (form "2d"), which is the kernel's fast case."""
+    from onnx import helper
+
+    if form == "transposed":
+        return [helper.make_node("Transpose", [x], [out], perm=[1, 2, 0])]
+    return [
+        helper.make_node("Shape", [x], [out + "_s"]),
+        helper.make_node("Reshape", [x, "t_flat"], [out + "_2"]),  # [L, K*hd]
+        helper.make_node("Transpose", [out + "_2"], [out + "_t"], perm=[1, 0]),  # [K*hd, L]
+        helper.make_node("Gather", [out + "_s", "t_perm"], [out + "_ts"], axis=0),  # [K, hd, L]
+        helper.make_node("Reshape", [out + "_t", out + "_ts"], [out]),
+    ]
+
+
+def _history_t_inits() -> list[Any]:
+    from onnx import TensorProto, helper
+
+    return [
+        helper.make_tensor("t_flat", TensorProto.INT64, [2], [0, -1]),
+        helper.make_tensor("t_perm", TensorProto.INT64, [3], [1, 2, 0]),
+    ]
+
+
+def _history_attention(k: str, v: str, hd: int, form: str) -> tuple[list[Any], list[Any]]:
+    """Nodes and initializers: q [K, M, hd] over k, v [L, K, hd] -> acc, m, den (partial softmax)."""
+    from onnx import helper
+
+    if form not in FORMS:
+        raise ValueError(f"attention graph form must be one of {FORMS}, got '{form}'")
+    if form == "flat":
+        return _flat_nodes("q", k, v, hd), _flat_inits(hd)
+    nodes = [
+        *_history_t(k, "kt", form),  # [K, hd, L]
+        helper.make_node("MatMul", ["q", "kt"], ["s"]),  # [K, M, L]
+        helper.make_node("Transpose", [v], ["vt"], perm=[1, 0, 2]),  # [K, L, hd]
+        *_softmax_tail("s"),
+    ]
+    return nodes, [_ax2(), *_history_t_inits()]
+
+
+def attend_graph(hd: int, *, append: bool, form: str = "flat") -> bytes:
     """q [K, M, hd], k, v [L, K, hd] (token-major history) -> acc [K, M, hd], m, den [K, M, 1]; with
-    `append` also k_new, v_new [n, K, hd] -> k_out, v_out (Identity: bound where the chunk goes)."""
+    `append` also k_new, v_new [n, K, hd] -> k_out, v_out (Identity: bound where the chunk goes).
+    form: how the history is read (FORMS; benchmarks/results/gpu.md measures them)."""
     from onnx import TensorProto, helper
 
     f = TensorProto.FLOAT
-    nodes = [
-        helper.make_node("Transpose", ["k"], ["kt"], perm=[1, 2, 0]),  # [K, hd, L]
-        helper.make_node("MatMul", ["q", "kt"], ["s"]),  # [K, M, L]
-        helper.make_node("Transpose", ["v"], ["vt"], perm=[1, 0, 2]),  # [K, L, hd]
-        *_softmax_tail("s"),
-    ]
+    nodes, inits = _history_attention("k", "v", hd, form)
     inputs = [
         helper.make_tensor_value_info("q", f, ["K", "M", hd]),
         helper.make_tensor_value_info("k", f, ["L", "K", hd]),
@@ -85,7 +126,67 @@ def attend_graph(hd: int, *, append: bool) -> bytes:
     if append:
         n2, i2, o2 = _append_io(hd)
         nodes, inputs, outputs = nodes + n2, inputs + i2, outputs + o2
-    return _model(nodes, "device_partial_softmax", inputs, outputs, [_ax2()])
+    return _model(nodes, "device_partial_softmax", inputs, outputs, inits)
+
+
+def _flat_nodes(q: str, k: str, v: str, hd: int) -> list[Any]:
+    """Partial softmax of q [K, M, hd] over a token-major history k, v [L, K, hd] without transposing it.
+
+    Every head's queries score every head's keys in one GEMM, [L, K*hd] x [K*hd, K*M], the queries laid
+    block-diagonally (zeros off their own head), so the history is read in the order it lies; the softmax
+    runs down the token axis; p^T v is one GEMM (transA); each head's own block is then summed out of
+    [K, M, K, hd] by a 0/1 mask. K times the useful flops, no strided pass over the history (the engine's
+    first graph transposed it, 5 ms at 40K tokens on an H200: benchmarks/results/gpu.md)
+    -> acc [K, M, hd], m, den [K, M, 1]. Needs the initializers of _flat_inits(hd)."""
+    from onnx import TensorProto, helper
+
+    node = helper.make_node
+    return [
+        node("Shape", [q], ["f_qs"]),
+        node("Slice", ["f_qs", "f_i0", "f_i1"], ["f_K"]),  # [1] = K
+        node("Slice", ["f_qs", "f_i1", "f_i2"], ["f_M"]),  # [1] = M
+        node("Concat", ["f_K", "f_K"], ["f_KK"], axis=0),
+        node("ConstantOfShape", ["f_KK"], ["f_zkk"], value=helper.make_tensor("f_z", TensorProto.FLOAT, [1], [0.0])),
+        node("EyeLike", ["f_zkk"], ["f_eye"]),  # [K, K]
+        node("Concat", ["f_K", "f_i1", "f_K", "f_i1"], ["f_e4s"], axis=0),
+        node("Reshape", ["f_eye", "f_e4s"], ["f_eye4"]),  # [K, 1, K, 1]
+        node("Reshape", [k, "f_flat"], ["f_k2"]),  # [L, K*hd]: a view of the history
+        node("Reshape", [v, "f_flat"], ["f_v2"]),
+        node("Transpose", [q], ["f_qt"], perm=[0, 2, 1]),  # [K, hd, M] (small)
+        node("Unsqueeze", ["f_qt", "f_ax2"], ["f_q4"]),  # [K, hd, 1, M]
+        node("Mul", ["f_q4", "f_eye4"], ["f_qb"]),  # [K, hd, K, M]: zero off each head's block
+        node("Mul", ["f_K", "f_hd"], ["f_Kd"]),
+        node("Mul", ["f_K", "f_M"], ["f_KM"]),
+        node("Concat", ["f_Kd", "f_KM"], ["f_qbs"], axis=0),
+        node("Reshape", ["f_qb", "f_qbs"], ["f_qbd"]),  # [K*hd, K*M]
+        node("MatMul", ["f_k2", "f_qbd"], ["f_st"]),  # [L, K*M]
+        node("ReduceMax", ["f_st"], ["f_mx"], axes=[0], keepdims=1),  # [1, K*M]
+        node("Sub", ["f_st", "f_mx"], ["f_d"]),
+        node("Exp", ["f_d"], ["f_p"]),
+        node("ReduceSum", ["f_p", "f_i0"], ["f_den"], keepdims=1),  # [1, K*M]
+        node("Gemm", ["f_p", "f_v2"], ["f_acc2"], transA=1),  # [K*M, K*hd]
+        node("Concat", ["f_K", "f_M", "f_K", "f_hd"], ["f_a4s"], axis=0),
+        node("Reshape", ["f_acc2", "f_a4s"], ["f_acc4"]),  # [K, M, K, hd]
+        node("Mul", ["f_acc4", "f_eye4"], ["f_accm"]),
+        node("ReduceSum", ["f_accm", "f_ax2"], ["acc"], keepdims=0),  # [K, M, hd]
+        node("Concat", ["f_K", "f_M", "f_i1"], ["f_cs"], axis=0),
+        node("Reshape", ["f_mx", "f_cs"], ["m"]),  # [K, M, 1]
+        node("Reshape", ["f_den", "f_cs"], ["den"]),
+    ]
+
+
+def _flat_inits(hd: int) -> list[Any]:
+    from onnx import TensorProto, helper
+
+    i64 = TensorProto.INT64
+    return [
+        helper.make_tensor("f_i0", i64, [1], [0]),
+        helper.make_tensor("f_i1", i64, [1], [1]),
+        helper.make_tensor("f_i2", i64, [1], [2]),
+        helper.make_tensor("f_ax2", i64, [1], [2]),
+        helper.make_tensor("f_hd", i64, [1], [hd]),
+        helper.make_tensor("f_flat", i64, [2], [0, -1]),  # [L, K, hd] -> [L, K*hd]
+    ]
 
 
 def gather_attend_graph(hd: int, *, append: bool) -> bytes:
@@ -117,7 +218,7 @@ def gather_attend_graph(hd: int, *, append: bool) -> bytes:
     return _model(nodes, "device_gather_partial_softmax", inputs, outputs, [_ax2()])
 
 
-def split_attend_graph(hd: int) -> bytes:
+def split_attend_graph(hd: int, form: str = "flat") -> bytes:
     """attend_graph over a history in two parts: k, v [L1, K, hd] (bound on the device) then kh, vh
     [L2, K, hd] (bound in host memory: onnxruntime copies them to a device buffer before the run, what
     an offloaded cache streams per layer) -> acc [K, M, hd], m, den [K, M, 1]."""
@@ -127,11 +228,9 @@ def split_attend_graph(hd: int) -> bytes:
     nodes = [
         helper.make_node("Concat", ["k", "kh"], ["ka"], axis=0),  # [L, K, hd]
         helper.make_node("Concat", ["v", "vh"], ["va"], axis=0),
-        helper.make_node("Transpose", ["ka"], ["kt"], perm=[1, 2, 0]),  # [K, hd, L]
-        helper.make_node("MatMul", ["q", "kt"], ["s"]),  # [K, M, L]
-        helper.make_node("Transpose", ["va"], ["vt"], perm=[1, 0, 2]),  # [K, L, hd]
-        *_softmax_tail("s"),
     ]
+    attn, inits = _history_attention("ka", "va", hd, form)
+    nodes += attn
     inputs = [
         helper.make_tensor_value_info("q", f, ["K", "M", hd]),
         helper.make_tensor_value_info("k", f, ["L1", "K", hd]),
@@ -139,7 +238,7 @@ def split_attend_graph(hd: int) -> bytes:
         helper.make_tensor_value_info("kh", f, ["L2", "K", hd]),
         helper.make_tensor_value_info("vh", f, ["L2", "K", hd]),
     ]
-    return _model(nodes, "device_split_partial_softmax", inputs, _partial_outputs(hd), [_ax2()])
+    return _model(nodes, "device_split_partial_softmax", inputs, _partial_outputs(hd), inits)
 
 
 def slots_attend_graph(hd: int) -> bytes:
@@ -185,8 +284,9 @@ def slots_attend_graph(hd: int) -> bytes:
     return _model(nodes, "device_slots_partial_softmax", inputs, outputs, [_ax2()])
 
 
-def _masses_nodes() -> list[Any]:
-    """q, old, new -> mass [K, C] and tc3 [K, 1, C] (counts), new_out (see masses_graph)."""
+def _masses_nodes(form: str) -> list[Any]:
+    """q, old, new -> mass [K, C] and tc3 [K, 1, C] (counts), new_out (see masses_graph). The table's
+    representatives are transposed as _history_t's form ("flat" reads them as "2d" does)."""
     from onnx import TensorProto, helper
 
     return [
@@ -194,7 +294,7 @@ def _masses_nodes() -> list[Any]:
         helper.make_node("Concat", ["old", "new"], ["t"], axis=0),  # [c, K, hd + 1]
         helper.make_node("Slice", ["t", "zero_i", "hd_i", "ax2"], ["reps"]),  # [c, K, hd]
         helper.make_node("Slice", ["t", "hd_i", "hd1_i", "ax2"], ["cnt"]),  # [c, K, 1]
-        helper.make_node("Transpose", ["reps"], ["rt"], perm=[1, 2, 0]),  # [K, hd, c]
+        *_history_t("reps", "rt", "transposed" if form == "transposed" else "2d"),  # [K, hd, c]
         helper.make_node("MatMul", ["q", "rt"], ["sc"]),  # [K, R, c]
         helper.make_node("Transpose", ["cnt"], ["tcc"], perm=[1, 0, 2]),  # [K, c, 1]
         helper.make_node("Transpose", ["cnt"], ["tc3"], perm=[1, 2, 0]),  # [K, 1, c]
@@ -221,6 +321,7 @@ def _masses_inits(hd: int) -> list[Any]:
 
     f, i64 = TensorProto.FLOAT, TensorProto.INT64
     return [
+        *_history_t_inits(),
         helper.make_tensor("ax1", i64, [1], [1]),
         helper.make_tensor("zero_i", i64, [1], [0]),
         helper.make_tensor("hd_i", i64, [1], [hd]),
@@ -242,7 +343,7 @@ def _masses_inputs(hd: int) -> list[Any]:
     ]
 
 
-def masses_graph(hd: int) -> bytes:
+def masses_graph(hd: int, form: str = "flat") -> bytes:
     """The cluster masses over a cluster-major table of representatives and counts, refreshing it.
 
     old [a, K, hd + 1] (the table's first a rows, on the device; column hd is the cluster's token count,
@@ -258,10 +359,10 @@ def masses_graph(hd: int) -> bytes:
         helper.make_tensor_value_info("mass", f, ["K", "C"]),
         helper.make_tensor_value_info("new_out", f, ["B", "K", hd + 1]),
     ]
-    return _model(_masses_nodes(), "device_cluster_masses", _masses_inputs(hd), outputs, inits)
+    return _model(_masses_nodes(form), "device_cluster_masses", _masses_inputs(hd), outputs, inits)
 
 
-def resv_attend_graph(hd: int) -> bytes:
+def resv_attend_graph(hd: int, form: str = "flat") -> bytes:
     """ReSV's whole retrieval and attention in one run: masses, WiCSum, the token mask and a gather.
 
     qs [K, R, hd] scaled scoring queries, old/new the cluster table's rows as in masses_graph; own_old
@@ -278,7 +379,7 @@ def resv_attend_graph(hd: int) -> bytes:
 
     f, i64 = TensorProto.FLOAT, TensorProto.INT64
     nodes = [
-        *_masses_nodes(),  # mass [K, C], tc3 [K, 1, C]
+        *_masses_nodes(form),  # mass [K, C], tc3 [K, 1, C]
         # WiCSum over the sorted masses
         helper.make_node("Shape", ["mass"], ["mshape"]),
         helper.make_node("Slice", ["mshape", "one_1", "two_1"], ["kc"]),  # [1] = C
