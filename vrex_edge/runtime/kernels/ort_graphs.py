@@ -64,32 +64,7 @@ def _ax2() -> Any:
     return helper.make_tensor("ax2", TensorProto.INT64, [1], [2])
 
 
-FORMS = ("flat", "2d", "transposed")
-
-
-def _history_t(x: str, out: str, form: str) -> list[Any]:
-    """x [L, K, hd] token-major -> out [K, hd, L]: one 3-D Transpose (form "transposed"), or the same
-    values as a 2-D transpose of the [L, K*hd] view (form "2d"), which is the kernel's fast case."""
-    from onnx import helper
-
-    if form == "transposed":
-        return [helper.make_node("Transpose", [x], [out], perm=[1, 2, 0])]
-    return [
-        helper.make_node("Shape", [x], [out + "_s"]),
-        helper.make_node("Reshape", [x, "t_flat"], [out + "_2"]),  # [L, K*hd]
-        helper.make_node("Transpose", [out + "_2"], [out + "_t"], perm=[1, 0]),  # [K*hd, L]
-        helper.make_node("Gather", [out + "_s", "t_perm"], [out + "_ts"], axis=0),  # [K, hd, L]
-        helper.make_node("Reshape", [out + "_t", out + "_ts"], [out]),
-    ]
-
-
-def _history_t_inits() -> list[Any]:
-    from onnx import TensorProto, helper
-
-    return [
-        helper.make_tensor("t_flat", TensorProto.INT64, [2], [0, -1]),
-        helper.make_tensor("t_perm", TensorProto.INT64, [3], [1, 2, 0]),
-    ]
+FORMS = ("flat", "transposed")
 
 
 def _history_attention(k: str, v: str, hd: int, form: str) -> tuple[list[Any], list[Any]]:
@@ -101,12 +76,12 @@ def _history_attention(k: str, v: str, hd: int, form: str) -> tuple[list[Any], l
     if form == "flat":
         return _flat_nodes("q", k, v, hd), _flat_inits(hd)
     nodes = [
-        *_history_t(k, "kt", form),  # [K, hd, L]
+        helper.make_node("Transpose", [k], ["kt"], perm=[1, 2, 0]),  # [K, hd, L]
         helper.make_node("MatMul", ["q", "kt"], ["s"]),  # [K, M, L]
         helper.make_node("Transpose", [v], ["vt"], perm=[1, 0, 2]),  # [K, L, hd]
         *_softmax_tail("s"),
     ]
-    return nodes, [_ax2(), *_history_t_inits()]
+    return nodes, [_ax2()]
 
 
 def attend_graph(hd: int, *, append: bool, form: str = "flat") -> bytes:
@@ -130,14 +105,16 @@ def attend_graph(hd: int, *, append: bool, form: str = "flat") -> bytes:
 
 
 def _flat_nodes(q: str, k: str, v: str, hd: int) -> list[Any]:
-    """Partial softmax of q [K, M, hd] over a token-major history k, v [L, K, hd] without transposing it.
+    """Partial softmax of q [K, M, hd] over a token-major history k, v [L, K, hd], without the two kernels
+    that took the first graph's time (benchmarks/results/gpu.md: at 40K tokens on an H200, 3.0 of its
+    4.6 ms were cuDNN's ReduceMax over the scores, 1.5 ms a batched GEMM of p and v without split-K).
 
     Every head's queries score every head's keys in one GEMM, [L, K*hd] x [K*hd, K*M], the queries laid
-    block-diagonally (zeros off their own head), so the history is read in the order it lies; the softmax
-    runs down the token axis; p^T v is one GEMM (transA); each head's own block is then summed out of
-    [K, M, K, hd] by a 0/1 mask. K times the useful flops, no strided pass over the history (the engine's
-    first graph transposed it, 5 ms at 40K tokens on an H200: benchmarks/results/gpu.md)
-    -> acc [K, M, hd], m, den [K, M, 1]. Needs the initializers of _flat_inits(hd)."""
+    block-diagonally (zeros off their own head); the scores' [K*M, L] transpose goes through LogSoftmax
+    (onnxruntime's own row kernel), so m is each row's log-sum-exp, p = exp(s - m) and den = sum p (1 up
+    to rounding); p v is one plain GEMM [K*M, L] x [L, K*hd]; each head's own block is then summed out of
+    [K, M, K, hd] by a 0/1 mask -> acc [K, M, hd], m, den [K, M, 1], merged like any partial softmax.
+    Needs the initializers of _flat_inits(hd)."""
     from onnx import TensorProto, helper
 
     node = helper.make_node
@@ -160,17 +137,20 @@ def _flat_nodes(q: str, k: str, v: str, hd: int) -> list[Any]:
         node("Concat", ["f_Kd", "f_KM"], ["f_qbs"], axis=0),
         node("Reshape", ["f_qb", "f_qbs"], ["f_qbd"]),  # [K*hd, K*M]
         node("MatMul", ["f_k2", "f_qbd"], ["f_st"]),  # [L, K*M]
-        node("ReduceMax", ["f_st"], ["f_mx"], axes=[0], keepdims=1),  # [1, K*M]
-        node("Sub", ["f_st", "f_mx"], ["f_d"]),
-        node("Exp", ["f_d"], ["f_p"]),
-        node("ReduceSum", ["f_p", "f_i0"], ["f_den"], keepdims=1),  # [1, K*M]
-        node("Gemm", ["f_p", "f_v2"], ["f_acc2"], transA=1),  # [K*M, K*hd]
+        node("Transpose", ["f_st"], ["f_s"], perm=[1, 0]),  # [K*M, L]
+        node("LogSoftmax", ["f_s"], ["f_ls"], axis=1),  # s - logsumexp(s), per row
+        node("Exp", ["f_ls"], ["f_p"]),
+        node("ReduceSum", ["f_p", "f_i1"], ["f_den"], keepdims=1),  # [K*M, 1]
+        node("Slice", ["f_s", "f_i0", "f_i1", "f_i1"], ["f_s0"]),  # [K*M, 1]: any column gives the lse
+        node("Slice", ["f_ls", "f_i0", "f_i1", "f_i1"], ["f_ls0"]),
+        node("Sub", ["f_s0", "f_ls0"], ["f_lse"]),
+        node("MatMul", ["f_p", "f_v2"], ["f_acc2"]),  # [K*M, K*hd]
         node("Concat", ["f_K", "f_M", "f_K", "f_hd"], ["f_a4s"], axis=0),
         node("Reshape", ["f_acc2", "f_a4s"], ["f_acc4"]),  # [K, M, K, hd]
         node("Mul", ["f_acc4", "f_eye4"], ["f_accm"]),
         node("ReduceSum", ["f_accm", "f_ax2"], ["acc"], keepdims=0),  # [K, M, hd]
         node("Concat", ["f_K", "f_M", "f_i1"], ["f_cs"], axis=0),
-        node("Reshape", ["f_mx", "f_cs"], ["m"]),  # [K, M, 1]
+        node("Reshape", ["f_lse", "f_cs"], ["m"]),  # [K, M, 1]
         node("Reshape", ["f_den", "f_cs"], ["den"]),
     ]
 
@@ -285,34 +265,56 @@ def slots_attend_graph(hd: int) -> bytes:
 
 
 def _masses_nodes(form: str) -> list[Any]:
-    """q, old, new -> mass [K, C] and tc3 [K, 1, C] (counts), new_out (see masses_graph). The table's
-    representatives are transposed as _history_t's form ("flat" reads them as "2d" does)."""
+    """q, old, new -> mass [K, C] and tc3 [K, 1, C] (counts), new_out (see masses_graph). Form "flat"
+    normalises with Softmax over s + log(count) (onnxruntime's row kernel); "transposed" as first
+    written, with ReduceMax (cuDNN's reduction, slow over long rows: benchmarks/results/gpu.md)."""
     from onnx import TensorProto, helper
 
+    node = helper.make_node
+    head = [
+        node("Identity", ["new"], ["new_out"]),
+        node("Concat", ["old", "new"], ["t"], axis=0),  # [c, K, hd + 1]
+        node("Slice", ["t", "zero_i", "hd_i", "ax2"], ["reps"]),  # [c, K, hd]
+        node("Slice", ["t", "hd_i", "hd1_i", "ax2"], ["cnt"]),  # [c, K, 1]
+        node("Transpose", ["reps"], ["rt"], perm=[1, 2, 0]),  # [K, hd, c]
+        node("MatMul", ["q", "rt"], ["sc"]),  # [K, R, c]
+        node("Transpose", ["cnt"], ["tc3"], perm=[1, 2, 0]),  # [K, 1, c]
+        node("Greater", ["tc3", "zero"], ["valid"]),
+        node("Shape", ["q"], ["qshape"]),
+        node("Gather", ["qshape", "one"], ["r_i"], axis=0),
+        node("Cast", ["r_i"], ["rows"], to=TensorProto.FLOAT),
+    ]
+    if form == "flat":
+        return [
+            *head,
+            node("Log", ["tc3"], ["logc"]),  # -inf where there is no cluster
+            node("Add", ["sc", "logc"], ["sl"]),
+            node("Where", ["valid", "sl", "neginf"], ["sv"]),
+            node("Softmax", ["sv"], ["pn"], axis=2),  # [K, R, c]: count * exp(s) / its sum over c
+            node("Slice", ["qshape", "zero_i", "one_i"], ["m_k"]),
+            node("Slice", ["qshape", "one_i", "two_i"], ["m_r"]),
+            node("Concat", ["m_k", "one_i", "m_r"], ["wshape"], axis=0),
+            node(
+                "ConstantOfShape", ["wshape"], ["w_ones"], value=helper.make_tensor("o1", TensorProto.FLOAT, [1], [1.0])
+            ),
+            node("Div", ["w_ones", "rows"], ["w"]),  # [K, 1, R] of 1 / R
+            node("MatMul", ["w", "pn"], ["m3"]),  # [K, 1, c]: the mean over the R queries
+            node("Squeeze", ["m3", "ax1"], ["mass"]),  # [K, c]
+        ]
     return [
-        helper.make_node("Identity", ["new"], ["new_out"]),
-        helper.make_node("Concat", ["old", "new"], ["t"], axis=0),  # [c, K, hd + 1]
-        helper.make_node("Slice", ["t", "zero_i", "hd_i", "ax2"], ["reps"]),  # [c, K, hd]
-        helper.make_node("Slice", ["t", "hd_i", "hd1_i", "ax2"], ["cnt"]),  # [c, K, 1]
-        *_history_t("reps", "rt", "transposed" if form == "transposed" else "2d"),  # [K, hd, c]
-        helper.make_node("MatMul", ["q", "rt"], ["sc"]),  # [K, R, c]
-        helper.make_node("Transpose", ["cnt"], ["tcc"], perm=[1, 0, 2]),  # [K, c, 1]
-        helper.make_node("Transpose", ["cnt"], ["tc3"], perm=[1, 2, 0]),  # [K, 1, c]
-        helper.make_node("Greater", ["tc3", "zero"], ["valid"]),
-        helper.make_node("Where", ["valid", "sc", "neginf"], ["sv"]),
-        helper.make_node("ReduceMax", ["sv"], ["mx"], axes=[2], keepdims=1),  # [K, R, 1]
-        helper.make_node("Sub", ["sv", "mx"], ["dm"]),
-        helper.make_node("Exp", ["dm"], ["pm"]),  # [K, R, c]
-        helper.make_node("MatMul", ["pm", "tcc"], ["z"]),  # [K, R, 1] per-query normaliser
-        helper.make_node("Reciprocal", ["z"], ["iz"]),
-        helper.make_node("Shape", ["q"], ["qshape"]),
-        helper.make_node("Gather", ["qshape", "one"], ["r_i"], axis=0),
-        helper.make_node("Cast", ["r_i"], ["rows"], to=TensorProto.FLOAT),
-        helper.make_node("Div", ["iz", "rows"], ["w0"]),  # / R
-        helper.make_node("Transpose", ["w0"], ["w"], perm=[0, 2, 1]),  # [K, 1, R]
-        helper.make_node("MatMul", ["w", "pm"], ["mp"]),  # [K, 1, c]
-        helper.make_node("Mul", ["mp", "tc3"], ["m3"]),
-        helper.make_node("Squeeze", ["m3", "ax1"], ["mass"]),  # [K, c]
+        *head,
+        node("Transpose", ["cnt"], ["tcc"], perm=[1, 0, 2]),  # [K, c, 1]
+        node("Where", ["valid", "sc", "neginf"], ["sv"]),
+        node("ReduceMax", ["sv"], ["mx"], axes=[2], keepdims=1),  # [K, R, 1]
+        node("Sub", ["sv", "mx"], ["dm"]),
+        node("Exp", ["dm"], ["pm"]),  # [K, R, c]
+        node("MatMul", ["pm", "tcc"], ["z"]),  # [K, R, 1] per-query normaliser
+        node("Reciprocal", ["z"], ["iz"]),
+        node("Div", ["iz", "rows"], ["w0"]),  # / R
+        node("Transpose", ["w0"], ["w"], perm=[0, 2, 1]),  # [K, 1, R]
+        node("MatMul", ["w", "pm"], ["mp"]),  # [K, 1, c]
+        node("Mul", ["mp", "tc3"], ["m3"]),
+        node("Squeeze", ["m3", "ax1"], ["mass"]),  # [K, c]
     ]
 
 
@@ -321,7 +323,8 @@ def _masses_inits(hd: int) -> list[Any]:
 
     f, i64 = TensorProto.FLOAT, TensorProto.INT64
     return [
-        *_history_t_inits(),
+        helper.make_tensor("one_i", i64, [1], [1]),
+        helper.make_tensor("two_i", i64, [1], [2]),
         helper.make_tensor("ax1", i64, [1], [1]),
         helper.make_tensor("zero_i", i64, [1], [0]),
         helper.make_tensor("hd_i", i64, [1], [hd]),
