@@ -146,9 +146,29 @@ def time_variant(variant: str, L: int, args: argparse.Namespace, text, rope, dev
         pos[i] += args.new
 
     ms = median_ms(one, args.repeats * args.layers, 3 * args.layers)
+    if args.torch_profile:
+        kernel_table(f"{variant} at {L:,}", lambda: [one() for _ in range(args.layers)])
     st = caches[0].stats()
     kept = float(np.mean(st.kept)) / max(st.history, 1)
     return ms, kept, moved[0] / turn[0] / 2**20
+
+
+def kernel_table(title: str, fn: Callable[[], object]) -> None:
+    """The CUDA kernels and copies of fn (torch's profiler: CUPTI sees onnxruntime's kernels too)."""
+    try:
+        import torch
+        from torch.profiler import ProfilerActivity, profile
+    except ImportError:
+        print("torch not installed: no kernel table")
+        return
+    if not torch.cuda.is_available():
+        print("torch has no CUDA: no kernel table")
+        return
+    torch.cuda.init()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+    print(f"kernels of {title}:")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=20, max_name_column_width=70))
 
 
 def bench_size(L: int, args: argparse.Namespace, dev) -> list[str]:
@@ -188,6 +208,7 @@ def main(argv: list[str] | None = None) -> None:
         help="resv options (default keys=pre: the synthetic keys cluster before RoPE, not after it)",
     )
     ap.add_argument("--no-cuda", action="store_true", help="device variants on the CPU provider")
+    ap.add_argument("--torch-profile", action="store_true", help="kernel table of each variant (torch with CUDA)")
     args = ap.parse_args(argv)
     dev = OrtDeviceEngine(device="cpu" if args.no_cuda else "cuda")
     print(
