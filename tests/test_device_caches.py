@@ -307,3 +307,33 @@ def test_cuda_device_resv_at_40k_matches_host() -> None:
         assert host.stats().kept.max() < 40_000 // 2  # a real selection, not everything
         np.testing.assert_allclose(b, a, atol=3e-5, rtol=1e-4)
         pos += 10
+
+
+@pytest.mark.parametrize("c", [1, 255, 256, 257, 1000, 40_001])
+def test_blocked_cumsum_is_cumsum(c: int) -> None:
+    """The fused resv graph's two-level scan (ort_graphs._blocked_cumsum) against numpy, across block edges."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from vrex_edge.runtime.kernels import ort_graphs as g
+
+    i64 = TensorProto.INT64
+    inits = [
+        *g._blocked_cumsum_inits(),
+        *(helper.make_tensor(n, i64, [1], [v]) for n, v in [("zero_1", 0), ("one_1", 1), ("two_1", 2)]),
+        helper.make_tensor("minus1_1", i64, [1], [-1]),
+        helper.make_tensor("big_1", i64, [1], [2**62]),
+        helper.make_tensor("one", i64, [], [1]),
+    ]
+    nodes = [helper.make_node("Shape", ["x"], ["xs"]), *g._blocked_cumsum("x", "y", "xs")]
+    dt = TensorProto.DOUBLE
+    model = g._model(
+        nodes,
+        "scan",
+        [helper.make_tensor_value_info("x", dt, ["K", "C"])],
+        [helper.make_tensor_value_info("y", dt, ["K", "C"])],
+        inits,
+    )
+    x = np.random.default_rng(c).random((3, c))
+    (y,) = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_allclose(y, np.cumsum(x, axis=1), rtol=1e-12)

@@ -23,15 +23,31 @@ def _model(nodes: list, name: str, inputs: list, outputs: list, initializer: lis
     return model.SerializeToString()
 
 
-def _softmax_tail(s: str) -> list[Any]:
-    """Nodes from scores `s` [K, M, L] and values `vt` [K, L, hd] to acc [K, M, hd], m, den [K, M, 1]."""
+def _softmax_tail(s: str, *, rowwise: bool = True) -> list[Any]:
+    """Nodes from scores `s` [K, M, L] and values `vt` [K, L, hd] to acc [K, M, hd], m, den [K, M, 1].
+
+    rowwise (every graph but form "transposed", kept as measured first): LogSoftmax, onnxruntime's own
+    row kernel, instead of ReduceMax, which went to cuDNN's reduction (3 ms over [3, 30, 40K] on an H200,
+    benchmarks/results/gpu.md); then p = exp(s - lse), den = sum p, and m = lse recovered as the
+    p-weighted mean of s - LogSoftmax(s) (constant along a row; padded columns, s = -1e30, weigh 0)."""
     from onnx import helper
 
+    if not rowwise:
+        return [
+            helper.make_node("ReduceMax", [s], ["m"], axes=[2], keepdims=1),  # [K, M, 1]
+            helper.make_node("Sub", [s, "m"], ["d"]),
+            helper.make_node("Exp", ["d"], ["p"]),
+            helper.make_node("ReduceSum", ["p", "ax2"], ["den"], keepdims=1),  # [K, M, 1]
+            helper.make_node("MatMul", ["p", "vt"], ["acc"]),  # [K, M, hd]
+        ]
     return [
-        helper.make_node("ReduceMax", [s], ["m"], axes=[2], keepdims=1),  # [K, M, 1]
-        helper.make_node("Sub", [s, "m"], ["d"]),
-        helper.make_node("Exp", ["d"], ["p"]),
-        helper.make_node("ReduceSum", ["p", "ax2"], ["den"], keepdims=1),  # [K, M, 1]
+        helper.make_node("LogSoftmax", [s], ["ls"], axis=2),
+        helper.make_node("Exp", ["ls"], ["p"]),  # [K, M, L]
+        helper.make_node("ReduceSum", ["p", "ax2"], ["den"], keepdims=1),  # [K, M, 1], 1 up to rounding
+        helper.make_node("Sub", [s, "ls"], ["lse_each"]),
+        helper.make_node("Mul", ["lse_each", "p"], ["lse_w"]),
+        helper.make_node("ReduceSum", ["lse_w", "ax2"], ["lse_sum"], keepdims=1),
+        helper.make_node("Div", ["lse_sum", "den"], ["m"]),
         helper.make_node("MatMul", ["p", "vt"], ["acc"]),  # [K, M, hd]
     ]
 
@@ -79,7 +95,7 @@ def _history_attention(k: str, v: str, hd: int, form: str) -> tuple[list[Any], l
         helper.make_node("Transpose", [k], ["kt"], perm=[1, 2, 0]),  # [K, hd, L]
         helper.make_node("MatMul", ["q", "kt"], ["s"]),  # [K, M, L]
         helper.make_node("Transpose", [v], ["vt"], perm=[1, 0, 2]),  # [K, L, hd]
-        *_softmax_tail("s"),
+        *_softmax_tail("s", rowwise=False),
     ]
     return nodes, [_ax2()]
 
@@ -365,6 +381,49 @@ def masses_graph(hd: int, form: str = "flat") -> bytes:
     return _model(_masses_nodes(form), "device_cluster_masses", _masses_inputs(hd), outputs, inits)
 
 
+_SCAN = 256  # elements per block of _blocked_cumsum
+
+
+def _blocked_cumsum(x: str, out: str, xshape: str) -> list[Any]:
+    """out = CumSum(x, axis 1) for x [K, C] (xshape = Shape of it, [2] int64) in two levels: onnxruntime's
+    CUDA CumSum sums each element's whole prefix (1.3 ms over [3, 40K] f64 on an H200), so the scan runs
+    within blocks of _SCAN and over the blocks' totals. The same sums in another order (f64)."""
+    from onnx import helper
+
+    node = helper.make_node
+    return [
+        node("Slice", [xshape, "one_1", "two_1"], ["cs_c"]),  # [1] = C
+        node("Add", ["cs_c", "cs_bm1"], ["cs_c1"]),
+        node("Div", ["cs_c1", "cs_b"], ["cs_nb"]),  # [1] = ceil(C / B)
+        node("Mul", ["cs_nb", "cs_b"], ["cs_cp"]),
+        node("Sub", ["cs_cp", "cs_c"], ["cs_pad"]),
+        node("Concat", ["cs_zero3", "cs_pad"], ["cs_pads"], axis=0),  # [0, 0, 0, pad]
+        node("Pad", [x, "cs_pads"], ["cs_x"]),  # [K, nb * B], zeros at the end
+        node("Slice", [xshape, "zero_1", "one_1"], ["cs_k"]),
+        node("Concat", ["cs_k", "cs_nb", "cs_b"], ["cs_3"], axis=0),
+        node("Reshape", ["cs_x", "cs_3"], ["cs_blocks"]),  # [K, nb, B]
+        node("CumSum", ["cs_blocks", "cs_two"], ["cs_in"]),  # within each block
+        node("Slice", ["cs_in", "minus1_1", "big_1", "two_1"], ["cs_tot"]),  # [K, nb, 1] block totals
+        node("CumSum", ["cs_tot", "one"], ["cs_before"], exclusive=1),  # totals of the blocks before
+        node("Add", ["cs_in", "cs_before"], ["cs_sum"]),
+        node("Concat", ["cs_k", "cs_cp"], ["cs_2"], axis=0),
+        node("Reshape", ["cs_sum", "cs_2"], ["cs_flat"]),
+        node("Slice", ["cs_flat", "zero_1", "cs_c", "one_1"], [out]),  # [K, C]
+    ]
+
+
+def _blocked_cumsum_inits() -> list[Any]:
+    from onnx import TensorProto, helper
+
+    i64 = TensorProto.INT64
+    return [
+        helper.make_tensor("cs_b", i64, [1], [_SCAN]),
+        helper.make_tensor("cs_bm1", i64, [1], [_SCAN - 1]),
+        helper.make_tensor("cs_zero3", i64, [3], [0, 0, 0]),
+        helper.make_tensor("cs_two", i64, [], [2]),
+    ]
+
+
 def resv_attend_graph(hd: int, form: str = "flat") -> bytes:
     """ReSV's whole retrieval and attention in one run: masses, WiCSum, the token mask and a gather.
 
@@ -388,9 +447,9 @@ def resv_attend_graph(hd: int, form: str = "flat") -> bytes:
         helper.make_node("Slice", ["mshape", "one_1", "two_1"], ["kc"]),  # [1] = C
         helper.make_node("TopK", ["mass", "kc"], ["vals", "order"], axis=1, largest=1, sorted=1),
         helper.make_node("Cast", ["vals"], ["vals64"], to=TensorProto.DOUBLE),  # sums in f64, as the host's
-        helper.make_node("CumSum", ["vals64", "one"], ["cum"]),
+        *_blocked_cumsum("vals64", "cum", "mshape"),
         helper.make_node("Sub", ["cum", "vals64"], ["heavier"]),  # mass of the clusters before each
-        helper.make_node("ReduceSum", ["vals64", "ax1"], ["total"], keepdims=1),  # [K, 1]
+        helper.make_node("Slice", ["cum", "minus1_1", "big_1", "one_1"], ["total"]),  # [K, 1]: the last sum
         helper.make_node("Mul", ["total", "tau"], ["goal"]),
         helper.make_node("Less", ["heavier", "goal"], ["ks_b"]),
         helper.make_node("Cast", ["ks_b"], ["ks"], to=f),
@@ -439,6 +498,9 @@ def resv_attend_graph(hd: int, form: str = "flat") -> bytes:
         helper.make_tensor("zero_1", i64, [1], [0]),
         helper.make_tensor("one_1", i64, [1], [1]),
         helper.make_tensor("two_1", i64, [1], [2]),
+        *_blocked_cumsum_inits(),
+        helper.make_tensor("minus1_1", i64, [1], [-1]),
+        helper.make_tensor("big_1", i64, [1], [2**62]),
         helper.make_tensor("zero_s", i64, [], [0]),
         helper.make_tensor("onef", f, [], [1.0]),
         helper.make_tensor("half", f, [], [0.5]),
