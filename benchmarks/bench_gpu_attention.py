@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--layers", type=int, default=8, help="KV copies cycled through")
     ap.add_argument("--repeats", type=int, default=50)
     ap.add_argument("--no-cuda", action="store_true")
-    ap.add_argument("--forms", nargs="+", default=["flat"], help="ort-cuda graph forms (ort_graphs.FORMS)")
+    ap.add_argument("--forms", nargs="+", default=["auto"], help="ort-cuda graph forms (ort_cuda.ENGINE_FORMS)")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
     cpu = kernels.make_engine("ort-cpu")

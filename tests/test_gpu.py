@@ -17,8 +17,7 @@ from tests.test_retrieval import make_text, run
 from vrex_edge.errors import ConfigError
 from vrex_edge.runtime import kernels
 from vrex_edge.runtime.kernels import Segment
-from vrex_edge.runtime.kernels.ort_cuda import OrtDeviceEngine
-from vrex_edge.runtime.kernels.ort_graphs import FORMS
+from vrex_edge.runtime.kernels.ort_cuda import ENGINE_FORMS, FLAT_FROM, OrtDeviceEngine
 from vrex_edge.runtime.kernels.reference import attend_reference
 from vrex_edge.runtime.retrieval import FullKV, make_policy
 from vrex_edge.runtime.retrieval.full import DeviceFullKV
@@ -39,7 +38,7 @@ def rand(rng: np.random.Generator, *shape: int) -> np.ndarray:
     return rng.standard_normal(shape).astype(np.float32)
 
 
-@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("form", ENGINE_FORMS)
 @pytest.mark.parametrize("device", DEVICES)
 def test_attend_append_matches_reference(device: str, form: str) -> None:
     """SmolLM2 head layout (9 query heads over 3 KV heads, hd 64); the arena grows twice; every graph form."""
@@ -97,6 +96,22 @@ def test_device_full_kv_matches_full_kv_and_resumes(device: str) -> None:
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="this onnxruntime has the CUDA provider")
+@pytest.mark.parametrize("device", DEVICES)
+def test_auto_form_switches_to_flat_at_long_histories(device: str) -> None:
+    """form "auto": the first graph below FLAT_FROM tokens, the flat one from there; the same attention."""
+    rng = np.random.default_rng(5)
+    eng = OrtDeviceEngine(device=device, form="auto")
+    kv = eng.new_kv(3, 64)
+    hist_k, hist_v = rand(rng, 3, FLAT_FROM - 15, 64), rand(rng, 3, FLAT_FROM - 15, 64)
+    eng.upload(kv, hist_k, hist_v)
+    for _ in range(3):
+        q, k, v = rand(rng, 3, 3, 10, 64), rand(rng, 3, 10, 64), rand(rng, 3, 10, 64)
+        ref = attend_reference(q, [Segment(hist_k, hist_v)], k, v)
+        np.testing.assert_allclose(eng.attend_append(q, kv, k, v), ref, atol=2e-5, rtol=1e-4)
+        hist_k, hist_v = np.concatenate([hist_k, k], 1), np.concatenate([hist_v, v], 1)
+    assert {key[2] for key in eng._sessions if key[0] == "attend_append"} == {"transposed", "flat"}
+
+
 def test_device_engine_form_is_checked() -> None:
     with pytest.raises(ConfigError, match="form must be one of"):
         OrtDeviceEngine(device="cpu", form="diagonal")

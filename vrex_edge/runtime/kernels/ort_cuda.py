@@ -46,7 +46,9 @@ from vrex_edge.runtime.kernels.ort_graphs import (
 from vrex_edge.runtime.kernels.segments import Segment, segment_lens
 
 _F32 = 4  # bytes
-DEFAULT_FORM = "flat"  # see FORMS and benchmarks/results/gpu.md
+DEFAULT_FORM = "auto"  # "flat" from FLAT_FROM history tokens, "transposed" below (benchmarks/results/gpu.md)
+FLAT_FROM = 2048  # where form flat's graph run became the faster on an H200 (1K: 0.18 vs 0.14 ms, 2K: 0.18 vs 0.20)
+ENGINE_FORMS = ("auto", *FORMS)
 _GRAPHS = {  # kind -> graph(hd, form)
     "copy": lambda hd, form: copy_graph(),
     "attend": lambda hd, form: attend_graph(hd, append=False, form=form),
@@ -133,7 +135,7 @@ class OrtDeviceEngine(RetrievalRuns):
     ):
         """device: "cuda" (CUDAExecutionProvider, TF32 off so results match the CPU path to float32
         rounding) or "cpu" (the same graphs on the CPU provider); min_capacity: tokens per first arena;
-        form: how a contiguous history is read (ort_graphs.FORMS; None: $VREX_ORT_CUDA_FORM, else
+        form: how a contiguous history is read (ENGINE_FORMS; None: $VREX_ORT_CUDA_FORM, else
         DEFAULT_FORM, the fastest measured; the variable is for benchmarks comparing the forms)."""
         import onnxruntime as ort
 
@@ -148,8 +150,8 @@ class OrtDeviceEngine(RetrievalRuns):
 
             raise ConfigError(missing_provider_message(missing[0], ort.get_available_providers(), ort.__version__))
         form = form or os.environ.get("VREX_ORT_CUDA_FORM") or DEFAULT_FORM
-        if form not in FORMS:
-            raise ConfigError(f"device engine: form must be one of {', '.join(FORMS)}, got '{form}'")
+        if form not in ENGINE_FORMS:
+            raise ConfigError(f"device engine: form must be one of {', '.join(ENGINE_FORMS)}, got '{form}'")
         self.device, self.providers, self.threads, self.form = device, list(providers), threads, form
         self.min_capacity = min_capacity
         self.host = NumpyEngine()  # host numpy segments (the other policies' buffers), if given
@@ -161,8 +163,16 @@ class OrtDeviceEngine(RetrievalRuns):
 
     # ------------------------------------------------------------------ sessions
 
-    def _session(self, kind: str, hd: int = 0) -> tuple[Any, Any]:
-        key = (kind, hd)
+    def _form(self, history: int | None) -> str:
+        """The graph form of a run: the engine's, or with "auto" by the history it reads (None: not an
+        attention over a contiguous history, which reads its rows the flat way)."""
+        if self.form != "auto":
+            return self.form
+        return "flat" if history is None or history >= FLAT_FROM else "transposed"
+
+    def _session(self, kind: str, hd: int = 0, history: int | None = None) -> tuple[Any, Any]:
+        form = self._form(history)
+        key = (kind, hd, form)
         if key not in self._sessions:
             ort = self._ort
             so = ort.SessionOptions()
@@ -171,7 +181,7 @@ class OrtDeviceEngine(RetrievalRuns):
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             so.log_severity_level = 3
-            model = _GRAPHS[kind](hd, self.form)
+            model = _GRAPHS[kind](hd, form)
             sess = ort.InferenceSession(model, sess_options=so, providers=self.providers)
             self._sessions[key] = (sess, sess.io_binding())
         return self._sessions[key]
@@ -260,7 +270,7 @@ class OrtDeviceEngine(RetrievalRuns):
             for x, buf in ((kt, kv.k), (vt, kv.v)):
                 self._copy(x.ctypes.data, "cpu", kv.row_ptr(buf, 0), self.device, x.shape)
         else:
-            sess, io = self._session("attend_append", hd)
+            sess, io = self._session("attend_append", hd, kv.n)
             self._run(io, sess, qs, kv, kv.n, m, den, acc, append=(kt, vt))
         kv.n += n
         acc /= den
@@ -281,7 +291,7 @@ class OrtDeviceEngine(RetrievalRuns):
             if not (lens == lens[0]).all() or not 0 <= lens[0] <= kv.n:
                 raise ValueError("a DeviceKV segment needs one length for every head, within the arena")
             if lens[0] > 0:
-                sess, io = self._session("attend", hd)
+                sess, io = self._session("attend", hd, int(lens[0]))
                 self._run(io, sess, qs, kv, int(lens[0]), m, den, acc, append=None)
         acc /= den
         return acc.reshape(kvh, g, n, hd)
@@ -300,7 +310,7 @@ class OrtDeviceEngine(RetrievalRuns):
         if kh.shape[0]:
             parts.append((kh.ctypes.data, vh.ctypes.data, kh.shape[0], "cpu"))
         if parts:  # one part: the plain graph, bound where it lies; two: the split graph
-            sess, io = self._session("attend" if len(parts) == 1 else "split", hd)
+            sess, io = self._session("attend" if len(parts) == 1 else "split", hd, kv.n + kh.shape[0])
             io.clear_binding_inputs()
             io.clear_binding_outputs()
             for (pk, pv, L, where), names in zip(parts, (("k", "v"), ("kh", "vh")), strict=False):
