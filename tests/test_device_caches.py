@@ -38,6 +38,8 @@ VARIANTS = [
     dict(keys="post", score_keys="pre", hamming=10, tau=0.5, reselect=3, sink=2, recent=5),
     dict(hamming=8, dense_below=120, max_kept=40, tau=0.99, sink=4, recent=8),
     dict(hamming=6, tau=1.0, sink=4, recent=8),
+    dict(reps="int8", hamming=6, tau=0.8, sink=4, recent=8),  # the int8 masses' math in float32 on the device
+    dict(reps="int8", hamming=10, tau=0.5, reselect=3, sink=2, recent=5),
 ]
 
 

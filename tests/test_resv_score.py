@@ -41,7 +41,7 @@ def test_tau1_equals_full_in_every_mode(chunks, mode):
 
 def test_subset_of_all_queries_and_full_prefilter_equal_exact():
     text = make_text()
-    exact = build("resv", text, tau=0.8, hamming=6, sink=4, recent=10, dense_below=0)
+    exact = build("resv", text, tau=0.8, hamming=6, sink=4, recent=10, dense_below=0, reps="f32")  # as prefilter
     q, p = fill(exact, text, [10] * 30)
     qs = scoring_queries(exact, q, p)
     k0, m0 = exact.store.score(qs, tau=0.8)

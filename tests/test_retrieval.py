@@ -357,7 +357,7 @@ def test_two_level_tables_bound_the_resident_representatives(positions):
         positions=positions,
         cluster_batch=1,
     )
-    ref = run(build("resv", text, **base), text, [10] * 60)
+    ref = run(build("resv", text, reps="f32", **base), text, [10] * 60)  # two-level tables score float32
     two = build("resv", text, fine=16, block=4, tau_coarse=1.0, **base)
     got = run(two, text, [10] * 60)
     for a, b in zip(ref, got, strict=True):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from vrex_edge.accel.q8 import Int8Masses
 from vrex_edge.scratch import work
 
 if hasattr(np, "bitwise_count"):
@@ -187,9 +188,13 @@ def assign_batch(
 
 
 class HostBackend:
-    """Float32 NumPy reference: exact softmax-consistent masses and a full sort for WiCSum."""
+    """Float32 NumPy reference: exact softmax-consistent masses and a full sort for WiCSum; also
+    scores int8 representatives (score_select_q8, accel/q8.py)."""
 
     name = "host"
+
+    def __init__(self) -> None:
+        self._q8 = Int8Masses()
 
     def hash_codes(self, keys: np.ndarray, planes: np.ndarray) -> np.ndarray:
         proj = np.matmul(keys, np.swapaxes(planes, -1, -2))  # [..., m, bits]
@@ -266,6 +271,19 @@ class HostBackend:
         if c == 0:
             return np.zeros((kvh, 0), bool), np.zeros((kvh, 0), np.float32)
         mass = self.masses(q, reps, counts)
+        valid = counts > 0
+        if tau >= 1.0:
+            return valid, mass
+        return wicsum(mass, tau) & valid, mass
+
+    def score_select_q8(
+        self, q: np.ndarray, vals: np.ndarray, scale: np.ndarray, counts: np.ndarray, *, tau: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """score_select over int8 representatives: vals [KVH, hd, C] int8, scale [KVH, C] (accel/q8.py)."""
+        kvh, c = counts.shape
+        if c == 0:
+            return np.zeros((kvh, 0), bool), np.zeros((kvh, 0), np.float32)
+        mass = self._q8(q, vals, scale, counts)
         valid = counts > 0
         if tau >= 1.0:
             return valid, mass

@@ -130,14 +130,16 @@ def _read_json(path: Path) -> Any:
         raise KVStoreError(f"cannot resume {path.parent}: {path.name} is unreadable or malformed ({e})") from None
 
 
-def _check_meta(folder: Path, meta: dict[str, Any], want: dict[str, Any], result_options: tuple[str, ...]) -> None:
+def _check_meta(
+    folder: Path, meta: dict[str, Any], want: dict[str, Any], result_options: tuple[str, ...], absent: dict[str, Any]
+) -> None:
     diff = [k for k in ("model", "layers", "kv_heads", "head_dim", "policy") if meta.get(k) != want[k]]
     if diff:
         raise KVStoreError(
             f"cannot resume {folder}: it was recorded with a different {', '.join(diff)} "
             f"({'; '.join(f'{k}={meta.get(k)} now {want[k]}' for k in diff)})"
         )
-    kept, now = meta.get("options") or {}, want["options"]
+    kept, now = {**absent, **(meta.get("options") or {})}, want["options"]
     changed = [k for k in result_options if k in now and kept.get(k) != now[k]]
     if changed:
         k = changed[0]
@@ -165,7 +167,8 @@ def restore(mgr: Any, session: Any, folder: Path) -> float | None:
             f"cannot resume {folder}: it was kept by another vrex-edge version "
             f"(state format {doc.get('format_version')}, this one reads {FORMAT}); start a new stream"
         )
-    _check_meta(folder, doc.get("meta") or {}, _meta(session), session.retrieval.options.result_options())
+    o = session.retrieval.options
+    _check_meta(folder, doc.get("meta") or {}, _meta(session), o.result_options(), o.absent_values())
     try:
         with np.load(folder / str(doc["arrays"]), allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}

@@ -26,6 +26,7 @@ import numpy as np
 from vrex_edge.accel.backend import RetrievalBackend
 from vrex_edge.accel.host import popcount
 from vrex_edge.runtime.arrays import grow
+from vrex_edge.runtime.retrieval.reps import Int8Reps
 from vrex_edge.runtime.retrieval.storage import Arena, Rows, runs_to_index, take_rows
 from vrex_edge.scratch import work
 
@@ -59,6 +60,7 @@ class ClusterStore:
         score: str = "exact",
         score_queries: int = 2,
         prefilter: float = 0.5,
+        reps: str = "f32",
     ):
         self.kvh, self.hd = kvh, hd
         # how scoring reads the chunk's queries [KVH, groups * n, hd] (ReSVOptions.score; docs/resv-spec.md)
@@ -87,6 +89,8 @@ class ClusterStore:
         self.cmeans_t = np.zeros((kvh, hd, 0), np.float32)  # coarse representatives of the blocks
         self.ccounts = np.zeros((kvh, 0), np.int64)  # tokens per block
         self.archive = archive  # fine representatives of retired blocks
+        # reps="int8": the resident representatives' int8 copies, scored by the backend's score_select_q8
+        self.q8 = Int8Reps(kvh, hd) if reps == "int8" else None
 
     @property
     def means(self) -> np.ndarray:
@@ -137,6 +141,8 @@ class ClusterStore:
             ids = ext[t]
             self.counts[h, ids] += add[t]
             self.means[h, ids - lo] = sums[t] / self.counts[h, ids, None]
+            if self.q8 is not None:
+                self.q8.stale(h, ids - lo)
             self.pending[h].append(k[h], v[h], pos, gid)
             open_ok = self.counts[h, ext] < self.max_size
             rows = self.counts[h, ext]
@@ -203,6 +209,8 @@ class ClusterStore:
             n = int(self.nclu[h]) - lo  # resident columns in use
             self.means_t[h, :, : n - b] = self.means_t[h, :, b:n]
             self.means_t[h, :, n - b : n] = 0
+            if self.q8 is not None:  # every resident column moved
+                self.q8.invalidate()
             self.codes[h, : n - b] = self.codes[h, b:n]
             self.lo[h], self.nblk[h] = lo + b, j + 1
 
@@ -228,6 +236,9 @@ class ClusterStore:
         if not self.nblk.any():  # one level: every representative is resident
             if self.score_mode == "prefilter" and tau < 1.0:  # tau 1 keeps every cluster: nothing to filter
                 return self._prefiltered(be, q, c, tau)
+            if self.q8 is not None:
+                vals, scale = self.q8.current(self.means_t, c)
+                return be.score_select_q8(q, vals, scale, self.counts[:, :c], tau=tau)
             return be.score_select(q, self.means[:, :c], self.counts[:, :c], tau=tau)
         nb = int(self.nblk.max())
         bk, bm = self._select(be, q, self.cmeans_t[:, :, :nb].swapaxes(1, 2), self.ccounts[:, :nb], self.tau_coarse)
@@ -373,6 +384,7 @@ class ClusterStore:
             + self.cmeans_t.nbytes
             + self.ccounts.nbytes
             + self.archive.nbytes()
+            + (0 if self.q8 is None else self.q8.nbytes())
         )
 
     def open_nbytes(self) -> int:
@@ -399,6 +411,8 @@ class ClusterStore:
             if new.dtype != cur.dtype or new.ndim != cur.ndim or new.shape[:1] != cur.shape[:1]:
                 raise ValueError(f"cluster table {k} has the wrong type or shape")
             setattr(self, k, new.copy())
+        if self.q8 is not None:
+            self.q8.invalidate()
         self.open = [np.asarray(x, np.int64) for x in s["open"]]
         self.open_sums = [np.asarray(x, np.float64) for x in s["open_sums"]]
         for r, x in zip(self.pending, s["pending"], strict=True):

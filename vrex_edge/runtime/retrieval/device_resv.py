@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vrex_edge.accel.host import wicsum
+from vrex_edge.accel.q8 import dequantized_columns, dequantized_queries
 from vrex_edge.bundle import TextSpec
 from vrex_edge.errors import ConfigError
 from vrex_edge.runtime.retrieval.clusters import heaviest
@@ -101,7 +102,7 @@ class DeviceReSVKV(DeviceArena, ReSVCache):
             return super()._attend_device(q, q_abs, k_abs, v, sec)
         t0 = time.perf_counter()
         n = q.shape[1]
-        qs = (q_abs if self.score_post else q).reshape(self.kvh, self.g * n, self.hd)  # [KVH, G*n, hd]
+        qs = self._scoring_queries(q, q_abs)  # [KVH, G*n, hd]
         new, own = self._dirty_rows(c), self._owner_rows()
         t1 = time.perf_counter()
         sec["select"] += t1 - t0
@@ -157,9 +158,16 @@ class DeviceReSVKV(DeviceArena, ReSVCache):
         """Table rows dirty .. c-1 from the host tables -> [c - dirty, KVH, hd + 1] (rep, count)."""
         st, a = self.store, self.dirty
         x = np.empty((c - a, self.kvh, self.hd + 1), np.float32)
-        x[:, :, : self.hd] = st.means_t[:, :, a:c].transpose(2, 0, 1)
+        reps = st.means_t[:, :, a:c]  # [KVH, hd, c - a]
+        x[:, :, : self.hd] = (reps if st.q8 is None else dequantized_columns(reps)).transpose(2, 0, 1)
         x[:, :, self.hd] = st.counts[:, a:c].T
         return x
+
+    def _scoring_queries(self, q: np.ndarray, q_abs: np.ndarray) -> np.ndarray:
+        """The chunk's scoring queries [KVH, G*n, hd]; with reps=int8 the 7-bit ones the host scores
+        with, as float32 (with the table's dequantized rows, the host's int8 masses to float rounding)."""
+        qs = (q_abs if self.score_post else q).reshape(self.kvh, -1, self.hd)
+        return qs if self.store.q8 is None else dequantized_queries(qs)
 
     def _retrieve(self, q: np.ndarray, q_abs: np.ndarray, budget: int, sec: dict[str, float]) -> np.ndarray:
         """ReSVCache's selection with the masses computed on the device -> r [KVH]; the selected
@@ -180,8 +188,7 @@ class DeviceReSVKV(DeviceArena, ReSVCache):
             sels = [np.concatenate([s, np.arange(then[h], st.nclu[h])]) for h, s in enumerate(self.last_sel)]
             self._reuse = (self.phase, left - 1, then)
         else:
-            n = q.shape[1]
-            qs = (q_abs if self.score_post else q).reshape(self.kvh, self.g * n, self.hd)  # [KVH, G*n, hd]
+            qs = self._scoring_queries(q, q_abs)  # [KVH, G*n, hd]
             mass = self.dev.masses(qs, self.table, self.dirty, self._dirty_rows(c))  # [KVH, C]; the table is current
             self.dirty = c
             valid = st.counts[:, :c] > 0

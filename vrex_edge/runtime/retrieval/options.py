@@ -31,11 +31,21 @@ def opt(
     lo_open: bool = False,
     choices: tuple[str, ...] | None = None,
     affects: bool = True,
+    absent: Any = None,
     help: str = "",
 ) -> Any:
     """A policy option: default, inclusive range [lo, hi] (lo_open: (lo, hi]), choices for strings,
-    affects: whether a different value can change outputs (resume compares those)."""
-    meta = {"lo": lo, "hi": hi, "lo_open": lo_open, "choices": choices, "affects": affects, "help": help}
+    affects: whether a different value can change outputs (resume compares those), absent: the value
+    a stream kept before the option existed ran with (None: the default)."""
+    meta = {
+        "lo": lo,
+        "hi": hi,
+        "lo_open": lo_open,
+        "choices": choices,
+        "affects": affects,
+        "absent": absent,
+        "help": help,
+    }
     return field(default=default, metadata=meta)
 
 
@@ -167,6 +177,12 @@ class Options:
     def result_options(cls) -> tuple[str, ...]:
         """The names of the options that can change outputs."""
         return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("affects", True))
+
+    @classmethod
+    def absent_values(cls) -> dict[str, Any]:
+        """What a stream kept before an option existed ran with, per option that was added with another
+        default than its behaviour then (resume compares a kept stream's options with these filled in)."""
+        return {f.name: f.metadata["absent"] for f in dataclasses.fields(cls) if f.metadata.get("absent") is not None}
 
     @classmethod
     def describe(cls) -> list[tuple[str, str, str]]:

@@ -27,6 +27,7 @@ from vrex_edge.runtime.rope import Rope
 
 KEY_MODES = ("post", "pre")
 SCORE_MODES = ("exact", "subset", "mean", "prefilter")
+REP_MODES = ("auto", "f32", "int8")
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,14 @@ class ReSVOptions(WindowedOptions):
     )
     score_queries: int = opt(2, lo=1, help="score=subset: chunk tokens scored per query head (evenly spaced)")
     prefilter: float = opt(0.5, lo=0, hi=1, lo_open=True, help="score=prefilter: fraction of clusters scored")
+    reps: str = opt(
+        "auto",
+        choices=REP_MODES,
+        absent="f32",
+        help="representatives scored as int8 (one scale per cluster, the chunk's queries 7-bit per row; the masses "
+        "after the product are float32) or float32; auto: int8 with accel=host, fine=0 and score other than "
+        "prefilter, else float32",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -74,6 +83,19 @@ class ReSVOptions(WindowedOptions):
             object.__setattr__(self, "score_keys", self.keys)
         if self.score == "prefilter" and self.score_keys != self.keys:
             raise ConfigError("resv: score=prefilter needs score_keys equal to keys (query and cluster codes)")
+        why_f32 = (
+            f"accel={self.accel} scores in its own arithmetic"
+            if self.accel != "host"
+            else "two-level tables (fine > 0) score float32 candidates"
+            if self.fine
+            else "score=prefilter scores float32 candidates"
+            if self.score == "prefilter"
+            else None
+        )
+        if self.reps == "auto":
+            object.__setattr__(self, "reps", "f32" if why_f32 else "int8")
+        if self.reps == "int8" and why_f32:
+            raise ConfigError(f"resv: reps=int8 needs one-level tables on the host backend ({why_f32})")
         if self.accel not in backend_names():
             raise AccelError(f"unknown retrieval backend '{self.accel}' (available: {', '.join(backend_names())})")
 
@@ -124,6 +146,7 @@ class ReSVCache(WindowedCache):
             score=o.score,
             score_queries=o.score_queries,
             prefilter=o.prefilter,
+            reps=o.reps,
         )
         self.last_mass: np.ndarray | None = None  # [KVH, C] of the last selection (tools, tests)
         self.last_nsel = np.zeros(self.kvh, np.int64)
