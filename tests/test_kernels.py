@@ -17,7 +17,7 @@ from vrex_edge.runtime.kernels.ort_engine import OrtEngine
 from vrex_edge.runtime.kernels.reference import attend_reference
 
 ATOL = 2e-5
-ENGINES = ["numpy", "ort-cpu"]
+ENGINES = ["numpy", "ort-cpu", "ort-cpu-lanes"]
 
 
 def _rand(rng, *shape):
@@ -32,6 +32,8 @@ def _chunk(rng, kvh=3, g=3, n=10, hd=64):
 def engine(request):
     if request.param == "ort-cpu":
         return OrtEngine(numpy_below=1)  # every non-empty head run through the graph
+    if request.param == "ort-cpu-lanes":  # runs on 3 threads, every head of 16 rows or more cut in 3
+        return OrtEngine(numpy_below=1, lanes=3, split_from=16, parallel_from=1)
     return kernels.make_engine(request.param)
 
 
@@ -107,7 +109,7 @@ def test_interface():
     assert kernels.default_engine() is kernels.default_engine()  # built once (per thread)
     assert kernels.merge_heads(o).shape == (2, 9 * 64)
     np.testing.assert_array_equal(kernels.merge_heads(o)[1, 64:128], o[0, 1, 1])  # query head 1, token 1
-    assert set(ENGINES) <= set(kernels.engine_names())
+    assert set(ENGINES) - {"ort-cpu-lanes"} <= set(kernels.engine_names())
     with pytest.raises(ConfigError, match="unknown attention engine"):
         kernels.make_engine("nope")
     with pytest.raises(ConfigError, match="threads"):
@@ -117,7 +119,7 @@ def test_interface():
 def test_copied_caches_share_the_engine():
     import copy
 
-    for name in ENGINES:
+    for name in ("numpy", "ort-cpu"):
         eng = kernels.make_engine(name)
         assert copy.deepcopy([eng])[0] is eng
 
@@ -137,3 +139,31 @@ def test_ort_engine_reads_ortvalue_buffers_in_place():
     k[1] = 0.0  # the OrtValue shares the array's memory: the engine sees the change
     changed = attend_reference(q, [Segment(k, v, lens)], kn, vn)
     np.testing.assert_allclose(eng.attend(q, [Segment(ko, vo, lens)], kn, vn), changed, atol=ATOL, rtol=0)
+
+
+def test_lanes_default_to_the_cores_and_can_be_pinned(monkeypatch):
+    from vrex_edge.runtime.kernels.ort_engine import LANES_ENV, default_lanes
+
+    monkeypatch.delenv(LANES_ENV, raising=False)
+    assert 1 <= default_lanes() <= 4
+    monkeypatch.setenv(LANES_ENV, "3")
+    assert default_lanes() == 3 and kernels.make_engine("ort-cpu").lanes == 3
+    monkeypatch.setenv(LANES_ENV, "0")
+    with pytest.raises(ConfigError, match=LANES_ENV):
+        default_lanes()
+
+
+def test_lanes_split_a_long_history_and_merge_it_exactly():
+    """A 5,000-row history on 2 lanes (two pieces per head, the heads' pieces interleaved over the
+    lanes) equals one lane's result to float rounding, whatever lane finishes first."""
+    rng = np.random.default_rng(5)
+    q, kn, vn = _chunk(rng)
+    buf_k, buf_v = _rand(rng, 3, 5000, 64), _rand(rng, 3, 5000, 64)
+    segs = [Segment(buf_k, buf_v, np.array([5000, 4097, 1200]))]
+    one = OrtEngine(lanes=1).attend(q, segs, kn, vn)
+    two = OrtEngine(lanes=2)
+    runs = two._plan(np.zeros((3, 30, 64), np.float32), segs, *(np.zeros((3, 30, w), np.float32) for w in (1, 1, 64)))
+    assert [r[3] for r in runs] == [2500, 2500, 2048, 2049, 1200]
+    for _ in range(3):
+        np.testing.assert_allclose(two.attend(q, segs, kn, vn), one, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(one, attend_reference(q, segs, kn, vn), atol=ATOL, rtol=0)
