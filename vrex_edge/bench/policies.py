@@ -55,6 +55,8 @@ class PhaseTally:
     history: np.ndarray  # [L] history tokens before the chunk, summed over calls
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(SPLIT, 0.0))
     ms: list[float] = field(default_factory=list)  # per call: forward + head of the last row
+    attend_s: float = 0.0  # attention seconds (the caches' attend timers, else the forward's attention)
+    kv_bytes: float = 0.0  # K + V bytes of the history the calls attended (float32)
 
     @property
     def kept_fraction(self) -> float:
@@ -114,18 +116,22 @@ class Runner:
         h = m.forward(emb, np.arange(p0, p0 + emb.shape[0]), caches, phase)  # [n, D]
         last = m.head(h[-1:])  # [1, V]
         dt = time.perf_counter() - t0
-        m.timer.reset()
+        stage = m.timer.reset()
         if not own:
             return last
         self.pos += emb.shape[0]
         tally = self.res.prefill if phase == "prefill" else self.res.decode
         tally.ms.append(1e3 * dt)
+        attend = 0.0
         for i, c in enumerate(self.caches):
             st = c.stats()
             tally.kept[i] += st.kept
             tally.history[i] += st.history
+            tally.kv_bytes += 2 * 4 * m.text.head_dim * float(np.sum(st.kept))
+            attend += st.seconds.get("attend", 0.0)
             for k, v in st.seconds.items():
                 tally.seconds[k] = tally.seconds.get(k, 0.0) + v
+        tally.attend_s += attend or stage.get("attention", 0.0)  # full's caches time no stages
         self.last = last[0]
         return np.concatenate([m.head(h[:-1]), last]) if rows else last
 

@@ -11,7 +11,7 @@ from vrex_edge.bench.policies import Result, parse_variant
 
 HEADER = (
     "| cached | policy | frame ms (median) | p95 | speedup vs full | retrieval share | prefill kept "
-    "| decode kept | top-1 | mean KL | decode top-1 | decode KL | identical greedy |"
+    "| decode kept | top-1 | mean KL | decode top-1 | decode KL | identical greedy | attention K+V GB/s |"
 )
 
 
@@ -30,7 +30,16 @@ def retrieval_share(r: Result) -> float:
     return (s.get("cluster", 0) + s.get("select", 0) + s.get("gather", 0)) / total if total else float("nan")
 
 
-def row(r: Result, full_ms: float) -> str:
+def attention_rate(r: Result, read_gbs: float | None) -> str:
+    """K+V bytes of the attended history / attention seconds over the prefill frames, and that as a share
+    of the machine's measured read bandwidth (bench/bandwidth.py)."""
+    if not r.prefill.attend_s:
+        return "-"
+    gbs = r.prefill.kv_bytes / r.prefill.attend_s / 1e9
+    return f"{gbs:.1f}" + (f" ({100 * gbs / read_gbs:.0f}%)" if read_gbs else "")
+
+
+def row(r: Result, full_ms: float, read_gbs: float | None = None) -> str:
     ms = np.asarray(r.prefill.ms)
     fid = r.fidelity and bool(r.top1)
     dfid = r.fidelity and bool(r.dtop1)
@@ -48,15 +57,17 @@ def row(r: Result, full_ms: float) -> str:
         f"{100 * np.mean(r.dtop1):.1f}%" if dfid else "n/a",
         f"{np.mean(r.dkl):.4f}" if dfid else "n/a",
         f"{sum(r.greedy)}/{len(r.greedy)}" if r.fidelity and r.greedy else "n/a",
+        attention_rate(r, read_gbs),
     ]
     return "| " + " | ".join(cells) + " |"
 
 
-def table(results: Sequence[Result]) -> str:
-    """One row per (size, variant); speedup against the same size's full."""
+def table(results: Sequence[Result], read_gbs: float | None = None) -> str:
+    """One row per (size, variant); speedup against the same size's full; attention rates against
+    `read_gbs` (the machine's read bandwidth) when given."""
     lines = [HEADER, "|" + "---|" * (HEADER.count("|") - 1)]
     full = {r.size: median_ms(r) for r in results if r.variant == "full"}
-    lines += [row(r, full[r.size]) for r in results]
+    lines += [row(r, full[r.size], read_gbs) for r in results]
     return "\n".join(lines)
 
 

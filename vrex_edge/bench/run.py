@@ -8,10 +8,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from vrex_edge.bench.bandwidth import read_bandwidth
 from vrex_edge.bench.policies import Result, parse_variant, policy_defaults, run_bench
 from vrex_edge.bench.report import counts_note, plot_heatmap, plot_latency, table
 from vrex_edge.bench.streams import CACHE_DIR, Progress, load_workload
 from vrex_edge.errors import ConfigError
+from vrex_edge.runtime.kernels.ort_engine import default_lanes
 
 DEFAULT_POLICIES = ("full", "resv", "topk", "window")
 
@@ -92,6 +94,8 @@ def run(
     )
     if out is not None:
         (out / f"policies_{workload}.partial.md").unlink(missing_ok=True)
+    lanes = default_lanes()
+    read_gbs = read_bandwidth(lanes)
     head = [f"# vrex-edge bench: {workload}", ""]
     if command:
         head += ["```", command, "```", ""]
@@ -102,8 +106,11 @@ def run(
         f"{wl.real_tokens:,} tokens (repeated past that); model context: {wl.max_positions:,} positions.",
         "",
         counts_note(results, wl.chunk),
+        f"Attention K+V GB/s: float32 K and V bytes of the history each variant attended / its attention time "
+        f"(the read bandwidth, measured after the run as float32 sums over 256 MiB on {lanes} thread(s), the "
+        f"host attention's lanes: {read_gbs:.1f} GB/s).",
         "",
-        table(results),
+        table(results, read_gbs),
         "",
     ]
     md = "\n".join(head)
