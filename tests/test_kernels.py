@@ -142,12 +142,12 @@ def test_ort_engine_reads_ortvalue_buffers_in_place():
 
 
 def test_lanes_default_to_the_cores_and_can_be_pinned(monkeypatch):
-    from vrex_edge.runtime.kernels.ort_engine import LANES_ENV, default_lanes
+    from vrex_edge.runtime.lanes import LANES_ENV, default_lanes
 
     monkeypatch.delenv(LANES_ENV, raising=False)
     assert 1 <= default_lanes() <= 4
     monkeypatch.setenv(LANES_ENV, "3")
-    assert default_lanes() == 3 and kernels.make_engine("ort-cpu").lanes == 3
+    assert default_lanes() == 3 and kernels.make_engine("ort-cpu").lanes.n == 3
     monkeypatch.setenv(LANES_ENV, "0")
     with pytest.raises(ConfigError, match=LANES_ENV):
         default_lanes()

@@ -13,7 +13,7 @@ from vrex_edge.bench.policies import Result, parse_variant, policy_defaults, run
 from vrex_edge.bench.report import counts_note, plot_heatmap, plot_latency, table
 from vrex_edge.bench.streams import CACHE_DIR, Progress, load_workload
 from vrex_edge.errors import ConfigError
-from vrex_edge.runtime.kernels.ort_engine import default_lanes
+from vrex_edge.runtime.lanes import default_lanes
 
 DEFAULT_POLICIES = ("full", "resv", "topk", "window")
 

@@ -6,8 +6,8 @@ chunk's own (causal, computed in numpy: it is n x n) with a log-sum-exp merge. I
 pointer (IOBinding), so a head's contiguous [L, hd] run in a [KVH, cap, hd] buffer is read where
 it lies: no copy of the history. Outputs go to preallocated numpy arrays.
 
-With `lanes` > 1 a call's graph runs go out on that many threads at once (the calling thread and
-lanes - 1 workers; onnxruntime releases the GIL while it runs), each with its own IO binding: every
+With `lanes` > 1 a call's graph runs go out on that many threads at once (runtime/lanes.py: the calling
+thread and lanes - 1 workers; onnxruntime releases the GIL while it runs), each with its own IO binding: every
 head is a run, and a head's history of at least `split_from` rows is cut into `lanes` pieces whose
 partial softmaxes merge like segments. Each run keeps one intra-op thread; the lanes put the other
 cores on long histories, where one core was the bound (benchmarks/results/attention.md). Merges go in
@@ -16,16 +16,14 @@ a fixed order, so the result does not depend on which lane finished first.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
-from vrex_edge.errors import ConfigError
 from vrex_edge.runtime.kernels.numpy_engine import NumpyEngine, merge_partial, start_with_chunk
 from vrex_edge.runtime.kernels.segments import Segment, segment_lens
+from vrex_edge.runtime.lanes import Lanes
 
 
 def partial_softmax_graph(hd: int, *, opset: int = 17) -> bytes:
@@ -64,24 +62,6 @@ def partial_softmax_graph(hd: int, *, opset: int = 17) -> bytes:
     return model.SerializeToString()
 
 
-LANES_ENV = "VREX_ATTENTION_LANES"  # pins the lanes of engines made without a number (benchmarks compare)
-
-
-def default_lanes() -> int:
-    """Graph runs in flight for an engine made without a number: $VREX_ATTENTION_LANES, else the cores
-    this process may use, at most 4."""
-    pinned = os.environ.get(LANES_ENV, "").strip()
-    if pinned:
-        if not pinned.isdigit() or int(pinned) < 1:
-            raise ConfigError(f"{LANES_ENV} must be a whole number >= 1, got {pinned!r}")
-        return int(pinned)
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(4, cores))
-
-
 Run = tuple[int, int, int, int]  # (head, k address, v address, rows): one graph run of a call
 
 
@@ -98,21 +78,21 @@ class OrtEngine:
         threads: int = 1,
         providers: Sequence[str] = ("CPUExecutionProvider",),
         numpy_below: int = 1024,
-        lanes: int = 1,
+        lanes: int | Lanes = 1,
         split_from: int = 4096,
         parallel_from: int = 4096,
     ):
         """numpy_below: head runs shorter than this go through the numpy kernel (a graph run costs
         ~40 us; at 1K tokens the two engines are even, benchmarks/results/attention.md).
-        lanes: graph runs at once; split_from: a head run of at least this many rows is cut into
-        `lanes` pieces; parallel_from: a call's runs use the lanes when they hold at least this many
-        rows in all (below it a thread hand-off costs more than it saves)."""
+        lanes: graph runs at once (a count, or Lanes to share); split_from: a head run of at least this
+        many rows is cut into one piece per lane; parallel_from: a call's runs use the lanes when they
+        hold at least this many rows in all (below it a thread hand-off costs more than it saves)."""
         self.threads, self.providers, self.numpy_below = threads, list(providers), numpy_below
-        self.lanes, self.split_from, self.parallel_from = max(1, lanes), split_from, parallel_from
+        self.lanes = lanes if isinstance(lanes, Lanes) else Lanes(lanes)
+        self.split_from, self.parallel_from = split_from, parallel_from
         self.host = NumpyEngine()
         self._heads: dict[int, tuple[Any, Any]] = {}  # hd -> (session, its io binding)
         self._out: tuple[tuple[int, int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
-        self._pool: ThreadPoolExecutor | None = None
         self._lane_io: dict[int, list[Any]] = {}  # hd -> one io binding per lane
 
     def __deepcopy__(self, memo: dict) -> OrtEngine:
@@ -140,7 +120,7 @@ class OrtEngine:
         qs = np.ascontiguousarray((q * np.float32(1.0 / np.sqrt(hd))).reshape(kvh, g * n, hd))  # [KVH, G*n, hd]
         m, den, acc = start_with_chunk(qs, k_new, v_new, g)  # [KVH, G*n, 1] x2, [KVH, G*n, hd]
         runs = self._plan(qs, segments, m, den, acc)
-        if self.lanes > 1 and self.device == "cpu" and sum(r[3] for r in runs) >= self.parallel_from:
+        if self.lanes.n > 1 and self.device == "cpu" and sum(r[3] for r in runs) >= self.parallel_from:
             self._run_lanes(sess, qs, runs, m, den, acc)
         else:
             o_acc, o_m, o_den = self._outputs(io, g * n, hd)  # [G*n, hd], [G*n, 1], [G*n, 1]
@@ -170,34 +150,29 @@ class OrtEngine:
                     self.host.scan(qs[hs], seg.k[hs], seg.v[hs], 0, rows, m[hs], den[hs], acc[hs])
                     continue
                 kp, vp = _head_ptr(seg.k, h), _head_ptr(seg.v, h)  # read where it lies
-                pieces = self.lanes if self.lanes > 1 and rows >= self.split_from else 1
+                pieces = self.lanes.n if rows >= self.split_from else 1
                 cuts = [rows * i // pieces for i in range(pieces + 1)]
                 runs += [(h, kp + a * hd * 4, vp + a * hd * 4, b - a) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
         return runs
 
     def _run_lanes(self, sess: Any, qs: np.ndarray, runs: list[Run], m, den, acc) -> None:
-        """The runs on `lanes` threads (run j on lane j % lanes), then merged in order."""
+        """The runs on the lanes (each lane with its own IO binding), then merged in order."""
         rows, hd = qs.shape[1:]
         out_acc = np.empty((len(runs), rows, hd), np.float32)
         out_m = np.empty((len(runs), rows, 1), np.float32)
         out_den = np.empty((len(runs), rows, 1), np.float32)
-        ios = self._lane_io.setdefault(hd, [sess.io_binding() for _ in range(self.lanes)])
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.lanes - 1, thread_name_prefix="vrex-attend")
+        ios = self._lane_io.setdefault(hd, [sess.io_binding() for _ in range(self.lanes.n)])
+        used = min(self.lanes.n, len(runs))
 
-        def lane(i: int) -> None:
-            io = ios[i]
-            for j in range(i, len(runs), self.lanes):
-                h, kp, vp, n = runs[j]
-                self._bind_run(io, qs[h], kp, vp, n)
-                for name, a in (("acc", out_acc[j]), ("m", out_m[j]), ("den", out_den[j])):
-                    io.bind_output(name, "cpu", 0, np.float32, list(a.shape), a.ctypes.data)
-                sess.run_with_iobinding(io)
+        def one(j: int) -> None:  # run j goes to lane j % used (Lanes.map), so that lane's binding is free
+            io = ios[j % used]
+            h, kp, vp, n = runs[j]
+            self._bind_run(io, qs[h], kp, vp, n)
+            for name, a in (("acc", out_acc[j]), ("m", out_m[j]), ("den", out_den[j])):
+                io.bind_output(name, "cpu", 0, np.float32, list(a.shape), a.ctypes.data)
+            sess.run_with_iobinding(io)
 
-        busy = [self._pool.submit(lane, i) for i in range(1, min(self.lanes, len(runs)))]
-        lane(0)
-        for f in busy:
-            f.result()
+        self.lanes.map(one, range(len(runs)))
         for j, (h, *_) in enumerate(runs):
             merge_partial(m[h], den[h], acc[h], out_m[j], out_den[j], out_acc[j])
 

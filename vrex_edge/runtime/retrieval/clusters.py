@@ -26,11 +26,13 @@ import numpy as np
 from vrex_edge.accel.backend import RetrievalBackend
 from vrex_edge.accel.host import popcount
 from vrex_edge.runtime.arrays import grow
+from vrex_edge.runtime.lanes import Lanes
 from vrex_edge.runtime.retrieval.reps import Int8Reps
 from vrex_edge.runtime.retrieval.storage import Arena, Rows, runs_to_index, take_rows
 from vrex_edge.scratch import work
 
 __all__ = ["ClusterStore", "heaviest", "runs_to_index"]
+LANES_FROM = 8192  # clusters per head from which int8 scoring puts the heads on lanes (below: one run)
 CANDIDATES = 2  # two-level selection scores the fine clusters of blocks holding at most this x the budget
 TABLES = ("means_t", "codes", "counts", "start", "nclu", "lo", "nblk", "cmeans_t", "ccounts")
 
@@ -61,6 +63,7 @@ class ClusterStore:
         score_queries: int = 2,
         prefilter: float = 0.5,
         reps: str = "f32",
+        lanes: Lanes | None = None,
     ):
         self.kvh, self.hd = kvh, hd
         # how scoring reads the chunk's queries [KVH, groups * n, hd] (ReSVOptions.score; docs/resv-spec.md)
@@ -91,6 +94,7 @@ class ClusterStore:
         self.archive = archive  # fine representatives of retired blocks
         # reps="int8": the resident representatives' int8 copies, scored by the backend's score_select_q8
         self.q8 = Int8Reps(kvh, hd) if reps == "int8" else None
+        self.lanes = lanes  # int8 scoring of many clusters: one head per lane (runtime/lanes.py)
 
     @property
     def means(self) -> np.ndarray:
@@ -238,7 +242,12 @@ class ClusterStore:
                 return self._prefiltered(be, q, c, tau)
             if self.q8 is not None:
                 vals, scale = self.q8.current(self.means_t, c)
-                return be.score_select_q8(q, vals, scale, self.counts[:, :c], tau=tau)
+                counts = self.counts[:, :c]
+                if self.lanes is None or self.lanes.n == 1 or c < LANES_FROM:
+                    return be.score_select_q8(q, vals, scale, counts, tau=tau)
+                heads = [slice(h, h + 1) for h in range(self.kvh)]
+                parts = self.lanes.map(lambda x: be.score_select_q8(q[x], vals[x], scale[x], counts[x], tau=tau), heads)
+                return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
             return be.score_select(q, self.means[:, :c], self.counts[:, :c], tau=tau)
         nb = int(self.nblk.max())
         bk, bm = self._select(be, q, self.cmeans_t[:, :, :nb].swapaxes(1, 2), self.ccounts[:, :nb], self.tau_coarse)

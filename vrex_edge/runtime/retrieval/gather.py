@@ -17,6 +17,8 @@ import numpy as np
 
 from vrex_edge.runtime.arrays import grow
 
+LANES_FROM = 16384  # selected clusters (all heads) from which the heads' gathers go out on lanes
+
 if TYPE_CHECKING:
     from vrex_edge.runtime.retrieval.resv import ReSVCache
 
@@ -44,33 +46,44 @@ class BufferedGather:
         self.generation, self.sink = c.buffer.generation, c.sink_n
 
     def gather(self, sels: list[np.ndarray]) -> None:
-        """Make buf_k/buf_v[h, sink : sink + r_h] hold the tokens of clusters sels[h] (r_h = their counts)."""
-        c, st = self.cache, self.cache.store
+        """Make buf_k/buf_v[h, sink : sink + r_h] hold the tokens of clusters sels[h] (r_h = their counts).
+
+        Heads are independent: with a resident arena they go out on the attention engine's lanes
+        (runtime/lanes.py; the copies release the GIL)."""
+        c = self.cache
         if self.generation != c.buffer.generation or self.sink != c.sink_n:
             self._reset()
+        lanes = getattr(c.engine, "lanes", None)
+        big = sum(x.size for x in sels) >= LANES_FROM  # below it a thread hand-off costs more than it saves
+        if big and lanes is not None and getattr(c.store.arena, "concurrent_heads", False):
+            lanes.map(lambda h: self._head(h, sels[h]), range(c.kvh))
+        else:
+            for h in range(c.kvh):
+                self._head(h, sels[h])
+
+    def _head(self, h: int, sel: np.ndarray) -> None:
+        c, st = self.cache, self.cache.store
         s = c.sink_n
-        for h in range(c.kvh):
-            k, v = c.buf_k[h, s:], c.buf_v[h, s:]  # [cap, hd] rows after the sink
-            nclu = int(st.nclu[h])
-            self.cached[h] = grow(self.cached[h], nclu, fill=False)
-            self.owner[h] = grow(self.owner[h], k.shape[0], factor=1.0)
-            sel = sels[h]
-            is_sealed = st.start[h, sel] >= 0
-            want = np.zeros(nclu + 1, bool)
-            want[sel[is_sealed]] = True
-            owner, cached, n = self.owner[h], self.cached[h], int(self.n[h])
-            keep = want[owner[:n]]  # [n] rows still wanted
-            nk = int(np.count_nonzero(keep))
-            if nk < n:  # move the wanted rows of the tail into the holes of the head
-                holes = np.flatnonzero(~keep[:nk])
-                src = nk + np.flatnonzero(keep[nk:])
-                k[holes], v[holes], owner[holes] = k[src], v[src], owner[src]
-                cached[:nclu] &= want[:nclu]
-            add = sel[is_sealed]
-            add = add[~cached[add]]
-            if add.size:
-                nk += st.gather(h, add, k[nk:], v[nk:], None, out_owner=owner[nk:])
-                cached[add] = True
-            self.n[h] = nk
-            if not is_sealed.all():  # open clusters: copied every call, after the cached rows
-                st.gather(h, sel[~is_sealed], k[nk:], v[nk:], None)
+        k, v = c.buf_k[h, s:], c.buf_v[h, s:]  # [cap, hd] rows after the sink
+        nclu = int(st.nclu[h])
+        self.cached[h] = grow(self.cached[h], nclu, fill=False)
+        self.owner[h] = grow(self.owner[h], k.shape[0], factor=1.0)
+        is_sealed = st.start[h, sel] >= 0
+        want = np.zeros(nclu + 1, bool)
+        want[sel[is_sealed]] = True
+        owner, cached, n = self.owner[h], self.cached[h], int(self.n[h])
+        keep = want[owner[:n]]  # [n] rows still wanted
+        nk = int(np.count_nonzero(keep))
+        if nk < n:  # move the wanted rows of the tail into the holes of the head
+            holes = np.flatnonzero(~keep[:nk])
+            src = nk + np.flatnonzero(keep[nk:])
+            k[holes], v[holes], owner[holes] = k[src], v[src], owner[src]
+            cached[:nclu] &= want[:nclu]
+        add = sel[is_sealed]
+        add = add[~cached[add]]
+        if add.size:
+            nk += st.gather(h, add, k[nk:], v[nk:], None, out_owner=owner[nk:])
+            cached[add] = True
+        self.n[h] = nk
+        if not is_sealed.all():  # open clusters: copied every call, after the cached rows
+            st.gather(h, sel[~is_sealed], k[nk:], v[nk:], None)

@@ -147,6 +147,7 @@ class ReSVCache(WindowedCache):
             score_queries=o.score_queries,
             prefilter=o.prefilter,
             reps=o.reps,
+            lanes=getattr(self.engine, "lanes", None),  # the attention engine's threads (runtime/lanes.py)
         )
         self.last_mass: np.ndarray | None = None  # [KVH, C] of the last selection (tools, tests)
         self.last_nsel = np.zeros(self.kvh, np.int64)

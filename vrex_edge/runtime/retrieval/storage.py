@@ -130,6 +130,8 @@ class Arena(Protocol):
 class ResidentArena:
     """Sealed clusters in memory, one Rows per KV head; a selection is copied as contiguous runs."""
 
+    concurrent_heads = True  # gathers of different heads touch disjoint rows: they may run at once
+
     def __init__(self, kvh: int, hd: int, layout: Any):
         self._rows = [Rows(hd, 1024) for _ in range(kvh)]
         self.layout = layout  # the retrieval backend's layout: selected ids -> runs [r, 2]
