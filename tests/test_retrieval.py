@@ -417,3 +417,25 @@ def test_two_level_selection_scores_a_bounded_candidate_set():
     for h in range(text.num_kv_heads):  # old clusters only from blocks whose tokens fit the cap
         old = np.unique(np.flatnonzero(mass[h, : st.lo[h]] > 0) // 4)
         assert st.ccounts[h, old].sum() <= CANDIDATES * budget
+
+
+def test_layers_double_their_arrays_in_different_frames():
+    """Layers fill in lockstep; with staggered first capacities at most one layer's k/v arrays of 4K
+    tokens or more double (copy their whole history) in any 10-token frame up to 60K tokens, where
+    equal capacities made all 30 layers copy in the same frame."""
+    from vrex_edge.runtime.arrays import staggered
+    from vrex_edge.runtime.kvcache import GrowingArray
+
+    for base in (256, 1024):
+        arrays = [GrowingArray(1, 1, staggered(base, layer)) for layer in range(30)]
+        chunk = np.zeros((1, 10, 1), np.float32)
+        worst = 0
+        for _ in range(6000):
+            before = [a.buf.shape[1] for a in arrays]
+            for a in arrays:
+                a.append(chunk)
+            worst = max(worst, sum(a.buf.shape[1] != b >= 4096 for a, b in zip(arrays, before, strict=True)))
+        assert worst == 1
+    text = make_text()
+    caches = [make_policy("full")(layer, text, Rope(text.rope)) for layer in range(3)]
+    assert len({c.k.buf.shape[1] for c in caches}) == 3  # the policy staggers its layers

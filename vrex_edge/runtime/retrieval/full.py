@@ -15,6 +15,7 @@ import numpy as np
 
 from vrex_edge.bundle import TextSpec
 from vrex_edge.runtime import kernels
+from vrex_edge.runtime.arrays import staggered
 from vrex_edge.runtime.kernels.ort_cuda import HostKV
 from vrex_edge.runtime.kvcache import GrowingArray, LayerStats, Phase
 from vrex_edge.runtime.retrieval.options import NoOptions, opt
@@ -40,12 +41,15 @@ class FullOptions(NoOptions):
 class FullKV:
     """Attend to every cached token at its absolute position."""
 
-    def __init__(self, text: TextSpec, rope: Rope, *, engine: kernels.AttentionEngine | None = None):
+    def __init__(
+        self, text: TextSpec, rope: Rope, *, engine: kernels.AttentionEngine | None = None, capacity: int = 256
+    ):
+        """capacity: the first capacity of the doubling k/v arrays (staggered per layer by the policy)."""
         self.h, self.kvh, self.hd = text.num_heads, text.num_kv_heads, text.head_dim
         self.rope = rope
         self.engine = engine or kernels.default_engine()  # runtime/kernels: chosen once, not per call
-        self.k = GrowingArray(self.kvh, self.hd)  # rotated keys at absolute positions
-        self.v = GrowingArray(self.kvh, self.hd)
+        self.k = GrowingArray(self.kvh, self.hd, capacity)  # rotated keys at absolute positions
+        self.v = GrowingArray(self.kvh, self.hd, capacity)
         self._stats = LayerStats()
 
     def attend(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, positions: np.ndarray, *, phase: Phase) -> np.ndarray:
@@ -186,7 +190,8 @@ def _build(policy: Policy, layer: int, text: TextSpec, rope: Rope, storage: KVSt
         return DeviceFullKV(text, rope, engine=policy.device_engine)
     o = policy.options
     assert isinstance(o, FullOptions)
-    return FullKV(text, rope, engine=policy.engine if o.engine == "default" else kernels.make_engine(o.engine))
+    engine = policy.engine if o.engine == "default" else kernels.make_engine(o.engine)
+    return FullKV(text, rope, engine=engine, capacity=staggered(256, layer))
 
 
 SPEC = PolicySpec("full", FullOptions, _build, "every cached token (the reference)")

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from vrex_edge.runtime.arrays import capacity, grow
+from vrex_edge.runtime.arrays import capacity, grow, staggered
 
 
 def runs_to_index(runs: np.ndarray) -> np.ndarray:
@@ -132,8 +132,8 @@ class ResidentArena:
 
     concurrent_heads = True  # gathers of different heads touch disjoint rows: they may run at once
 
-    def __init__(self, kvh: int, hd: int, layout: Any):
-        self._rows = [Rows(hd, 1024) for _ in range(kvh)]
+    def __init__(self, kvh: int, hd: int, layout: Any, capacity: int = 1024):
+        self._rows = [Rows(hd, capacity) for _ in range(kvh)]
         self.layout = layout  # the retrieval backend's layout: selected ids -> runs [r, 2]
 
     def write(self, h: int, k: np.ndarray, v: np.ndarray, pos: np.ndarray, owner: np.ndarray) -> int:
@@ -264,7 +264,7 @@ class ResidentStorage:
         return [Rows(hd, 256) for _ in range(kvh)]
 
     def arena(self, layer: int, kvh: int, hd: int, layout: Any) -> ResidentArena:
-        return ResidentArena(kvh, hd, layout)
+        return ResidentArena(kvh, hd, layout, staggered(1024, layer))  # layers double in different frames
 
     def archive(self, layer: int, kvh: int, block: int, hd: int) -> MemoryArchive:
         return MemoryArchive(kvh, block, hd)
