@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from vrex_edge.accel.q8 import Int8Masses
 from vrex_edge.scratch import work
+
+if TYPE_CHECKING:
+    from vrex_edge.runtime.lanes import Lanes
 
 if hasattr(np, "bitwise_count"):
 
@@ -277,13 +282,31 @@ class HostBackend:
         return wicsum(mass, tau) & valid, mass
 
     def score_select_q8(
-        self, q: np.ndarray, vals: np.ndarray, scale: np.ndarray, counts: np.ndarray, *, tau: float
+        self,
+        q: np.ndarray,
+        vals: np.ndarray,
+        scale: np.ndarray,
+        counts: np.ndarray,
+        *,
+        tau: float,
+        lanes: Lanes | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """score_select over int8 representatives: vals [KVH, hd, C] int8, scale [KVH, C] (accel/q8.py)."""
+        """score_select over int8 representatives: vals [KVH, hd, C] int8, scale [KVH, C] (accel/q8.py).
+        lanes: the chunk's query rows split over them (a mass is a mean over rows: the parts' weighted
+        sum), so every lane does an even share whatever the number of heads."""
         kvh, c = counts.shape
         if c == 0:
             return np.zeros((kvh, 0), bool), np.zeros((kvh, 0), np.float32)
-        mass = self._q8(q, vals, scale, counts)
+        r = q.shape[1]
+        if lanes is None or lanes.n == 1 or r < 2:
+            mass = self._q8(q, vals, scale, counts)
+        else:
+            cuts = [r * i // lanes.n for i in range(lanes.n + 1)]
+            rows = [slice(a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a]
+            parts = lanes.map(lambda x: self._q8(q[:, x], vals, scale, counts), rows)
+            mass = parts[0] * np.float32((rows[0].stop - rows[0].start) / r)
+            for x, p in zip(rows[1:], parts[1:], strict=True):
+                mass += p * np.float32((x.stop - x.start) / r)
         valid = counts > 0
         if tau >= 1.0:
             return valid, mass

@@ -32,7 +32,7 @@ from vrex_edge.runtime.retrieval.storage import Arena, Rows, runs_to_index, take
 from vrex_edge.scratch import work
 
 __all__ = ["ClusterStore", "heaviest", "runs_to_index"]
-LANES_FROM = 8192  # clusters per head from which int8 scoring puts the heads on lanes (below: one run)
+LANES_FROM = 8192  # clusters per head from which int8 scoring splits the query rows over lanes
 CANDIDATES = 2  # two-level selection scores the fine clusters of blocks holding at most this x the budget
 TABLES = ("means_t", "codes", "counts", "start", "nclu", "lo", "nblk", "cmeans_t", "ccounts")
 
@@ -94,7 +94,7 @@ class ClusterStore:
         self.archive = archive  # fine representatives of retired blocks
         # reps="int8": the resident representatives' int8 copies, scored by the backend's score_select_q8
         self.q8 = Int8Reps(kvh, hd) if reps == "int8" else None
-        self.lanes = lanes  # int8 scoring of many clusters: one head per lane (runtime/lanes.py)
+        self.lanes = lanes  # int8 scoring of many clusters: the query rows split over lanes (runtime/lanes.py)
 
     @property
     def means(self) -> np.ndarray:
@@ -242,12 +242,8 @@ class ClusterStore:
                 return self._prefiltered(be, q, c, tau)
             if self.q8 is not None:
                 vals, scale = self.q8.current(self.means_t, c)
-                counts = self.counts[:, :c]
-                if self.lanes is None or self.lanes.n == 1 or c < LANES_FROM:
-                    return be.score_select_q8(q, vals, scale, counts, tau=tau)
-                heads = [slice(h, h + 1) for h in range(self.kvh)]
-                parts = self.lanes.map(lambda x: be.score_select_q8(q[x], vals[x], scale[x], counts[x], tau=tau), heads)
-                return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+                lanes = self.lanes if c >= LANES_FROM else None  # below it one run is faster
+                return be.score_select_q8(q, vals, scale, self.counts[:, :c], tau=tau, lanes=lanes)
             return be.score_select(q, self.means[:, :c], self.counts[:, :c], tau=tau)
         nb = int(self.nblk.max())
         bk, bm = self._select(be, q, self.cmeans_t[:, :, :nb].swapaxes(1, 2), self.ccounts[:, :nb], self.tau_coarse)

@@ -51,8 +51,9 @@ class Int8Reps:
 
     def _current(self, means_t: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
         kvh, hd = self.vals_t.shape[:2]
-        self.vals_t = grow(self.vals_t, c, axis=2, fill=0, factor=1.25, minimum=256)
-        self.scale = grow(self.scale, c, axis=1, fill=1, factor=1.25, minimum=256)
+        # columns from fresh[h] on are written before they are read: no fill (fresh pages stay untouched)
+        self.vals_t = grow(self.vals_t, c, axis=2, factor=1.25, minimum=256)
+        self.scale = grow(self.scale, c, axis=1, factor=1.25, minimum=256)
         self.dirty = grow(self.dirty, c, axis=1, fill=False, factor=1.25, minimum=256)
         for h in range(kvh):
             lo = int(self.fresh[h])
