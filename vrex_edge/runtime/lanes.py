@@ -38,7 +38,9 @@ def default_lanes() -> int:
 
 
 class Lanes:
-    """n lanes: the calling thread and n - 1 workers. One caller at a time."""
+    """n lanes: the calling thread and n - 1 workers. Callers on several threads at once (the KV tiers'
+    prefetch thread scores while the main thread attends) share the workers: each call's items still
+    come back whole and in order, the calls just wait for each other's items."""
 
     def __init__(self, n: int = 1):
         if n < 1:
