@@ -64,3 +64,19 @@ def test_resv_on_lanes_equals_one_lane(monkeypatch, opts):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
     assert np.array_equal(one.totals["prefill"].kept, two.totals["prefill"].kept)
     assert two.gatherer is not None and two.gatherer.n.sum() > 0
+
+
+def test_callers_on_two_threads_share_the_lanes():
+    lanes = Lanes(2)
+    out: dict[str, list[int]] = {}
+
+    def caller(name: str, k: int) -> None:
+        out[name] = lanes.map(lambda x: x * k, list(range(200)))
+
+    threads = [threading.Thread(target=caller, args=(f"t{k}", k)) for k in (2, 3)]
+    for t in threads:
+        t.start()
+    caller("main", 5)
+    for t in threads:
+        t.join()
+    assert out == {name: [x * k for x in range(200)] for name, k in (("t2", 2), ("t3", 3), ("main", 5))}
