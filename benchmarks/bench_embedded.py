@@ -21,11 +21,12 @@ the history the policy attended to over the whole run (prefill / decode), from s
 "retrieval" is the share of the measured frames' time spent in the policy's cluster + select + gather
 (the rest of its time is attention). --clock cpu times with the process's CPU clock (every stage
 timer included), so other processes on a shared machine do not show up as latency; use it with
---threads 1 and OPENBLAS_NUM_THREADS=1 (idle onnxruntime and OpenBLAS worker threads spin and would
-count: a NumPy matmul on two BLAS threads showed twice its CPU time in one measurement).
+--threads 1, OPENBLAS_NUM_THREADS=1 and VREX_ATTENTION_LANES=1 (idle onnxruntime and OpenBLAS worker
+threads spin and would count: a NumPy matmul on two BLAS threads showed twice its CPU time in one
+measurement; the attention's lanes are CPU time on other cores).
 
-    OPENBLAS_NUM_THREADS=1 python benchmarks/bench_embedded.py --cache 6000 --policy full resv window \
-        --threads 1 --clock cpu
+    VREX_ATTENTION_LANES=1 OPENBLAS_NUM_THREADS=1 python benchmarks/bench_embedded.py --cache 6000 \
+        --policy full resv window --threads 1 --clock cpu
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from vrex_edge.accel.q8 import Int8Masses
+from vrex_edge.accel.q8 import Int8Masses, log_counts
+from vrex_edge.runtime.lanes import even_cuts
 from vrex_edge.scratch import work
 
 if TYPE_CHECKING:
@@ -192,6 +193,19 @@ def assign_batch(
     return np.where(a < c, a - pad[:, None], np.take_along_axis(founded, np.maximum(a - c, 0), 1))  # [B, m]
 
 
+def _nothing(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """No cluster yet: empty keep and mass [KVH, 0]."""
+    return np.zeros((counts.shape[0], 0), bool), np.zeros((counts.shape[0], 0), np.float32)
+
+
+def _select(mass: np.ndarray, counts: np.ndarray, tau: float) -> tuple[np.ndarray, np.ndarray]:
+    """mass [KVH, C] -> (keep [KVH, C]: WiCSum's clusters among those with tokens, mass)."""
+    valid = counts > 0
+    if tau >= 1.0:
+        return valid, mass
+    return wicsum(mass, tau) & valid, mass
+
+
 class HostBackend:
     """Float32 NumPy reference: exact softmax-consistent masses and a full sort for WiCSum; also
     scores int8 representatives (score_select_q8, accel/q8.py)."""
@@ -272,14 +286,9 @@ class HostBackend:
         *,
         tau: float,
     ) -> tuple[np.ndarray, np.ndarray]:
-        kvh, c = counts.shape
-        if c == 0:
-            return np.zeros((kvh, 0), bool), np.zeros((kvh, 0), np.float32)
-        mass = self.masses(q, reps, counts)
-        valid = counts > 0
-        if tau >= 1.0:
-            return valid, mass
-        return wicsum(mass, tau) & valid, mass
+        if counts.shape[1] == 0:
+            return _nothing(counts)
+        return _select(self.masses(q, reps, counts), counts, tau)
 
     def score_select_q8(
         self,
@@ -294,23 +303,18 @@ class HostBackend:
         """score_select over int8 representatives: vals [KVH, hd, C] int8, scale [KVH, C] (accel/q8.py).
         lanes: the chunk's query rows split over them (a mass is a mean over rows: the parts' weighted
         sum), so every lane does an even share whatever the number of heads."""
-        kvh, c = counts.shape
-        if c == 0:
-            return np.zeros((kvh, 0), bool), np.zeros((kvh, 0), np.float32)
+        if counts.shape[1] == 0:
+            return _nothing(counts)
         r = q.shape[1]
+        logc = log_counts(counts)  # [KVH, C], shared by the lanes
         if lanes is None or lanes.n == 1 or r < 2:
-            mass = self._q8(q, vals, scale, counts)
+            mass = self._q8(q, vals, scale, logc)
         else:
-            cuts = [r * i // lanes.n for i in range(lanes.n + 1)]
-            rows = [slice(a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a]
-            parts = lanes.map(lambda x: self._q8(q[:, x], vals, scale, counts), rows)
-            mass = parts[0] * np.float32((rows[0].stop - rows[0].start) / r)
-            for x, p in zip(rows[1:], parts[1:], strict=True):
-                mass += p * np.float32((x.stop - x.start) / r)
-        valid = counts > 0
-        if tau >= 1.0:
-            return valid, mass
-        return wicsum(mass, tau) & valid, mass
+            rows = [slice(a, b) for a, b in even_cuts(r, lanes.n)]
+            parts = lanes.map(lambda x: self._q8(q[:, x], vals, scale, logc), rows)
+            mass = sum(p * np.float32((x.stop - x.start) / r) for x, p in zip(rows, parts, strict=True))
+        mass[counts <= 0] = 0  # also a head with no cluster (its softmax over -inf is NaN)
+        return _select(mass, counts, tau)
 
     def layout(self, selected: np.ndarray, start: np.ndarray, length: np.ndarray) -> np.ndarray:
         if selected.size == 0:

@@ -8,7 +8,7 @@ aarch64 (dot-product instructions); the softmax-consistent masses that follow ar
 reference path. Fidelity against the float32 masses: benchmarks/results/resv_int8.md.
 
     vals, scale = table.current(means_t, c)         # retrieval/reps.py: [KVH, hd, c] int8, [KVH, c] f32
-    mass = Int8Masses()(q, vals, scale, counts)     # [KVH, C] f32, as HostBackend.masses
+    mass = Int8Masses()(q, vals, scale, log_counts(counts))   # [KVH, C] f32, as HostBackend.masses
 
 Queries use 7 bits (+-63, stored as uint8 around 64): a uint8 x int8 pair then sums to at most
 2 x 127 x 63 < 2^15, so x86 kernels without VNNI (16-bit pair sums) cannot saturate.
@@ -112,15 +112,13 @@ class Int8Masses:
             self._sess = ort.InferenceSession(masses_graph(), so, providers=["CPUExecutionProvider"])
         return self._sess
 
-    def __call__(self, q: np.ndarray, vals: np.ndarray, scale: np.ndarray, counts: np.ndarray) -> np.ndarray:
-        """q [K, R, hd] f32, vals [K, hd, C] int8, scale [K, C] f32, counts [K, C] -> mass [K, C] f32
-        (sums to 1 per head with a valid cluster; clusters of count 0 weigh 0)."""
-        kvh, _, hd = q.shape
+    def __call__(self, q: np.ndarray, vals: np.ndarray, scale: np.ndarray, logc: np.ndarray) -> np.ndarray:
+        """q [K, R, hd] f32, vals [K, hd, C] int8, scale [K, C] f32, logc [K, C] = log_counts(counts) -> mass
+        [K, C] f32 (sums to 1 per head with a cluster; a cluster of count 0 weighs 0, a head with none NaN)."""
+        hd = q.shape[-1]
         a, qs = quantize_queries(q, 1.0 / np.sqrt(hd))
-        feed = {"a": a, "vals": vals, "qs": qs, "bs": scale[:, None, :], "logc": log_counts(counts)[:, None, :]}
-        mass = self._session().run(["mass"], feed)[0]
-        mass[counts <= 0] = 0  # also a head with no cluster (its softmax over -inf is NaN)
-        return mass
+        feed = {"a": a, "vals": vals, "qs": qs, "bs": scale[:, None, :], "logc": logc[:, None, :]}
+        return self._session().run(["mass"], feed)[0]
 
 
 def log_counts(counts: np.ndarray) -> np.ndarray:

@@ -37,6 +37,12 @@ def default_lanes() -> int:
     return max(1, min(4, cores))
 
 
+def even_cuts(n: int, parts: int) -> list[tuple[int, int]]:
+    """0..n cut into at most `parts` contiguous (start, stop) pieces of near-equal size, none empty."""
+    cuts = [n * i // parts for i in range(parts + 1)]
+    return [(a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a]
+
+
 class Lanes:
     """n lanes: the calling thread and n - 1 workers. Callers on several threads at once (the KV tiers'
     prefetch thread scores while the main thread attends) share the workers: each call's items still

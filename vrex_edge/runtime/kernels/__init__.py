@@ -97,9 +97,9 @@ def _numpy(*, threads: int = 1) -> AttentionEngine:
 
 def _ort_cpu(*, threads: int = 1) -> AttentionEngine:
     from vrex_edge.runtime.kernels.ort_engine import OrtEngine
-    from vrex_edge.runtime.lanes import Lanes, default_lanes
+    from vrex_edge.runtime.lanes import default_lanes
 
-    return OrtEngine(threads=threads, lanes=Lanes(default_lanes()))  # long histories on every core (ort_engine.py)
+    return OrtEngine(threads=threads, lanes=default_lanes())  # long histories on every core (ort_engine.py)
 
 
 def _ort_cuda(*, threads: int = 1) -> AttentionEngine:

@@ -23,7 +23,7 @@ import numpy as np
 
 from vrex_edge.runtime.kernels.numpy_engine import NumpyEngine, merge_partial, start_with_chunk
 from vrex_edge.runtime.kernels.segments import Segment, segment_lens
-from vrex_edge.runtime.lanes import Lanes
+from vrex_edge.runtime.lanes import Lanes, even_cuts
 
 
 def partial_softmax_graph(hd: int, *, opset: int = 17) -> bytes:
@@ -150,9 +150,8 @@ class OrtEngine:
                     self.host.scan(qs[hs], seg.k[hs], seg.v[hs], 0, rows, m[hs], den[hs], acc[hs])
                     continue
                 kp, vp = _head_ptr(seg.k, h), _head_ptr(seg.v, h)  # read where it lies
-                pieces = self.lanes.n if rows >= self.split_from else 1
-                cuts = [rows * i // pieces for i in range(pieces + 1)]
-                runs += [(h, kp + a * hd * 4, vp + a * hd * 4, b - a) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+                cuts = even_cuts(rows, self.lanes.n if rows >= self.split_from else 1)
+                runs += [(h, kp + a * hd * 4, vp + a * hd * 4, b - a) for a, b in cuts]
         return runs
 
     def _run_lanes(self, sess: Any, qs: np.ndarray, runs: list[Run], m, den, acc) -> None:

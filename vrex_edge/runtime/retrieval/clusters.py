@@ -92,7 +92,8 @@ class ClusterStore:
         self.cmeans_t = np.zeros((kvh, hd, 0), np.float32)  # coarse representatives of the blocks
         self.ccounts = np.zeros((kvh, 0), np.int64)  # tokens per block
         self.archive = archive  # fine representatives of retired blocks
-        # reps="int8": the resident representatives' int8 copies, scored by the backend's score_select_q8
+        # reps="int8" (one-level tables only, ReSVOptions): the representatives' int8 copies, scored by the
+        # backend's score_select_q8
         self.q8 = Int8Reps(kvh, hd) if reps == "int8" else None
         self.lanes = lanes  # int8 scoring of many clusters: the query rows split over lanes (runtime/lanes.py)
 
@@ -213,8 +214,6 @@ class ClusterStore:
             n = int(self.nclu[h]) - lo  # resident columns in use
             self.means_t[h, :, : n - b] = self.means_t[h, :, b:n]
             self.means_t[h, :, n - b : n] = 0
-            if self.q8 is not None:  # every resident column moved
-                self.q8.invalidate()
             self.codes[h, : n - b] = self.codes[h, b:n]
             self.lo[h], self.nblk[h] = lo + b, j + 1
 
