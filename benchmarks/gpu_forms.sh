@@ -1,40 +1,64 @@
 #!/usr/bin/env bash
-# One measuring call on the GPU host (after benchmarks/gpu_host.sh setup) for the device attention's
-# graph forms (ort_graphs.FORMS): the kernels of each form, the engine per form, the GPU tests, and
-# SmolLM2 text end to end in both forms beside a 2-core CPU run of the same host; then the device caches
-# per form and the embedded model. Results land in $OUT (at most 8 files come back).
-#   bash benchmarks/gpu_forms.sh
+# The measuring calls on the GPU host (after benchmarks/gpu_host.sh setup), in three phases so that no
+# call runs past the device tool's 10 minutes. The 2-core CPU baselines start detached (setsid) in phase a
+# on cores 8-9 and 12-13 and are collected in phase c; the CUDA runs use cores 0-5. Results land in $OUT
+# (at most 8 files come back per call).
+#   bash benchmarks/gpu_forms.sh a   # SmolLM2 export, CPU baselines started, kernels, GPU tests
+#   bash benchmarks/gpu_forms.sh b   # SmolLM2 text on CUDA, device caches, embedded model on CUDA
+#   bash benchmarks/gpu_forms.sh c   # waits for the CPU baselines and returns them
 set -uo pipefail
-eval "$(bash "$(dirname "$0")/gpu_host.sh" env)"
+phase=${1:?usage: gpu_forms.sh a|b|c}
+here=$(cd "$(dirname "$0")" && pwd)
+eval "$(bash "$here/gpu_host.sh" env)"
 out=${OUT:-/tmp/out}
-mkdir -p "$out"
+mkdir -p "$out" /tmp/cpu
 log=$out/log.txt
 t() { local s=$1; shift; timeout "$s" /usr/bin/time -f "%e s wall, %U s user, %S s sys, %M KiB peak" "$@"; }
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$log" 2>&1
-text() {  # cores, limit, out name, extra args
-    local cores=$1 limit=$2 name=$3; shift 3
+text() {  # cores, limit, result file, extra args
+    local cores=$1 limit=$2 dest=$3; shift 3
+    local name; name=$(basename "$dest" .md)
     t "$limit" taskset -c "$cores" python3 -m vrex_edge bench --workload text --sizes 1000,8000,40000 \
-        --frames 6 --gen 2 --probes 1 --out "/tmp/$name" "$@" >> "$log" 2>&1
-    cp "/tmp/$name/policies_text.md" "$out/$name.md" 2>> "$log"
+        --frames 6 --gen 2 --probes 1 --out "/tmp/$name" "$@"
+    cp "/tmp/$name/policies_text.md" "$dest"
 }
-t 150 taskset -c 0-5 python3 -c "from vrex_edge.bench.streams import smollm2_bundle; smollm2_bundle()" >> "$log" 2>&1
-(text 12,13 400 text_cpu --policies 'full resv window') &
-(t 400 taskset -c 8,9 python3 benchmarks/bench_embedded.py --cache 6000 --threads 2 \
-    --policy full resv topk window > "$out/emb.txt" 2>&1) &
-t 60 taskset -c 0-5 python3 benchmarks/profile_gpu_attention.py --sizes 1000 8000 40000 --torch-profile \
-    > "$out/prof.txt" 2>&1
-t 60 taskset -c 0-5 python3 benchmarks/bench_gpu_attention.py --forms flat transposed >> "$out/prof.txt" 2>&1
-t 100 taskset -c 0-5 python3 -m pytest -m gpu tests/test_device_tiers.py tests/test_device_caches.py \
-    tests/test_gpu.py -rs -p no:cacheprovider > "$out/gpu_tests.txt" 2>&1
-text 0-5 150 text_gpu --policies 'full resv window' --provider cuda
-VREX_ORT_CUDA_FORM=transposed text 0-5 150 text_gpu_transposed --policies 'full resv window' --provider cuda
-for form in flat transposed; do
-    echo "form $form" >> "$out/caches.txt"
-    VREX_ORT_CUDA_FORM=$form t 70 taskset -c 0-5 python3 benchmarks/bench_gpu_caches.py \
-        --sizes 1000 8000 40000 --layers 8 --variants "full device" "resv device" "full offload" "resv budget" \
-        >> "$out/caches.txt" 2>&1
-done
-wait
-echo "embedded model, CUDA" >> "$out/caches.txt"
-t 60 taskset -c 0-5 python3 benchmarks/bench_embedded.py --cache 6000 --provider cuda \
-    --policy full resv topk window >> "$out/caches.txt" 2>&1
+embedded() {  # cores, limit, extra args
+    local cores=$1 limit=$2; shift 2
+    for cache in 1000 6000; do
+        t "$limit" taskset -c "$cores" python3 "$here/bench_embedded.py" --cache "$cache" \
+            --seconds $((cache < 2000 ? 90 : 360)) --window $((cache < 2000 ? 300 : 500)) \
+            --policy full resv topk window "$@"
+    done
+}
+case "$phase" in
+a)
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$log" 2>&1
+    t 200 taskset -c 0-5 python3 -c "from vrex_edge.bench.streams import smollm2_bundle; smollm2_bundle()" \
+        >> "$log" 2>&1
+    export -f t text embedded; export here
+    setsid bash -c "text 12,13 1500 /tmp/cpu/text_cpu.md --policies 'full resv window' > /tmp/cpu/text_log.txt 2>&1; \
+        touch /tmp/cpu/text.done" < /dev/null > /dev/null 2>&1 &
+    setsid bash -c "embedded 8,9 700 --threads 2 > /tmp/cpu/emb.txt 2>&1; touch /tmp/cpu/emb.done" \
+        < /dev/null > /dev/null 2>&1 &
+    t 80 taskset -c 0-5 python3 "$here/profile_gpu_attention.py" --sizes 1000 8000 40000 --torch-profile \
+        > "$out/prof.txt" 2>&1
+    t 60 taskset -c 0-5 python3 "$here/bench_gpu_attention.py" --forms flat transposed >> "$out/prof.txt" 2>&1
+    t 240 taskset -c 0-5 python3 -m pytest -m gpu tests/test_device_tiers.py tests/test_device_caches.py \
+        tests/test_gpu.py -rs -p no:cacheprovider > "$out/gpu_tests.txt" 2>&1
+    ;;
+b)
+    text 0-5 240 "$out/text_gpu.md" --policies 'full resv window' --provider cuda >> "$log" 2>&1
+    t 120 taskset -c 0-5 python3 "$here/bench_gpu_caches.py" --sizes 1000 8000 40000 --layers 8 \
+        --variants "full device" "resv device" "full offload" "resv budget" > "$out/caches.txt" 2>&1
+    t 60 taskset -c 0-5 python3 "$here/bench_gpu_caches.py" --sizes 40000 --layers 4 --repeats 10 \
+        --variants "full device" "resv device" "resv budget" --torch-profile > "$out/caches_kernels.txt" 2>&1
+    embedded 0-5 120 --provider cuda > "$out/emb_cuda.txt" 2>&1
+    ;;
+c)
+    for _ in $(seq 1 110); do
+        [ -e /tmp/cpu/text.done ] && [ -e /tmp/cpu/emb.done ] && break
+        sleep 5
+    done
+    ls /tmp/cpu >> "$log"
+    cp /tmp/cpu/*.txt /tmp/cpu/*.md "$out"/ 2>> "$log"
+    ;;
+esac
