@@ -6,8 +6,10 @@
 #   bash benchmarks/gpu_forms.sh a   # SmolLM2 export, CPU baselines started, kernels, GPU tests
 #   bash benchmarks/gpu_forms.sh b   # SmolLM2 text on CUDA, device caches, embedded model on CUDA
 #   bash benchmarks/gpu_forms.sh c   # waits for the CPU baselines and returns them
+#   bash benchmarks/gpu_forms.sh core  # one call without SmolLM2 (no GGUF carried): kernels, GPU tests,
+#                                      # device caches, embedded model on CUDA and on 2 CPU cores
 set -uo pipefail
-phase=${1:?usage: gpu_forms.sh a|b|c}
+phase=${1:?usage: gpu_forms.sh a|b|c|core}
 here=$(cd "$(dirname "$0")" && pwd)
 eval "$(bash "$here/gpu_host.sh" env)"
 out=${OUT:-/tmp/out}
@@ -52,6 +54,21 @@ b)
     t 60 taskset -c 0-5 python3 "$here/bench_gpu_caches.py" --sizes 40000 --layers 4 --repeats 10 \
         --variants "full device" "resv device" "resv budget" --torch-profile > "$out/caches_kernels.txt" 2>&1
     embedded 0-5 120 --provider cuda > "$out/emb_cuda.txt" 2>&1
+    ;;
+core)
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$log" 2>&1
+    (embedded 8,9 240 --threads 2 > "$out/emb_cpu.txt" 2>&1) &
+    t 60 taskset -c 0-5 python3 "$here/profile_gpu_attention.py" --sizes 1000 8000 40000 --torch-profile \
+        > "$out/prof.txt" 2>&1
+    t 40 taskset -c 0-5 python3 "$here/bench_gpu_attention.py" --forms flat transposed >> "$out/prof.txt" 2>&1
+    t 90 taskset -c 0-5 python3 "$here/bench_gpu_caches.py" --sizes 1000 8000 40000 --layers 8 \
+        --variants "full device" "resv device" "full offload" "resv budget" > "$out/caches.txt" 2>&1
+    t 60 taskset -c 0-5 python3 "$here/bench_gpu_caches.py" --sizes 40000 --layers 4 --repeats 10 \
+        --variants "full device" "resv device" "resv budget" --torch-profile > "$out/caches_kernels.txt" 2>&1
+    embedded 0-5 60 --provider cuda > "$out/emb_cuda.txt" 2>&1
+    t 200 taskset -c 0-5 python3 -m pytest -m gpu tests/test_device_tiers.py tests/test_device_caches.py \
+        tests/test_gpu.py -rs -p no:cacheprovider > "$out/gpu_tests.txt" 2>&1
+    wait
     ;;
 c)
     for _ in $(seq 1 110); do
