@@ -439,3 +439,25 @@ def test_layers_double_their_arrays_in_different_frames():
     text = make_text()
     caches = [make_policy("full")(layer, text, Rope(text.rope)) for layer in range(3)]
     assert len({c.k.buf.shape[1] for c in caches}) == 3  # the policy staggers its layers
+
+
+def test_heaviest_equals_a_stable_sort_of_the_whole_selection():
+    """heaviest sorts only the clusters that can fit; its answer is that of sorting all of them
+    (ties in the selection's order, zero-count clusters, ids past the masses)."""
+    from vrex_edge.runtime.retrieval.clusters import heaviest
+
+    def by_full_sort(sel, mass, counts, budget):
+        w = np.where(sel < mass.size, mass[np.minimum(sel, mass.size - 1)], 0.0)
+        order = sel[np.argsort(-w, kind="stable")]
+        return order[: int(np.searchsorted(np.cumsum(counts[order]), budget, side="right"))]
+
+    rng = np.random.default_rng(3)
+    for t in range(400):
+        c = int(rng.integers(1, 2000))
+        mass = rng.random(c).astype(np.float32)
+        if t % 3 == 0:
+            mass = np.round(mass * 10) / 10  # many ties
+        counts = rng.integers(0 if t % 7 == 0 else 1, 4, c + 50)
+        sel = np.sort(rng.choice(c + 50, size=int(rng.integers(0, c)), replace=False))
+        budget = int(rng.integers(0, 1500))
+        assert np.array_equal(heaviest(sel, mass, counts, budget), by_full_sort(sel, mass, counts, budget))
