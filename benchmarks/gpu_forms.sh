@@ -6,10 +6,12 @@
 #   bash benchmarks/gpu_forms.sh a   # SmolLM2 export, CPU baselines started, kernels, GPU tests
 #   bash benchmarks/gpu_forms.sh b   # SmolLM2 text on CUDA, device caches, embedded model on CUDA
 #   bash benchmarks/gpu_forms.sh c   # waits for the CPU baselines and returns them
+#   bash benchmarks/gpu_forms.sh one   # one call of ~10 minutes: the device caches, the embedded model on
+#                                      # CUDA and 2 CPU cores, the GPU tests, SmolLM2 text on CUDA only
 #   bash benchmarks/gpu_forms.sh core  # one call without SmolLM2 (no GGUF carried): kernels, GPU tests,
 #                                      # device caches, embedded model on CUDA and on 2 CPU cores
 set -uo pipefail
-phase=${1:?usage: gpu_forms.sh a|b|c|core}
+phase=${1:?usage: gpu_forms.sh a|b|c|one|core}
 here=$(cd "$(dirname "$0")" && pwd)
 eval "$(bash "$here/gpu_host.sh" env)"
 out=${OUT:-/tmp/out}
@@ -54,6 +56,23 @@ b)
     t 60 taskset -c 0-5 python3 "$here/bench_gpu_caches.py" --sizes 40000 --layers 4 --repeats 10 \
         --variants "full device" "resv device" "resv budget" --torch-profile > "$out/caches_kernels.txt" 2>&1
     embedded 0-5 120 --provider cuda > "$out/emb_cuda.txt" 2>&1
+    ;;
+one)
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$log" 2>&1
+    (embedded 8,9 200 --threads 2 > "$out/emb_cpu.txt" 2>&1) &
+    (t 200 taskset -c 10-15 python3 -c "from vrex_edge.bench.streams import smollm2_bundle; smollm2_bundle()" \
+        >> "$log" 2>&1; touch /tmp/exported) &
+    t 90 taskset -c 0-5 python3 "$here/bench_gpu_caches.py" --sizes 1000 8000 40000 --layers 8 \
+        --variants "full device" "resv device" "full offload" "resv budget" > "$out/caches.txt" 2>&1
+    embedded 0-5 60 --provider cuda > "$out/emb_cuda.txt" 2>&1
+    t 150 taskset -c 0-5 python3 -m pytest -m gpu tests/test_device_tiers.py tests/test_device_caches.py \
+        tests/test_gpu.py -rs -p no:cacheprovider > "$out/gpu_tests.txt" 2>&1
+    for _ in $(seq 1 40); do [ -e /tmp/exported ] && break; sleep 3; done
+    text 0-5 150 "$out/text_gpu.md" --policies 'full resv window' --provider cuda >> "$log" 2>&1
+    t 40 taskset -c 0-5 python3 "$here/bench_gpu_caches.py" --sizes 40000 --layers 4 --repeats 10 \
+        --variants "full device" "resv device" "resv budget" --torch-profile > "$out/caches_kernels.txt" 2>&1
+    t 30 taskset -c 0-5 python3 "$here/profile_gpu_attention.py" --sizes 1000 8000 40000 > "$out/prof.txt" 2>&1
+    wait
     ;;
 core)
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$log" 2>&1

@@ -95,7 +95,8 @@ def run(
     if out is not None:
         (out / f"policies_{workload}.partial.md").unlink(missing_ok=True)
     lanes = default_lanes()
-    read_gbs = read_bandwidth(lanes)
+    on_host = all("cpu" in str(p).lower() for p in providers)  # on a GPU the KV is read from device memory
+    read_gbs = read_bandwidth(lanes) if on_host else None
     head = [f"# vrex-edge bench: {workload}", ""]
     if command:
         head += ["```", command, "```", ""]
@@ -107,8 +108,12 @@ def run(
         "",
         counts_note(results, wl.chunk),
         f"Attention K+V GB/s: float32 K and V bytes of the history each variant attended / its attention time "
-        f"(the read bandwidth, measured after the run as float32 sums over 256 MiB on {lanes} thread(s), the "
-        f"host attention's lanes: {read_gbs:.1f} GB/s).",
+        + (
+            f"(the read bandwidth, measured after the run as float32 sums over 256 MiB on {lanes} thread(s), the "
+            f"host attention's lanes: {read_gbs:.1f} GB/s)."
+            if read_gbs is not None
+            else "(the KV is on the GPU: no share of the host's read bandwidth is given)."
+        ),
         "",
         table(results, read_gbs),
         "",
