@@ -113,10 +113,11 @@ def soak(args: argparse.Namespace) -> dict:
     budget = None if args.budget == "none" else parse_bytes(args.budget)
     # readme: the README's endless-stream settings (resv defaults + these); soak: the first soaks' settings
     tuned = {} if args.preset == "readme" else dict(keys="pre", hamming=6, horizon=32, sink=16, recent=40, reselect=2)
+    tau = args.tau if args.tau is not None else (None if args.preset == "readme" else 0.9)
     opts = dict(
         positions="compact",
         **tuned,
-        tau=args.tau,
+        **({} if tau is None else {"tau": tau}),
         max_kept=args.max_kept,
         fine=args.fine,
         block=args.block,
@@ -208,7 +209,7 @@ def soak(args: argparse.Namespace) -> dict:
         "answers": answers,
         "accuracy": correct / len(answers) if answers else None,
         "captions": captions,
-        "options": opts,
+        "options": {**opts, "tau": s.retrieval.options.tau},  # the tau that ran (readme: resv's default)
         "clock": args.clock,  # cpu: frame_ms_median and wall_s are process CPU time
         "seed": args.seed,
         "bundle": str(bundle),
@@ -310,7 +311,7 @@ def main() -> None:
     a = sub.add_parser("soak")
     a.add_argument("--frames", type=int, default=7200)
     a.add_argument("--budget", default="64M", help="resident KV budget, or 'none' (all resident: the reference)")
-    a.add_argument("--tau", type=float, default=0.9)
+    a.add_argument("--tau", type=float, default=None, help="resv tau (default: 0.9 for --preset soak, resv's own for readme)")
     a.add_argument(
         "--max-kept", type=int, default=4096, help="resv max_kept: retrieved tokens per KV head at most (0: no cap)"
     )
