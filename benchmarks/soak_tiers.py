@@ -311,7 +311,9 @@ def main() -> None:
     a = sub.add_parser("soak")
     a.add_argument("--frames", type=int, default=7200)
     a.add_argument("--budget", default="64M", help="resident KV budget, or 'none' (all resident: the reference)")
-    a.add_argument("--tau", type=float, default=None, help="resv tau (default: 0.9 for --preset soak, resv's own for readme)")
+    a.add_argument(
+        "--tau", type=float, default=None, help="resv tau (default: 0.9 for --preset soak, resv's own for readme)"
+    )
     a.add_argument(
         "--max-kept", type=int, default=4096, help="resv max_kept: retrieved tokens per KV head at most (0: no cap)"
     )

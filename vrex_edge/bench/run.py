@@ -107,7 +107,7 @@ def run(
         f"{wl.real_tokens:,} tokens (repeated past that); model context: {wl.max_positions:,} positions.",
         "",
         counts_note(results, wl.chunk),
-        f"Attention K+V GB/s: float32 K and V bytes of the history each variant attended / its attention time "
+        "Attention K+V GB/s: float32 K and V bytes of the history each variant attended / its attention time "
         + (
             f"(the read bandwidth, measured after the run as float32 sums over 256 MiB on {lanes} thread(s), the "
             f"host attention's lanes: {read_gbs:.1f} GB/s)."
