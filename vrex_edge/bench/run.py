@@ -13,6 +13,7 @@ from vrex_edge.bench.policies import Result, parse_variant, policy_defaults, run
 from vrex_edge.bench.report import counts_note, plot_heatmap, plot_latency, table
 from vrex_edge.bench.streams import CACHE_DIR, Progress, load_workload
 from vrex_edge.errors import ConfigError
+from vrex_edge.runtime.engine import provider_name, uses_cuda
 from vrex_edge.runtime.lanes import default_lanes
 
 DEFAULT_POLICIES = ("full", "resv", "topk", "window")
@@ -95,8 +96,8 @@ def run(
     if out is not None:
         (out / f"policies_{workload}.partial.md").unlink(missing_ok=True)
     lanes = default_lanes()
-    on_host = all("cpu" in str(p).lower() for p in providers)  # on a GPU the KV is read from device memory
-    read_gbs = read_bandwidth(lanes) if on_host else None
+    on_gpu = uses_cuda([provider_name(p) for p in providers])  # the KV is then read from device memory
+    read_gbs = None if on_gpu else read_bandwidth(lanes)
     head = [f"# vrex-edge bench: {workload}", ""]
     if command:
         head += ["```", command, "```", ""]

@@ -428,11 +428,12 @@ def heaviest(sel: np.ndarray, mass: np.ndarray, counts: np.ndarray, budget: int)
     mass [C] (opened after the scoring) weigh 0."""
     w = np.where(sel < mass.size, mass[np.minimum(sel, mass.size - 1)], 0.0)
     c = counts[sel]
-    # at most budget // min(c) clusters fit, and they all weigh at least the k-th largest weight: only
-    # those are sorted (stable, in sel's order like a sort of all of them, so the prefix is the same)
-    k = budget // int(c.min()) if c.size and c.min() > 0 else sel.size
-    cand = np.flatnonzero(w >= np.partition(w, w.size - k)[w.size - k]) if 0 < k < sel.size // 2 else None
-    if cand is not None:
+    # at most k = budget // min(c) clusters fit, and all of them weigh at least the k-th largest weight:
+    # only those are sorted (stably, in sel's order as a sort of all of them, so the prefix is the same)
+    smallest = int(c.min()) if c.size else 0
+    k = budget // smallest if smallest > 0 else sel.size
+    if 0 < k < sel.size // 2:
+        cand = np.flatnonzero(w >= np.partition(w, w.size - k)[w.size - k])
         sel, w, c = sel[cand], w[cand], c[cand]
     keep = np.argsort(-w, kind="stable")
     order, tok = sel[keep], np.cumsum(c[keep])

@@ -83,21 +83,23 @@ class ReSVOptions(WindowedOptions):
             object.__setattr__(self, "score_keys", self.keys)
         if self.score == "prefilter" and self.score_keys != self.keys:
             raise ConfigError("resv: score=prefilter needs score_keys equal to keys (query and cluster codes)")
-        why_f32 = (
-            f"accel={self.accel} scores in its own arithmetic"
-            if self.accel != "host"
-            else "two-level tables (fine > 0) score float32 candidates"
-            if self.fine
-            else "score=prefilter scores float32 candidates"
-            if self.score == "prefilter"
-            else None
-        )
+        why_f32 = self._float32_only()
         if self.reps == "auto":
             object.__setattr__(self, "reps", "f32" if why_f32 else "int8")
         if self.reps == "int8" and why_f32:
             raise ConfigError(f"resv: reps=int8 needs one-level tables on the host backend ({why_f32})")
         if self.accel not in backend_names():
             raise AccelError(f"unknown retrieval backend '{self.accel}' (available: {', '.join(backend_names())})")
+
+    def _float32_only(self) -> str | None:
+        """Why these settings score float32 representatives whatever `reps` says (None: int8 can apply)."""
+        if self.accel != "host":
+            return f"accel={self.accel} scores in its own arithmetic"
+        if self.fine:
+            return "two-level tables (fine > 0) score float32 candidates"
+        if self.score == "prefilter":
+            return "score=prefilter scores float32 candidates"
+        return None
 
 
 class ReSVCache(WindowedCache):
