@@ -333,19 +333,29 @@ def test_eviction_takes_the_oldest_entries_as_a_full_sort_would():
         assert np.array_equal(got[:k], ref[:k])
 
 
+def _present(hc) -> set[tuple[int, int, int]]:
+    """(layer, KV head, cluster) of every entry a HotCache holds."""
+    return {
+        (li, h, int(c)) for li, rows in enumerate(hc.tick) for h, t in enumerate(rows) for c in np.flatnonzero(t >= 0)
+    }
+
+
 def test_eviction_is_oldest_first_over_share_layers_first():
     """HotCache evicts as a full stable sort of (over-share layers first, then tick) would."""
     from vrex_edge.runtime.kvstore.hot import HotCache
 
     rng = np.random.default_rng(1)
     for trial in range(20):
-        hc = HotCache(4, 2)
+        hc = HotCache(4, 2, 10)  # rows of 40 bytes
         for li in range(4):
+            row = 0
             for h in range(2):
                 for c in np.flatnonzero(rng.random(int(rng.integers(1, 300))) < 0.7).tolist():
-                    n = int(rng.integers(1, 8)) * 40
-                    assert hc.make_room(n, 1 << 40, layer=li)
-                    hc.put(li, h, c, np.empty(n // 4, np.float32), int(rng.integers(0, 20 + 40 * li * (trial % 2))))
+                    m = int(rng.integers(1, 8))
+                    assert hc.make_room(m * 40, 1 << 40, layer=li)
+                    tick = int(rng.integers(0, 20 + 40 * li * (trial % 2)))
+                    hc.put(li, h, np.array([c]), np.array([row]), np.array([m]), np.zeros((m, 10), np.float32), tick)
+                    row += m
         hc.now = 1000
         layer, ask = int(rng.integers(-1, 4)), int(rng.integers(0, 5000))
         limit = hc.bytes - int(rng.integers(1, hc.bytes // 2))
@@ -363,12 +373,53 @@ def test_eviction_is_oldest_first_over_share_layers_first():
         cum = np.cumsum([where[i][3] for i in order])
         k = min(int(np.searchsorted(cum, hc.bytes + ask - limit)) + 1, order.size)
         want = {where[i][:3] for i in order[:k]}
-        before = {(li, h, c) for li in range(4) for h in range(2) for c in hc.entries[li][h]}
+
+        before = _present(hc)
         ok = hc.make_room(ask, limit, layer=layer)
-        after = {(li, h, c) for li in range(4) for h in range(2) for c in hc.entries[li][h]}
-        assert before - after == want
-        held = [sum(r.nbytes for d in rows for r in d.values()) for rows in hc.entries]  # the bulk release adds up
+        assert before - _present(hc) == want
+        held = [sum(int(hc.size[li][h][hc.tick[li][h] >= 0].sum()) for h in range(2)) for li in range(4)]
         assert hc.layer_bytes.tolist() == [b + (ask if ok and li == layer else 0) for li, b in enumerate(held)]
+
+
+@pytest.mark.parametrize("capacity", [None, 64])
+def test_hot_slab_gathers_what_was_put_and_reuses_freed_slots(capacity):
+    """Records put in the slab come back row for row through slots(), after evictions and duplicate
+    puts; every slot is held by one entry or free, never both."""
+    from vrex_edge.runtime.kvstore.hot import HotCache
+
+    rng = np.random.default_rng(3)
+    hc = HotCache(2, 2, 4, capacity)
+    truth: dict[tuple[int, int, int], np.ndarray] = {}
+    row = [0, 0]
+    for step in range(300):
+        li, h = int(rng.integers(0, 2)), int(rng.integers(0, 2))
+        ids = np.unique(rng.integers(0, 40, size=int(rng.integers(1, 5))))
+        cnt = rng.integers(1, 4, size=ids.size)
+        first = row[li] + np.cumsum(cnt) - cnt
+        row[li] += int(cnt.sum())
+        recs = rng.standard_normal((int(cnt.sum()), 4)).astype(np.float32)
+        if not hc.make_room(int(cnt.sum()) * 16, 48 * 16, layer=li):
+            continue
+        was = hc.tick[li][h][ids] >= 0 if hc.tick[li][h].size > ids.max() else np.zeros(ids.size, bool)
+        hc.put(li, h, ids, first, cnt, recs, hc.begin())
+        for c, a, n, old in zip(ids.tolist(), (np.cumsum(cnt) - cnt).tolist(), cnt.tolist(), was.tolist(), strict=True):
+            if not old:  # a duplicate keeps the entry it had
+                truth[li, h, c] = recs[a : a + n]
+        for key in [k for k in truth if hc.tick[k[0]][k[1]].size <= k[2] or hc.tick[k[0]][k[1]][k[2]] < 0]:
+            del truth[key]  # evicted
+        held = sum(int(hc.size[a][b][hc.tick[a][b] >= 0].sum()) for a in range(2) for b in range(2))
+        assert held == hc.bytes
+        for (a, b, c), want in truth.items():
+            got = hc.slab[hc.slots(a, b, np.array([c]))]
+            np.testing.assert_array_equal(got, want)
+        if step % 50 == 49:  # every slot handed out is either held or free, once
+            used = np.concatenate(
+                [hc.slots(a, b, np.flatnonzero(hc.tick[a][b] >= 0)) for a in range(2) for b in range(2)]
+            )
+            assert np.unique(np.r_[used, hc.free[: hc.nfree]]).size == used.size + hc.nfree
+    assert len(truth) > 0 and hc.evicted > 0
+    if capacity is not None:
+        assert hc.slab.shape[0] == capacity  # reserved once: make_room keeps what is held within it
 
 
 def test_gap_buffer_counts_in_the_budget(tmp_path: Path):

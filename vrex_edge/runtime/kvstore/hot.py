@@ -1,9 +1,18 @@
 """The hot-cluster cache: fetched (and freshly sealed) clusters kept resident, LRU by bytes.
 
-Entries are the cold records of one cluster ([count, 2*hd + 2] f32: k, v, pos). Recency is a
-tick per (layer, KV head, cluster) in numpy arrays, so a gather touches its whole selection in
-one vectorised store; eviction finds the oldest ticks across every layer in one pass, in
-batches. Entries with the current tick are pinned (the gather in progress needs them).
+An entry holds the cold records of one cluster ([count, 2*hd + 2] f32 rows: k, v, pos). The rows
+of every entry live in one slab [capacity, 2*hd + 2] f32, a row per slot: a free list hands out
+slots and takes back those of evicted entries, and per layer a table maps each cold-log row to
+its slot. So a gather of thousands of one- and two-token clusters is one vectorised `np.take`
+(there used to be one small array per entry, joined by `np.concatenate` at ~75 ns per entry);
+eviction leaves no holes (a freed slot is the next one handed out), and the slab's touched
+pages never exceed the most bytes the cache ever held, which the budget bounds. With a budget
+the slab is reserved at its size up front (pages are touched only as slots are used); without
+one it grows.
+
+Recency is a tick per (layer, KV head, cluster) in numpy arrays, so a gather touches its whole
+selection in one vectorised store; eviction finds the oldest ticks across every layer in one pass,
+in batches. Entries with the current tick are pinned (the gather in progress needs them).
 
 Layers are visited cyclically (0, 1, ..., L-1, 0, ...), so one global LRU evicts exactly the
 layer that runs next once the cache is full (docs/policies.md). Each layer has a
@@ -19,12 +28,21 @@ import threading
 
 import numpy as np
 
+from vrex_edge.runtime.arrays import grow
+
 
 class HotCache:
-    def __init__(self, layers: int, kvh: int):
-        self.entries: list[list[dict[int, np.ndarray]]] = [[{} for _ in range(kvh)] for _ in range(layers)]
+    def __init__(self, layers: int, kvh: int, rec: int, capacity: int | None = None):
+        """rec: f32 words per row; capacity: slab rows (the budget's worth; None: the slab grows)."""
         self.tick = [[np.full(0, -1, np.int64) for _ in range(kvh)] for _ in range(layers)]  # -1: absent
         self.size = [[np.zeros(0, np.int64) for _ in range(kvh)] for _ in range(layers)]  # bytes per entry
+        self.first = [[np.zeros(0, np.int64) for _ in range(kvh)] for _ in range(layers)]  # its first cold-log row
+        self.slot = [np.full(0, -1, np.int32) for _ in range(layers)]  # per layer: cold-log row -> slab slot
+        self.rec, self.row_bytes = rec, 4 * rec
+        self.fixed = capacity is not None
+        self.slab = np.empty((capacity or 0, rec), np.float32)  # pages are touched only as slots are used
+        self.free = np.arange(self.slab.shape[0] - 1, -1, -1, dtype=np.int64)  # a stack: slot 0 is handed out first
+        self.nfree = self.free.size
         self.bytes = 0  # entries + reservations in flight
         self.layer_bytes = np.zeros(layers, np.int64)  # the same, per layer
         self.now = 1
@@ -36,8 +54,9 @@ class HotCache:
         t = self.tick[layer][h]
         if n > t.size:
             cap = max(n, 2 * t.size, 64)
-            self.tick[layer][h] = np.concatenate([t, np.full(cap - t.size, -1, np.int64)])
-            self.size[layer][h] = np.concatenate([self.size[layer][h], np.zeros(cap - t.size, np.int64)])
+            self.tick[layer][h] = grow(t, cap, fill=-1, factor=1.0)
+            self.size[layer][h] = grow(self.size[layer][h], cap, fill=0, factor=1.0)
+            self.first[layer][h] = grow(self.first[layer][h], cap, fill=0, factor=1.0)
 
     def begin(self) -> int:
         """A new gather: entries touched from here on are pinned until the next one."""
@@ -85,32 +104,74 @@ class HotCache:
         self.bytes -= nbytes
         self.layer_bytes[layer] -= nbytes
 
-    def put(self, layer: int, h: int, cid: int, rec: np.ndarray, tick: int) -> None:
-        """Insert an entry whose bytes were reserved by make_room (a duplicate gives them back)."""
-        d = self.entries[layer][h]
-        if cid in d:
-            self.release(rec.nbytes, layer)
-            return
-        self._fit(layer, h, cid + 1)
-        d[cid] = rec
-        self.tick[layer][h][cid] = tick
-        self.size[layer][h][cid] = rec.nbytes
-
-    def records(self, layer: int, h: int, ids: np.ndarray) -> list[np.ndarray]:
-        """The entries of present clusters `ids`, in that order (one map call: a gather asks for thousands)."""
-        return list(map(self.entries[layer][h].__getitem__, ids.tolist()))
-
-    def discard(self, layer: int, h: int, ids: np.ndarray) -> None:
-        d, t = self.entries[layer][h], self.tick[layer][h]
-        ids = ids[ids < t.size]
-        ids = ids[t[ids] >= 0]  # present (an entry has a tick >= 0 exactly while it is in d)
+    def put(
+        self, layer: int, h: int, ids: np.ndarray, first: np.ndarray, counts: np.ndarray, rows: np.ndarray, tick: int
+    ) -> None:
+        """Insert clusters `ids` (distinct) of counts[i] rows each, starting at cold-log row first[i]; rows
+        [counts.sum(), rec] holds their records in turn. Their bytes were reserved by make_room; entries
+        already present give theirs back."""
         if ids.size == 0:
             return
-        pop = d.pop
-        for c in ids.tolist():  # an eviction drops ~15K entries: one bulk release, not one per entry
-            pop(c)
+        self._fit(layer, h, int(ids.max()) + 1)
+        t = self.tick[layer][h]
+        new = t[ids] < 0
+        if not new.all():  # duplicates (a read raced a write-through): keep the entry, return the bytes
+            self.release(int(counts[~new].sum()) * self.row_bytes, layer)
+            rows = rows[np.repeat(new, counts)]
+            ids, first, counts = ids[new], first[new], counts[new]
+            if ids.size == 0:
+                return
+        span = _spans(first, counts)  # their cold-log rows
+        slots = self._take_slots(span.size)
+        self.slab[slots] = rows
+        self.slot[layer] = grow(self.slot[layer], int(span.max()) + 1, fill=-1, factor=1.25, minimum=1024)
+        self.slot[layer][span] = slots
+        t[ids] = tick
+        self.size[layer][h][ids] = counts * self.row_bytes
+        self.first[layer][h][ids] = first
+
+    def _take_slots(self, n: int) -> np.ndarray:
+        """n free slots (those freed most recently first, at first the lowest), growing an unbounded slab."""
+        if n > self.nfree:
+            if self.fixed:
+                raise RuntimeError("hot cache slab overflow: make_room reserves what put stores")
+            old = self.slab.shape[0]
+            self.slab = grow(self.slab, old + n - self.nfree, factor=1.5, minimum=1024)
+            self._give_back(np.arange(old, self.slab.shape[0], dtype=np.int64), under=True)
+        out = self.free[self.nfree - n : self.nfree][::-1].copy()
+        self.nfree -= n
+        return out
+
+    def _give_back(self, slots: np.ndarray, *, under: bool = False) -> None:
+        """Return slots to the free stack: on top (handed out next, the first of `slots` first), or
+        `under` every free slot (new ones: what was freed is reused before fresh pages are touched)."""
+        self.free = grow(self.free, self.nfree + slots.size, factor=1.5, minimum=1024)
+        if under:
+            self.free[slots.size : self.nfree + slots.size] = self.free[: self.nfree].copy()
+            self.free[: slots.size] = slots[::-1]
+        else:
+            self.free[self.nfree : self.nfree + slots.size] = slots[::-1]
+        self.nfree += slots.size
+
+    def slots(self, layer: int, h: int, ids: np.ndarray) -> np.ndarray:
+        """The slab slots of present clusters `ids`' rows, in that order (np.take(slab, slots) gathers them)."""
+        if ids.size == 0:
+            return np.zeros(0, np.int64)
+        cnt = self.size[layer][h][ids] // self.row_bytes
+        return self.slot[layer][_spans(self.first[layer][h][ids], cnt)].astype(np.int64)
+
+    def discard(self, layer: int, h: int, ids: np.ndarray) -> None:
+        t = self.tick[layer][h]
+        ids = ids[ids < t.size]
+        ids = ids[t[ids] >= 0]  # present
+        if ids.size == 0:
+            return
+        size = self.size[layer][h][ids]
+        rows = _spans(self.first[layer][h][ids], size // self.row_bytes)
+        self._give_back(self.slot[layer][rows])
+        self.slot[layer][rows] = -1
         t[ids] = -1
-        n = int(self.size[layer][h][ids].sum())
+        n = int(size.sum())
         self.release(n, layer)
         self.freed += n
 
@@ -151,7 +212,13 @@ class HotCache:
                 self.evicted += pick.size
 
     def count(self) -> int:
-        return sum(len(d) for rows in self.entries for d in rows)
+        return sum(int(np.count_nonzero(t >= 0)) for rows in self.tick for t in rows)
+
+
+def _spans(first: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Row ranges first[i] .. first[i] + counts[i] - 1, concatenated in order."""
+    offs = np.cumsum(counts) - counts
+    return np.arange(int(counts.sum()), dtype=np.int64) + np.repeat(first - offs, counts)
 
 
 def _oldest(tk: np.ndarray, sizes: np.ndarray, need: int) -> np.ndarray:

@@ -64,14 +64,24 @@ class LayerTier:
         mgr, log = self.mgr, self.mgr.logs[self.layer]
         rec = log.record(k, v, pos)  # [m, rec]
         base = mgr.append(self.layer, rec)
-        cut = np.flatnonzero(np.diff(owner)) + 1
-        hot = mgr.hot
+        first = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])  # where each cluster's rows start
+        ids, cnt = owner[first], np.diff(np.r_[first, owner.size])
+        hot, row = mgr.hot, log.row_bytes
         with hot.lock:  # write-through: a cluster just sealed is the likeliest to be selected next
-            for c, part in zip(owner[np.r_[0, cut]].tolist(), np.split(rec, cut), strict=True):
-                if hot.make_room(part.nbytes, mgr.hot_limit(), layer=self.layer, slack=mgr.slack(), prefetch=True):
-                    hot.put(self.layer, h, c, part.copy(), hot.now - 1)
-                else:
-                    mgr.not_hot[self.layer] += 1
+            fit = ids.size
+            if not hot.make_room(
+                int(cnt.sum()) * row, mgr.hot_limit(), layer=self.layer, slack=mgr.slack(), prefetch=True
+            ):
+                # the clusters that fit in what evicting everything evictable left
+                fit = int(np.searchsorted(np.cumsum(cnt) * row, mgr.hot_limit() - hot.bytes, side="right"))
+                if fit and not hot.make_room(
+                    int(cnt[:fit].sum()) * row, mgr.hot_limit(), layer=self.layer, prefetch=True
+                ):
+                    fit = 0
+                mgr.not_hot[self.layer] += ids.size - fit
+            if fit:
+                n = int(cnt[:fit].sum())
+                hot.put(self.layer, h, ids[:fit], base + first[:fit], cnt[:fit], rec[:n], hot.now - 1)
         return base
 
     def gather(
@@ -106,13 +116,13 @@ class LayerTier:
                 if miss.size:
                     hot.release(total, layer)  # fetch reserves it again
                     mgr.fetch(layer, h, miss, start, counts, prefetch=False)
-                recs = hot.records(layer, h, sel)
+                slots = hot.slots(layer, h, sel)
             else:
                 hot.touch(layer, h, sel, tick=tick - 1)  # unpinned: runs pin what they copy
         mgr.counters["selected"] += sel.size
         mgr.counters["missed"] += miss.size
         if whole:
-            return self._copy(recs, sel, counts, 0, out_k, out_v, out_pos, out_owner)
+            return self._copy(slots, sel, counts, 0, out_k, out_v, out_pos, out_owner)
         w, i = 0, 0
         while i < sel.size:
             rest, drained = sel[i:], mgr.prefetcher is None
@@ -126,7 +136,7 @@ class LayerTier:
                         missing = hot.absent(layer, h, part)
                         if missing.size:  # fits in the room _run_length left: nothing of part is evicted
                             mgr.fetch(layer, h, missing, start, counts, prefetch=False)
-                        recs = hot.records(layer, h, part)
+                        slots = hot.slots(layer, h, part)
                         break
                     if drained:
                         if mgr.demote(keep=layer):
@@ -139,7 +149,7 @@ class LayerTier:
                         )
                 mgr.prefetcher.drain()  # reads in flight for the next layers hold the room: let them land
                 drained = True
-            w = self._copy(recs, part, counts, w, out_k, out_v, out_pos, out_owner)
+            w = self._copy(slots, part, counts, w, out_k, out_v, out_pos, out_owner)
             with hot.lock:
                 hot.touch(layer, h, part, tick=tick - 1)  # copied: evictable by the next run
             i += n
@@ -171,7 +181,7 @@ class LayerTier:
 
     def _copy(
         self,
-        recs: list[np.ndarray],
+        slots: np.ndarray,
         ids: np.ndarray,
         counts: np.ndarray,
         w: int,
@@ -180,27 +190,21 @@ class LayerTier:
         out_pos: np.ndarray | None,
         out_owner: np.ndarray | None,
     ) -> int:
-        """Records of clusters `ids` ([count, 2*hd + 2] each) -> out_*[w : w + their rows] -> the new w."""
-        if not recs:
+        """The hot rows in `slots` (clusters `ids`' rows, in order) -> out_*[w : w + their rows] -> the new w.
+        The slots are pinned (this gather's tick), so no other thread frees or rewrites them meanwhile."""
+        if slots.size == 0:
             return w
-        hd, scratch = self.mgr.hd, self.mgr.scratch  # [S, 2*hd + 2]: records joined there in groups, then split
-        cnt = counts[ids]  # a record holds its cluster's rows (no pass over the records)
-        e = w + int(cnt.sum())
+        hd, scratch, slab = self.mgr.hd, self.mgr.scratch, self.mgr.hot.slab  # scratch [S, 2*hd + 2]
         if out_owner is not None:
-            out_owner[w:e] = np.repeat(ids, cnt)
-        rows = np.cumsum(cnt)
-        i, done = 0, 0
-        while i < len(recs):
-            j = max(i + 1, int(np.searchsorted(rows, done + scratch.shape[0], side="right")))
-            n = int(rows[j - 1]) - done
-            block = np.concatenate(recs[i:j], axis=0, out=scratch[:n]) if n <= scratch.shape[0] else recs[i]
-            a, b = w + done, w + done + n
-            out_k[a:b] = block[:, :hd]
-            out_v[a:b] = block[:, hd : 2 * hd]
+            out_owner[w : w + slots.size] = np.repeat(ids, counts[ids])
+        for a in range(0, slots.size, scratch.shape[0]):  # rows joined in the scratch, then split
+            part = slots[a : a + scratch.shape[0]]
+            block = np.take(slab, part, axis=0, out=scratch[: part.size], mode="clip")
+            out_k[w + a : w + a + part.size] = block[:, :hd]
+            out_v[w + a : w + a + part.size] = block[:, hd : 2 * hd]
             if out_pos is not None:
-                out_pos[a:b] = block[:, 2 * hd :].view(np.int64)[:, 0]
-            i, done = j, done + n
-        return e
+                out_pos[w + a : w + a + part.size] = block[:, 2 * hd :].view(np.int64)[:, 0]
+        return w + slots.size
 
 
 class TieredStorage:
@@ -247,7 +251,9 @@ class TierManager:
         self.logs = [
             ColdLog(self.folder, i, self.hd, segment_bytes=segment, writer=config.writer) for i in range(self.layers)
         ]
-        self.hot = HotCache(self.layers, self.kvh)
+        rec = 2 * self.hd + 2
+        slab = None if config.budget is None else -(-config.budget // (4 * rec))  # rows: the budget's worth
+        self.hot = HotCache(self.layers, self.kvh, rec, slab)
         self.fixed = np.zeros(self.layers, np.int64)
         self.unevictable = np.zeros(self.layers, np.int64)  # window + open area per layer (no buffers)
         self.open_cap = np.zeros(self.layers, np.int64)  # rows an open area grows to at most (0: unbounded)
@@ -511,17 +517,17 @@ class TierManager:
                     )
             tick = hot.now if not prefetch else hot.now - 1
         t0 = time.perf_counter()
-        recs = [np.empty((int(n), log.rec), np.float32) for n in cnt]
+        block = np.empty((int(cnt.sum()), log.rec), np.float32)  # the records in turn, one buffer per record
+        ends = np.cumsum(cnt).tolist()
         try:
-            log.read_runs(start[ids], recs, self.junk)
+            log.read_runs(start[ids], [block[e - n : e] for e, n in zip(ends, cnt.tolist(), strict=True)], self.junk)
         except BaseException:
             with hot.lock:
                 hot.release(total, layer)
             raise
         dt = time.perf_counter() - t0
         with hot.lock:
-            for c, r in zip(ids.tolist(), recs, strict=True):
-                hot.put(layer, h, c, r, tick)
+            hot.put(layer, h, ids, start[ids], cnt, block, tick)
             self.not_hot[layer] -= ids.size
             self.peak = max(self.peak, self.fixed_total() + hot.bytes)
         if not prefetch:  # the prefetcher keeps its own counts
