@@ -41,7 +41,7 @@ class HotCache:
         self.rec, self.row_bytes = rec, 4 * rec
         self.fixed = capacity is not None
         self.slab = np.empty((capacity or 0, rec), np.float32)  # pages are touched only as slots are used
-        self.free = np.arange(self.slab.shape[0] - 1, -1, -1, dtype=np.int64)  # a stack: slot 0 is handed out first
+        self.free = np.arange(self.slab.shape[0] - 1, -1, -1, dtype=np.int32)  # a stack: slot 0 is handed out first
         self.nfree = self.free.size
         self.bytes = 0  # entries + reservations in flight
         self.layer_bytes = np.zeros(layers, np.int64)  # the same, per layer
@@ -137,7 +137,7 @@ class HotCache:
                 raise RuntimeError("hot cache slab overflow: make_room reserves what put stores")
             old = self.slab.shape[0]
             self.slab = grow(self.slab, old + n - self.nfree, factor=1.5, minimum=1024)
-            self._give_back(np.arange(old, self.slab.shape[0], dtype=np.int64), under=True)
+            self._give_back(np.arange(old, self.slab.shape[0], dtype=np.int32), under=True)
         out = self.free[self.nfree - n : self.nfree][::-1].copy()
         self.nfree -= n
         return out
@@ -156,9 +156,9 @@ class HotCache:
     def slots(self, layer: int, h: int, ids: np.ndarray) -> np.ndarray:
         """The slab slots of present clusters `ids`' rows, in that order (np.take(slab, slots) gathers them)."""
         if ids.size == 0:
-            return np.zeros(0, np.int64)
+            return np.zeros(0, np.int32)
         cnt = self.size[layer][h][ids] // self.row_bytes
-        return self.slot[layer][_spans(self.first[layer][h][ids], cnt)].astype(np.int64)
+        return self.slot[layer][_spans(self.first[layer][h][ids], cnt)]
 
     def discard(self, layer: int, h: int, ids: np.ndarray) -> None:
         t = self.tick[layer][h]
