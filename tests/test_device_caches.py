@@ -40,6 +40,7 @@ VARIANTS = [
     dict(hamming=6, tau=1.0, sink=4, recent=8),
     dict(reps="int8", hamming=6, tau=0.8, sink=4, recent=8),  # the int8 masses' math in float32 on the device
     dict(reps="int8", hamming=10, tau=0.5, reselect=3, sink=2, recent=5),
+    dict(hamming=10, tau=0.5, decode_reselect=4, sink=2, recent=5),  # decode reuses, prefill selects per call
 ]
 
 
@@ -81,7 +82,8 @@ def test_device_resv_matches_host_resv(device: str, options: dict) -> None:
     text = make_text(h=6, kvh=2, hd=32)
     host, dev = pair(text, OrtDeviceEngine(device=device, min_capacity=16), **options)
     compare(host, dev, text, CHUNKS)
-    fused = options.get("reselect", 1) == 1 and not options.get("max_kept") and not options.get("dense_below")
+    once = options.get("reselect", 1) == 1 and options.get("decode_reselect", 0) in (0, 1)
+    fused = once and not options.get("max_kept") and not options.get("dense_below")
     assert dev.fused == fused  # one device run per call, or the host's selection and a gather run
     if not fused:
         np.testing.assert_allclose(dev.last_mass, host.last_mass, atol=1e-6, rtol=1e-4)

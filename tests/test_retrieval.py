@@ -272,6 +272,37 @@ def test_max_kept_caps_each_head_with_its_heaviest_clusters(positions):
             assert m[inside].min() >= m[outside].max() * (1 - 1e-6)
 
 
+def test_decode_reselect_reuses_a_selection_within_decode_only():
+    """decode_reselect=3: a decode call selects anew every third call (the calls between reuse its selection
+    plus the clusters opened since, without scoring); prefill calls select on every call, as with the default."""
+    text = make_text()
+    base = dict(tau=0.6, hamming=6, sink=4, recent=10, keys="pre", cluster_batch=1)
+    ref = build("resv", text, **base)
+    cache = build("resv", text, decode_reselect=3, **base)
+    rng = np.random.default_rng(3)
+    chunks = [10] * 20 + [1] * 7 + [10] * 3 + [1] * 2
+    pos, scored = 0, []
+    for q, k, v, phase in stream(rng, text, chunks):
+        p = np.arange(pos, pos + q.shape[1])
+        before, clustered = cache.last_mass, int(cache.store.nclu.max()) > 0
+        reused = cache.reused_selection(phase)
+        if reused is not None:  # the tokens of the reused clusters, before the call absorbs any
+            want = [int(cache.store.counts[h, s].sum()) for h, s in enumerate(reused)]
+            around = cache.sink_n + cache.ring.n  # sink and window, attended beside them
+        a, b = ref.attend(q, k, v, p, phase=phase), cache.attend(q, k, v, p, phase=phase)
+        scored.append(cache.last_mass is not before)  # a new selection sets new masses
+        if clustered:
+            assert (reused is None) == scored[-1]
+        if reused is not None:  # the attended clusters are the reused ones
+            np.testing.assert_array_equal(cache.stats().kept - around, want)
+        if phase == "prefill" or scored[-1]:
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)  # a fresh selection: the default's output
+        pos += q.shape[1]
+    assert scored[2:20] == [True] * 18  # prefill: every call once there are clusters
+    assert scored[20:27] == [True, False, False, True, False, False, True]  # decode: every third call
+    assert scored[27:30] == [True] * 3 and scored[30:] == [True, False]  # a new phase resets the reuse
+
+
 def test_bad_options_are_config_errors():
     with pytest.raises(ConfigError, match="unknown option"):
         make_policy("resv", taus=0.5)

@@ -493,13 +493,26 @@ def test_session_tiers_and_prefetch_change_nothing(model, tmp_path: Path):
     assert not any(tmp_path.iterdir())
 
 
+def test_prefetch_of_a_reused_decode_selection_changes_nothing(model, tmp_path: Path):
+    """decode_reselect: a reply's decode calls reuse a selection; the prefetcher fetches that selection
+    (no prediction) and the answers and outputs stay those of the all-resident run."""
+    ev = list(frames(model, FRAMES))
+    _, ref = run_stream(model, None, ev, ask_at=(12, 20), decode_reselect=3)
+    kv = TierConfig(budget=MODEL_BUDGET, root=tmp_path, prefetch=True)
+    s, got = run_stream(model, kv, ev, ask_at=(12, 20), decode_reselect=3)
+    same(ref, got)
+    rep = s.stats().retrieval["tiers"]
+    assert rep["prefetch"]["jobs"] > 0 and rep["prefetch"]["errors"] == 0
+    s.close()
+
+
 def test_a_failing_prefetch_is_reported_and_changes_nothing(model, tmp_path: Path, monkeypatch):
     from vrex_edge.runtime.kvstore.prefetch import Prefetcher
 
     ev = list(frames(model, FRAMES))
     _, ref = run_stream(model, None, ev, ask_at=(12,))
 
-    def broken(self, layer, hidden, positions):
+    def broken(self, layer, hidden, positions, phase):
         raise RuntimeError("prediction failed")
 
     monkeypatch.setattr(Prefetcher, "_predict_fetch", broken)

@@ -60,7 +60,7 @@ class Prefetcher:
             return
         self.late[nxt].clear()
         self.done[nxt].clear()
-        self.jobs.put((nxt, hidden, positions))
+        self.jobs.put((nxt, hidden, positions, phase))
 
     def wait(self, layer: int) -> None:
         """Layer `layer` starts: stop its prefetch at the next batch, and block until it has stopped
@@ -118,7 +118,7 @@ class Prefetcher:
             finally:
                 self.done[layer].set()
 
-    def _predict_fetch(self, layer: int, hidden: np.ndarray, positions: np.ndarray) -> None:
+    def _predict_fetch(self, layer: int, hidden: np.ndarray, positions: np.ndarray, phase: str) -> None:
         t0 = time.perf_counter()
         if self.late[layer].is_set():
             self.stats["cut_short"] += 1
@@ -127,8 +127,16 @@ class Prefetcher:
         cache = mgr.caches[layer]
         st = cache.store
         c = int(st.nclu.max())
+        reused = cache.reused_selection(phase)
         if cache.seen - cache.sink_n - cache.ring.n < cache.dense_below:
             keep = np.ones((cache.kvh, c), bool)  # a short history is attended in full
+        elif reused is not None:  # the call reuses its last selection: known, nothing to predict
+            keep = np.zeros((cache.kvh, c), bool)
+            budget = cache.retrieve_budget(len(positions))
+            for h, sel in enumerate(reused):  # the exact path's cut of it (resv.heaviest), so no more is read
+                if int(st.counts[h, sel].sum()) > budget:
+                    sel = heaviest(sel, cache.last_mass[h], st.counts[h], budget)
+                keep[h, sel] = True
         else:
             q = mgr.model.pre_attention(layer, hidden)[0]  # [H, n, hd] un-rotated
             if cache.score_post:

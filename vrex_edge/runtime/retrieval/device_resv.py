@@ -14,8 +14,9 @@ Per call, one device run (ort_graphs.resv_attend_graph): the cluster masses, WiC
 token mask from the owner table, a gather of each head's sink + selected + recent rows, attention,
 and the chunk's append. In: q, the chunk's k/v, the changed table rows and the new rows' clusters;
 out: the partial softmax (merged with the chunk's causal block on the host) and the kept counts.
-With reselect > 1, max_kept or dense_below (or fused=False) the host selects as ReSVCache does from
-masses [KVH, C] the device computes, and a second run gathers the selected rows [KVH, S] it sends.
+With reselect or decode_reselect > 1, max_kept or dense_below (or fused=False) the host selects as
+ReSVCache does from masses [KVH, C] the device computes, and a second run gathers the selected rows
+[KVH, S] it sends.
 A gather by index is cheap on a GPU, so the arena keeps stream order, not a cluster-contiguous layout.
 
 Same options, selections and outputs as ReSVCache (to float rounding), except positions=compact,
@@ -88,7 +89,8 @@ class DeviceReSVKV(DeviceArena, ReSVCache):
         self.dirty = 0  # clusters >= dirty changed since the table was last written
         self.absorbed = 0  # tokens in the clusters (the arena row of the next one is sink_n + absorbed)
         # one device run per call (ort_graphs.resv_attend_graph) unless an option needs the host's selection
-        self.fused = fused and o.reselect == 1 and o.max_kept == 0 and o.dense_below == 0
+        once = o.reselect == 1 and o.decode_reselect in (0, 1)  # a selection per call in both phases
+        self.fused = fused and once and o.max_kept == 0 and o.dense_below == 0
         self.owner = engine.new_rows((self.kvh, 1), 1024)  # [cap, KVH, 1]: each arena row's cluster (-1: sink)
         self._owners: list[np.ndarray] = []  # [m, KVH] clusters of rows absorbed since the owner table was written
 
@@ -183,10 +185,8 @@ class DeviceReSVKV(DeviceArena, ReSVCache):
         if hist < self.dense_below and hist <= budget:  # small history: all of it, no scoring
             sels = [np.arange(int(x)) for x in st.nclu]
             self._reuse = None
-        elif self._reuse is not None and self._reuse[0] == self.phase and self._reuse[1] > 0:
-            _, left, then = self._reuse  # the last selection plus every cluster opened since
-            sels = [np.concatenate([s, np.arange(then[h], st.nclu[h])]) for h, s in enumerate(self.last_sel)]
-            self._reuse = (self.phase, left - 1, then)
+        elif (reused := self._take_reused()) is not None:
+            sels = reused
         else:
             qs = self._scoring_queries(q, q_abs)  # [KVH, G*n, hd]
             mass = self.dev.masses(qs, self.table, self.dirty, self._dirty_rows(c))  # [KVH, C]; the table is current
@@ -196,7 +196,7 @@ class DeviceReSVKV(DeviceArena, ReSVCache):
             sels = [np.flatnonzero(keep[h]) for h in range(self.kvh)]
             self.last_mass, self.last_sel = mass, sels
             self.last_nsel = np.array([s.size for s in sels])
-            self._reuse = (self.phase, self.reselect - 1, st.nclu.copy())
+            self._reuse = (self.phase, self.reselect[self.phase] - 1, st.nclu.copy())
         for h in range(self.kvh):
             r[h] = st.counts[h, sels[h]].sum()
             if r[h] > budget:  # max_kept: keep the heaviest clusters that fit

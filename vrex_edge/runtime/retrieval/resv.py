@@ -51,6 +51,9 @@ class ReSVOptions(WindowedOptions):
     seed: int = opt(0, lo=0, help="seed of the hash hyperplanes")
     cluster_batch: int = opt(64, lo=1, help="tokens leave the window in groups of at least this many")
     reselect: int = opt(1, lo=1, help="reuse a selection for this many calls of a phase")
+    decode_reselect: int = opt(
+        0, lo=0, help="decode: reuse a selection for this many calls (a reply's tokens; 0: as reselect)"
+    )
     dense_below: int = opt(0, lo=0, help="attend to all history while it is shorter (0: off)")
     incremental: bool = opt(True, affects=False, help="absolute positions: copy only newly selected clusters")
     max_kept: int = opt(
@@ -125,7 +128,8 @@ class ReSVCache(WindowedCache):
             absorb_batch=o.cluster_batch,
             engine=policy.engine,
         )
-        self.reselect = o.reselect  # reuse a selection for this many calls of the same phase
+        # reuse a selection for this many calls of the same phase
+        self.reselect = {"prefill": o.reselect, "decode": o.decode_reselect or o.reselect}
         self.tau = o.tau
         self.backend = policy.backend
         planes = hyperplanes(layer, kvh, o.bits, hd, seed=o.seed)
@@ -200,6 +204,23 @@ class ReSVCache(WindowedCache):
         r = s["reuse"]
         self._reuse = None if r is None else (str(r["phase"]), int(r["left"]), np.asarray(r["then"], np.int64))
 
+    def reused_selection(self, phase: str) -> list[np.ndarray] | None:
+        """The clusters per head that the next call of `phase` reuses (the last selection plus every
+        cluster opened since), or None when that call selects anew (reselect, decode_reselect)."""
+        if self._reuse is None or self._reuse[0] != phase or self._reuse[1] <= 0:
+            return None
+        then = self._reuse[2]
+        return [np.concatenate([s, np.arange(then[h], self.store.nclu[h])]) for h, s in enumerate(self.last_sel)]
+
+    def _take_reused(self) -> list[np.ndarray] | None:
+        """This call's reused selection (one call of the reuse counted), or None: it selects anew."""
+        sels = self.reused_selection(self.phase)
+        if sels is not None:
+            assert self._reuse is not None
+            phase, left, then = self._reuse
+            self._reuse = (phase, left - 1, then)
+        return sels
+
     def retrieve_budget(self, n: int) -> int:
         budget = super().retrieve_budget(n)
         cap = self.max_kept
@@ -219,10 +240,8 @@ class ReSVCache(WindowedCache):
         if hist < self.dense_below and hist <= budget:  # small history: attend to all of it, no scoring
             sels = [np.arange(int(m)) for m in st.nclu]
             self._reuse = None
-        elif self._reuse is not None and self._reuse[0] == self.phase and self._reuse[1] > 0:
-            _, left, then = self._reuse  # the last selection plus every cluster opened since
-            sels = [np.concatenate([s, np.arange(then[h], st.nclu[h])]) for h, s in enumerate(self.last_sel)]
-            self._reuse = (self.phase, left - 1, then)
+        elif (reused := self._take_reused()) is not None:
+            sels = reused
         else:
             n = q.shape[1]
             qs = (q_abs if self.score_post else q).reshape(self.kvh, self.g * n, self.hd)  # [KVH, G*n, hd]
@@ -230,7 +249,7 @@ class ReSVCache(WindowedCache):
             sels = [np.flatnonzero(keep[h]) for h in range(self.kvh)]
             self.last_mass, self.last_sel = mass, sels
             self.last_nsel = np.array([s.size for s in sels])
-            self._reuse = (self.phase, self.reselect - 1, st.nclu.copy())
+            self._reuse = (self.phase, self.reselect[self.phase] - 1, st.nclu.copy())
         for h in range(self.kvh):
             r[h] = st.counts[h, sels[h]].sum()
             if r[h] > budget:  # compact positions or max_kept: keep the heaviest clusters that fit
