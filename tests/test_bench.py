@@ -93,3 +93,21 @@ def test_expand_variants() -> None:
     assert expand_variants(["resv"], {"tau": 0.8}) == ["resv:tau=0.8"]
     with pytest.raises(ConfigError, match="bits"):
         expand_variants(["topk"], {"bits": 16})
+
+
+def test_caption_f1_scores_a_caption_file_against_the_samples_events(tmp_path: Path):
+    import json
+    from types import SimpleNamespace
+
+    from benchmarks.caption_f1 import read_captions
+    from vrex_edge.world.score import score_narration
+
+    ev = dict(kind="stop", color="red", shape="cross", size="big", obj=0, frame=0)
+    events = [dict(ev, time=4.0), dict(ev, color="blue", time=65.5)]
+    (tmp_path / "s.json").write_text(json.dumps({"events": events}))
+    caps = tmp_path / "c.txt"
+    caps.write_text("[00:00:04.500] the red cross stops\nnot a caption\n[00:01:05.000] the blue cross turns up\n")
+    got = read_captions(caps)
+    assert got == [(4.5, "the red cross stops"), (65.0, "the blue cross turns up")]
+    s = score_narration(got, [SimpleNamespace(**e) for e in events])
+    assert s.matched == 1 and s.timed == 2 and abs(s.f1 - 0.5) < 1e-9  # one exact sentence of two, both on time
