@@ -112,7 +112,11 @@ def soak(args: argparse.Namespace) -> dict:
     sha = _bundle_sha(bundle)  # now: the embedded model may be replaced while the soak runs
     budget = None if args.budget == "none" else parse_bytes(args.budget)
     # readme: the README's endless-stream settings (resv defaults + these); soak: the first soaks' settings
-    tuned = {} if args.preset == "readme" else dict(keys="pre", hamming=6, horizon=32, sink=16, recent=40, reselect=2)
+    tuned = (
+        dict(decode_reselect=4)
+        if args.preset == "readme"
+        else dict(keys="pre", hamming=6, horizon=32, sink=16, recent=40, reselect=2)
+    )
     tau = args.tau if args.tau is not None else (None if args.preset == "readme" else 0.9)
     opts = dict(
         positions="compact",
@@ -135,6 +139,7 @@ def soak(args: argparse.Namespace) -> dict:
     }
     rows: list[dict] = []
     lat: list[float] = []
+    stages: list[dict[str, float]] = []  # each frame's ms per stage (cluster, select, gather, attend, ...)
     answers: list[dict] = []
     peak_kv, captions, peak_rss = 0, 0, 0
     t0 = time.perf_counter()
@@ -143,6 +148,7 @@ def soak(args: argparse.Namespace) -> dict:
         for ev in s.push_frame(frame, t=i / 2):
             if isinstance(ev, FrameProcessed):
                 lat.append(ev.timings_ms["total"])
+                stages.append(ev.timings_ms)
             elif isinstance(ev, Caption):
                 captions += 1
         for q in asks.get(i, []):
@@ -192,6 +198,7 @@ def soak(args: argparse.Namespace) -> dict:
                     "retired": rep.get("retired"),
                     "captions": captions,
                     "frame_ms_median": statistics.median(lat[-args.every :]),
+                    "stage_ms_mean": stage_means(stages[-args.every :]),
                     "wall_s": time.perf_counter() - t0,
                 }
             )
@@ -220,6 +227,12 @@ def soak(args: argparse.Namespace) -> dict:
         "missed": rep.get("missed"),
         "kept_fraction": {k: v for k, v in stats.retrieval.items() if k.endswith("kept_fraction")},
     }
+
+
+def stage_means(frames: list[dict[str, float]]) -> dict[str, float]:
+    """Mean ms per stage over `frames` (a stage a frame did not run counts 0 there: cluster runs in batches)."""
+    keys = sorted({k for f in frames for k in f})
+    return {k: round(sum(f.get(k, 0.0) for f in frames) / max(len(frames), 1), 3) for k in keys}
 
 
 def world_segments(seed: int, frames: int, segment_s: float) -> list:
