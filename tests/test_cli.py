@@ -156,3 +156,11 @@ def test_output_format_follows_the_suffix_unless_given():
     assert format_for(Path("a.txt"), "jsonl") == "text"
     assert format_for(Path("a.log"), "jsonl") == "jsonl"
     assert format_for(None, "text") == "text"
+
+
+def test_kv_flags_build_the_tier_config():
+    from vrex_edge.cli.commands import kv_config
+
+    assert kv_config(None, None, None) is None  # all resident
+    on, off = kv_config("64M", None, None), kv_config("64M", None, None, prefetch=False)
+    assert on.budget == off.budget == 64 << 20 and on.prefetch and not off.prefetch

@@ -743,6 +743,14 @@ def test_cli_caption_tiers_keep_resume_and_faults(tiny_videollm_bundle, tmp_path
     assert r.exit_code == 0, r.output
     assert out.read_text().strip()
     assert not any(config.default_root().glob("session-*"))  # the temporary store is gone
+    same = tmp_path / "same.jsonl"
+    r = run("caption", video, *common, "-o", same, "--kv-budget", "4M", "--ask", "1=what ?", "--no-kv-prefetch")
+    assert r.exit_code == 0, r.output
+
+    def texts(p):
+        return [json.loads(line).get("text") for line in p.read_text().splitlines()]
+
+    assert texts(same) == texts(out)  # prefetching changes when clusters are read, not what is attended
 
     keep = tmp_path / "kept"
     r = run("caption", video, *common, "--kv-budget", "4M", "--keep-kv", keep)

@@ -135,6 +135,13 @@ ResumeOpt = Annotated[
     Path | None, typer.Option("--resume", help="Continue the stream kept by --keep-kv in this folder.")
 ]
 KVFullOpt = Annotated[str, typer.Option("--kv-on-full", help="When the KV store's disk is full: error or drop-oldest.")]
+KVPrefetchOpt = Annotated[
+    bool,
+    typer.Option(
+        "--kv-prefetch/--no-kv-prefetch",
+        help="With --kv-budget: predict and read the next layer's clusters on a second thread (default on).",
+    ),
+]
 WebOpt = Annotated[
     str | None,
     typer.Option(
@@ -204,6 +211,7 @@ def caption(
     keep_kv: KeepKVOpt = None,
     resume: ResumeOpt = None,
     kv_on_full: KVFullOpt = "error",
+    kv_prefetch: KVPrefetchOpt = True,
 ) -> None:
     """Narrate a video file as it streams; answer questions asked at given times."""
     from vrex_edge.cli.commands import caption_video, kv_config
@@ -218,7 +226,7 @@ def caption(
             provider=provider,
             threads=threads,
             fps=fps,
-            kv=kv_config(kv_budget, keep_kv, resume, kv_on_full),
+            kv=kv_config(kv_budget, keep_kv, resume, kv_on_full, prefetch=kv_prefetch),
         )
         fmt = fmt or format_for(output, "text")
         caption_video(video, config, fmt=fmt, output=output, questions=questions, quiet=quiet)
@@ -252,6 +260,7 @@ def live(
     keep_kv: KeepKVOpt = None,
     resume: ResumeOpt = None,
     kv_on_full: KVFullOpt = "error",
+    kv_prefetch: KVPrefetchOpt = True,
     web: WebOpt = None,
 ) -> None:
     """Narrate a camera or stream in real time; type a question and press Enter to ask it."""
@@ -266,7 +275,7 @@ def live(
             provider=provider,
             threads=threads,
             fps=fps,
-            kv=kv_config(kv_budget, keep_kv, resume, kv_on_full),
+            kv=kv_config(kv_budget, keep_kv, resume, kv_on_full, prefetch=kv_prefetch),
         )
         live_stream(
             config,

@@ -16,13 +16,22 @@ from vrex_edge.outputs import FORMATS, RecordWriter, SafeOutput, clock
 from vrex_edge.runtime.config import SessionConfig, open_session
 
 
-def kv_config(budget: str | None, keep: Path | None, resume: Path | None, on_full: str = "error") -> Any:
-    """--kv-budget / --keep-kv / --resume / --kv-on-full -> a kvstore.TierConfig, or None (all resident)."""
+def kv_config(
+    budget: str | None, keep: Path | None, resume: Path | None, on_full: str = "error", *, prefetch: bool = True
+) -> Any:
+    """--kv-budget / --keep-kv / --resume / --kv-on-full / --[no-]kv-prefetch -> a kvstore.TierConfig, or None
+    (all resident)."""
     if budget is None and keep is None and resume is None:
         return None
     from vrex_edge.runtime.kvstore import TierConfig, parse_bytes
 
-    return TierConfig(budget=None if budget is None else parse_bytes(budget), keep=keep, resume=resume, on_full=on_full)
+    return TierConfig(
+        budget=None if budget is None else parse_bytes(budget),
+        keep=keep,
+        resume=resume,
+        on_full=on_full,
+        prefetch=prefetch,
+    )
 
 
 def stats_rows(stats: Any) -> list[tuple[str, str]]:
