@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from vrex_edge.accel.host import HostBackend
-from vrex_edge.runtime.retrieval.clusters import heaviest
+from vrex_edge.runtime.retrieval.clusters import fit_budget
 
 BATCH = 64  # clusters per read between checks for "the layer has started"
 
@@ -126,35 +126,28 @@ class Prefetcher:
         mgr = self.mgr
         cache = mgr.caches[layer]
         st = cache.store
-        c = int(st.nclu.max())
-        reused = cache.reused_selection(phase)
+        budget = cache.retrieve_budget(len(positions))
         if cache.seen - cache.sink_n - cache.ring.n < cache.dense_below:
-            keep = np.ones((cache.kvh, c), bool)  # a short history is attended in full
-        elif reused is not None:  # the call reuses its last selection: known, nothing to predict
-            keep = np.zeros((cache.kvh, c), bool)
-            budget = cache.retrieve_budget(len(positions))
-            for h, sel in enumerate(reused):  # the exact path's cut of it (resv.heaviest), so no more is read
-                if int(st.counts[h, sel].sum()) > budget:
-                    sel = heaviest(sel, cache.last_mass[h], st.counts[h], budget)
-                keep[h, sel] = True
+            sels = [np.arange(int(n)) for n in st.nclu]  # a short history is attended in full
         else:
-            q = mgr.model.pre_attention(layer, hidden)[0]  # [H, n, hd] un-rotated
-            if cache.score_post:
-                q = cache.rope.apply(q, positions)
-            qs = q.reshape(cache.kvh, cache.g * q.shape[1], cache.hd)  # [KVH, G*n, hd]
-            budget = cache.retrieve_budget(len(positions))
-            keep, mass = st.score(qs, tau=cache.tau, backend=self.host, budget=budget)
-            for h in range(cache.kvh):  # the exact selection's cut (resv.heaviest), so no more is read
-                sel = np.flatnonzero(keep[h])
-                if int(st.counts[h, sel].sum()) > budget:
-                    keep[h] = False
-                    keep[h, heaviest(sel, mass[h], st.counts[h], budget)] = True
+            reused = cache.reused_selection(phase)
+            if reused is not None:  # the call reuses its last selection: known, nothing to predict
+                sels, mass = reused, cache.last_mass
+            else:
+                q = mgr.model.pre_attention(layer, hidden)[0]  # [H, n, hd] un-rotated
+                if cache.score_post:
+                    q = cache.rope.apply(q, positions)
+                qs = q.reshape(cache.kvh, cache.g * q.shape[1], cache.hd)  # [KVH, G*n, hd]
+                keep, mass = st.score(qs, tau=cache.tau, backend=self.host, budget=budget)
+                sels = [np.flatnonzero(k) for k in keep]
+            # the exact path's cut (fit_budget), so no more is read; in id order, as the reads go
+            sels = [np.sort(x) for x in fit_budget(sels, mass, st.counts, budget)]
         self.stats["jobs"] += 1
         read = 0.0
         g = cache.gatherer  # incremental gather: what its buffer holds needs no fetch
         held = g.holds() if g is not None else None
         for h in range(cache.kvh):
-            ids = np.flatnonzero(keep[h][: int(st.nclu[h])])
+            ids = sels[h][sels[h] < st.nclu[h]]
             ids = ids[(st.start[h, ids] >= 0) & (st.counts[h, ids] > 0)]  # sealed: the ones on disk
             if held is not None:
                 inbuf = held[h][np.minimum(ids, held[h].size - 1)] & (ids < held[h].size) if held[h].size else None

@@ -31,7 +31,7 @@ from vrex_edge.runtime.retrieval.reps import Int8Reps
 from vrex_edge.runtime.retrieval.storage import Arena, Rows, runs_to_index, take_rows
 from vrex_edge.scratch import work
 
-__all__ = ["ClusterStore", "heaviest", "runs_to_index"]
+__all__ = ["ClusterStore", "fit_budget", "heaviest", "runs_to_index"]
 LANES_FROM = 8192  # clusters per head from which int8 scoring splits the query rows over lanes
 CANDIDATES = 2  # two-level selection scores the fine clusters of blocks holding at most this x the budget
 TABLES = ("means_t", "codes", "counts", "start", "nclu", "lo", "nblk", "cmeans_t", "ccounts")
@@ -438,6 +438,15 @@ def heaviest(sel: np.ndarray, mass: np.ndarray, counts: np.ndarray, budget: int)
     keep = np.argsort(-w, kind="stable")
     order, tok = sel[keep], np.cumsum(c[keep])
     return order[: int(np.searchsorted(tok, budget, side="right"))]
+
+
+def fit_budget(sels: list[np.ndarray], mass: np.ndarray | None, counts: np.ndarray, budget: int) -> list[np.ndarray]:
+    """Each head's selection sels[h], cut to its heaviest clusters (mass [KVH, C]) whose tokens (counts
+    [KVH, *]) fit `budget` where they do not fit already (compact positions, max_kept, a KV budget)."""
+    return [
+        s if int(counts[h, s].sum()) <= budget else heaviest(s, mass[h], counts[h], budget)  # type: ignore[index]
+        for h, s in enumerate(sels)
+    ]
 
 
 def _member(owner: np.ndarray, ids: np.ndarray) -> np.ndarray:

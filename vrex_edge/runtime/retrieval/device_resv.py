@@ -37,7 +37,7 @@ from vrex_edge.accel.host import wicsum
 from vrex_edge.accel.q8 import dequantized_columns, dequantized_queries
 from vrex_edge.bundle import TextSpec
 from vrex_edge.errors import ConfigError
-from vrex_edge.runtime.retrieval.clusters import heaviest
+from vrex_edge.runtime.retrieval.clusters import fit_budget
 from vrex_edge.runtime.retrieval.device import DeviceArena, RowStorage
 from vrex_edge.runtime.retrieval.resv import ReSVCache, ReSVOptions
 from vrex_edge.runtime.retrieval.storage import RESIDENT, KVStorage
@@ -197,11 +197,9 @@ class DeviceReSVKV(DeviceArena, ReSVCache):
             self.last_mass, self.last_sel = mass, sels
             self.last_nsel = np.array([s.size for s in sels])
             self._reuse = (self.phase, self.reselect[self.phase] - 1, st.nclu.copy())
+        sels = fit_budget(sels, self.last_mass, st.counts, budget)  # max_kept
         for h in range(self.kvh):
             r[h] = st.counts[h, sels[h]].sum()
-            if r[h] > budget:  # max_kept: keep the heaviest clusters that fit
-                sels[h] = heaviest(sels[h], self.last_mass[h], st.counts[h], budget)
-                r[h] = st.counts[h, sels[h]].sum()
         t1 = time.perf_counter()
         sec["select"] += t1 - t0
         none = np.empty((int(r.max()), 0), np.float32)

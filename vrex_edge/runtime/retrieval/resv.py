@@ -18,7 +18,7 @@ from vrex_edge.accel import backend_names, hyperplanes
 from vrex_edge.bundle import TextSpec
 from vrex_edge.errors import AccelError, ConfigError
 from vrex_edge.runtime.retrieval.base import POSITION_MODES, WindowedCache
-from vrex_edge.runtime.retrieval.clusters import ClusterStore, heaviest
+from vrex_edge.runtime.retrieval.clusters import ClusterStore, fit_budget
 from vrex_edge.runtime.retrieval.gather import BufferedGather
 from vrex_edge.runtime.retrieval.options import WindowedOptions, opt
 from vrex_edge.runtime.retrieval.policy import Policy, PolicySpec
@@ -240,7 +240,7 @@ class ReSVCache(WindowedCache):
         if hist < self.dense_below and hist <= budget:  # small history: attend to all of it, no scoring
             sels = [np.arange(int(m)) for m in st.nclu]
             self._reuse = None
-        elif (reused := self._take_reused()) is not None:
+        elif (reused := self._take_reused()) is not None:  # the last selection plus the clusters opened since
             sels = reused
         else:
             n = q.shape[1]
@@ -250,11 +250,9 @@ class ReSVCache(WindowedCache):
             self.last_mass, self.last_sel = mass, sels
             self.last_nsel = np.array([s.size for s in sels])
             self._reuse = (self.phase, self.reselect[self.phase] - 1, st.nclu.copy())
+        sels = fit_budget(sels, self.last_mass, st.counts, budget)  # compact positions or max_kept
         for h in range(self.kvh):
             r[h] = st.counts[h, sels[h]].sum()
-            if r[h] > budget:  # compact positions or max_kept: keep the heaviest clusters that fit
-                sels[h] = heaviest(sels[h], self.last_mass[h], st.counts[h], budget)
-                r[h] = st.counts[h, sels[h]].sum()
         t1 = time.perf_counter()
         sec["select"] += t1 - t0
         self.reserve(int(r.max()))
